@@ -1,0 +1,22 @@
+//! The actors of fleetagg and the pure logic they run.
+//!
+//! Data path: a [`MessageSource`](source::MessageSource) (MQTT or the in-process fake
+//! broker) feeds the [`Broker`](broker::Broker) actor through a bounded channel; the
+//! broker validates each message and routes accepted samples to one
+//! [`Aggregator`](aggregator::Aggregator) per machine, spread over one arbiter per core;
+//! aggregators hand closed minutes to the [`Writer`](writer::Writer), which upserts them
+//! into PostgreSQL in batches. Every hop is a bounded, awaited send, so a slow database
+//! slows the MQTT connection instead of growing a queue. `docs/architecture.md` has the
+//! picture.
+
+pub mod aggregator;
+pub mod broker;
+pub mod clock;
+pub mod logic;
+pub mod messages;
+pub mod service;
+pub mod source;
+pub mod stats;
+pub mod writer;
+
+pub use service::{Pipeline, Service, ServiceError, ShutdownReport};

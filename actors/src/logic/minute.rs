@@ -1,0 +1,169 @@
+//! Per-minute accumulation for one machine.
+//!
+//! A [`MinuteAggregate`] holds what merges exactly: count, sum, minima and maxima. So a
+//! minute may be written in parts (a late message after the minute was closed, two
+//! instances behind a shared subscription) and the database upsert combines the parts
+//! into the same row one pass over all samples would give.
+
+use super::time::{duration_micros, Minute, Timestamp};
+use super::validate::Sample;
+use rustc_hash::FxHashSet;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Count, sum, minimum and maximum of one machine's samples in one minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinuteAggregate {
+    pub samples: u32,
+    pub load_rate_sum: f64,
+    pub load_rate_min: f64,
+    pub load_rate_max: f64,
+    pub mileage_min: f64,
+    pub mileage_max: f64,
+}
+
+impl MinuteAggregate {
+    pub fn of(sample: &Sample) -> Self {
+        MinuteAggregate {
+            samples: 1,
+            load_rate_sum: sample.load_rate,
+            load_rate_min: sample.load_rate,
+            load_rate_max: sample.load_rate,
+            mileage_min: sample.mileage,
+            mileage_max: sample.mileage,
+        }
+    }
+
+    pub fn add(&mut self, sample: &Sample) {
+        self.merge(&MinuteAggregate::of(sample));
+    }
+
+    /// Combines two parts of the same minute; associative and commutative (the sum up to
+    /// floating-point rounding).
+    pub fn merge(&mut self, other: &MinuteAggregate) {
+        self.samples = self.samples.saturating_add(other.samples);
+        self.load_rate_sum += other.load_rate_sum;
+        self.load_rate_min = self.load_rate_min.min(other.load_rate_min);
+        self.load_rate_max = self.load_rate_max.max(other.load_rate_max);
+        self.mileage_min = self.mileage_min.min(other.mileage_min);
+        self.mileage_max = self.mileage_max.max(other.mileage_max);
+    }
+
+    pub fn load_rate_avg(&self) -> f64 {
+        self.load_rate_sum / f64::from(self.samples.max(1))
+    }
+}
+
+/// What happened to a sample offered to [`OpenMinutes::accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    Added,
+    /// Same timestamp as a sample already held: a QoS 1 redelivery, dropped.
+    Duplicate,
+}
+
+#[derive(Debug, Default)]
+struct OpenMinute {
+    aggregate: Option<MinuteAggregate>,
+    /// Timestamps (µs) accepted into this minute, for duplicate detection.
+    seen: FxHashSet<i64>,
+}
+
+/// The minutes of one machine that are still open, oldest first.
+#[derive(Debug, Default)]
+pub struct OpenMinutes {
+    minutes: BTreeMap<Minute, OpenMinute>,
+}
+
+impl OpenMinutes {
+    pub fn accept(&mut self, sample: &Sample) -> Accepted {
+        let open = self.minutes.entry(sample.ts.minute()).or_default();
+        if !open.seen.insert(sample.ts.micros()) {
+            return Accepted::Duplicate;
+        }
+        match &mut open.aggregate {
+            Some(aggregate) => aggregate.add(sample),
+            None => open.aggregate = Some(MinuteAggregate::of(sample)),
+        }
+        Accepted::Added
+    }
+
+    /// Removes and returns the minutes whose end + `grace` is at or before `now`.
+    pub fn take_closed(
+        &mut self,
+        now: Timestamp,
+        grace: Duration,
+    ) -> Vec<(Minute, MinuteAggregate)> {
+        let grace = duration_micros(grace);
+        let mut closed = Vec::new();
+        while let Some(entry) = self.minutes.first_entry() {
+            if entry.key().end().saturating_add_micros(grace) > now {
+                break;
+            }
+            let (minute, open) = entry.remove_entry();
+            closed.extend(open.aggregate.map(|aggregate| (minute, aggregate)));
+        }
+        closed
+    }
+
+    /// Removes and returns every open minute (shutdown: partial minutes merge later).
+    pub fn take_all(&mut self) -> Vec<(Minute, MinuteAggregate)> {
+        std::mem::take(&mut self.minutes)
+            .into_iter()
+            .filter_map(|(minute, open)| open.aggregate.map(|aggregate| (minute, aggregate)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.minutes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.minutes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seconds: i64, load_rate: f64, mileage: f64) -> Sample {
+        Sample {
+            ts: Timestamp::from_micros(seconds * 1_000_000),
+            load_rate,
+            mileage,
+        }
+    }
+
+    #[test]
+    fn accumulates_and_detects_duplicates() {
+        let mut open = OpenMinutes::default();
+        assert_eq!(open.accept(&sample(60, 10.0, 5.0)), Accepted::Added);
+        assert_eq!(open.accept(&sample(90, 30.0, 7.0)), Accepted::Added);
+        assert_eq!(open.accept(&sample(90, 99.0, 9.0)), Accepted::Duplicate);
+        assert_eq!(open.accept(&sample(125, 50.0, 8.0)), Accepted::Added);
+        let closed = open.take_closed(Timestamp::from_micros(125_000_000), Duration::from_secs(5));
+        assert_eq!(closed.len(), 1);
+        let (minute, aggregate) = closed[0];
+        assert_eq!(minute.index(), 1);
+        assert_eq!(aggregate.samples, 2);
+        assert_eq!(aggregate.load_rate_avg(), 20.0);
+        assert_eq!((aggregate.mileage_min, aggregate.mileage_max), (5.0, 7.0));
+        assert_eq!(open.len(), 1);
+    }
+
+    #[test]
+    fn a_minute_closes_exactly_at_end_plus_grace() {
+        let mut open = OpenMinutes::default();
+        open.accept(&sample(0, 1.0, 1.0));
+        let grace = Duration::from_secs(5);
+        let just_before = Timestamp::from_micros(65_000_000 - 1);
+        assert!(open.take_closed(just_before, grace).is_empty());
+        assert_eq!(
+            open.take_closed(Timestamp::from_micros(65_000_000), grace)
+                .len(),
+            1
+        );
+        assert!(open.is_empty());
+    }
+}

@@ -1,0 +1,54 @@
+//! Every message the actors exchange, in one place, so the protocol between them can be
+//! read at a glance. All of them travel by `send().await` (bounded mailboxes), never by
+//! `do_send`: back-pressure must reach the MQTT connection, not pile up in a queue.
+
+use crate::logic::{ClosedMinute, RejectedMessage, Sample};
+use actix::Message;
+use std::time::Instant;
+
+/// Broker → aggregator: accepted samples of the aggregator's machine, in arrival order.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AcceptSamples(pub Vec<Sample>);
+
+/// Broker → aggregator at shutdown: hand every open minute, partial or not, to the writer.
+/// Answers once the writer has taken them.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FlushOpenMinutes;
+
+/// Aggregator → writer: closed minutes to upsert.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WriteMinutes(pub Vec<ClosedMinute>);
+
+/// Broker → writer: rejected messages to store (already rate-limited).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StoreRejections(pub Vec<RejectedMessage>);
+
+/// Service → broker: stop taking messages, route what was received, flush every
+/// aggregator. Answers when all of it is in the writer's hands.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopIntake;
+
+/// Service → writer at shutdown: write everything buffered, retrying until `deadline`.
+#[derive(Debug, Message)]
+#[rtype(result = "DrainReport")]
+pub struct Drain {
+    pub deadline: Instant,
+}
+
+/// What a [`Drain`] could not write before its deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, actix::MessageResponse)]
+pub struct DrainReport {
+    pub unwritten_minutes: usize,
+    pub unwritten_rejections: usize,
+}
+
+impl DrainReport {
+    pub fn is_complete(&self) -> bool {
+        self.unwritten_minutes == 0 && self.unwritten_rejections == 0
+    }
+}

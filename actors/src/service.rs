@@ -1,0 +1,219 @@
+//! Wiring: starts the actors in the right places and stops them in the right order.
+//!
+//! Start: writer (own arbiter) → aggregator arbiters (one per core) → source → broker.
+//! Stop: the broker stops the source and routes what was received, every aggregator hands
+//! its open minutes (partial ones included: the upsert merges them later) to the writer,
+//! then the writer drains its buffer within the shutdown deadline.
+
+use crate::aggregator::AggregatorSettings;
+use crate::broker::{Broker, BrokerOutputs, BrokerSettings};
+use crate::clock::Clock;
+use crate::logic::{TimestampRules, ValidationRules};
+use crate::messages::{Drain, DrainReport, StopIntake};
+use crate::source::{InboundSink, MessageSource, SourceError};
+use crate::stats::PipelineStats;
+use crate::writer::{Connector, DbError, Writer, WriterSettings};
+use actix::prelude::*;
+use fleetagg_config::Config;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+impl ServiceError {
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ServiceError::Source(err) => err.is_retriable(),
+            ServiceError::Database(err) => err.is_retriable(),
+        }
+    }
+}
+
+/// What the pipeline needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub broker: BrokerSettings,
+    pub inbound_capacity: usize,
+    /// Arbiters the aggregators are spread over.
+    pub shards: usize,
+}
+
+impl PipelineSettings {
+    pub fn from_config(config: &Config) -> Self {
+        let aggregation = &config.aggregation;
+        let rules = ValidationRules {
+            max_payload_bytes: config.mqtt.max_payload_bytes,
+            timestamps: TimestampRules {
+                default_timezone: aggregation.default_timezone,
+                epoch_unit: aggregation.epoch_unit,
+            },
+            future_tolerance: aggregation.future_tolerance,
+            max_lateness: aggregation.max_lateness,
+        };
+        PipelineSettings {
+            broker: BrokerSettings {
+                rules,
+                rejects_per_second: config.rejects.max_per_second,
+                aggregator: AggregatorSettings {
+                    grace: aggregation.grace,
+                    tick: aggregation.tick,
+                },
+            },
+            inbound_capacity: config.mqtt.inbound_capacity,
+            shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+        }
+    }
+}
+
+/// Source, broker and aggregators: everything up to the writer's mailbox.
+#[derive(Debug)]
+pub struct Pipeline {
+    broker: Addr<Broker>,
+    shards: Vec<Arbiter>,
+}
+
+impl Pipeline {
+    /// Starts the source and the actors; fails only if the source cannot start.
+    pub async fn start(
+        settings: PipelineSettings,
+        mut source: Box<dyn MessageSource>,
+        outputs: BrokerOutputs,
+        clock: Arc<dyn Clock>,
+        stats: Arc<PipelineStats>,
+    ) -> Result<Pipeline, SourceError> {
+        let shards: Vec<Arbiter> = (0..settings.shards.max(1))
+            .map(|_| Arbiter::new())
+            .collect();
+        let handles = shards.iter().map(Arbiter::handle).collect();
+        let (sink, inbound) = InboundSink::channel(settings.inbound_capacity);
+        if let Err(err) = source.start(sink).await {
+            stop_arbiters(shards);
+            return Err(err);
+        }
+        let broker = Broker::new(
+            source,
+            inbound,
+            settings.broker,
+            handles,
+            outputs,
+            clock,
+            stats,
+        )
+        .start();
+        Ok(Pipeline { broker, shards })
+    }
+
+    /// Stops taking messages and hands everything received to the writer.
+    pub async fn stop(self) {
+        // An error means the broker already stopped after draining: nothing is left.
+        let _ = self.broker.send(StopIntake).await;
+        stop_arbiters(self.shards);
+    }
+}
+
+fn stop_arbiters(arbiters: Vec<Arbiter>) {
+    for arbiter in arbiters {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// False when the intake did not drain before the deadline.
+    pub intake_drained: bool,
+    pub writer: DrainReport,
+}
+
+impl ShutdownReport {
+    /// True when everything accepted was written.
+    pub fn is_complete(&self) -> bool {
+        self.intake_drained && self.writer.is_complete()
+    }
+}
+
+/// The whole service: pipeline plus writer.
+#[derive(Debug)]
+pub struct Service {
+    pipeline: Pipeline,
+    writer: Addr<Writer>,
+    writer_arbiter: Arbiter,
+    stats: Arc<PipelineStats>,
+}
+
+impl Service {
+    pub async fn start(
+        config: &Config,
+        source: Box<dyn MessageSource>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Service, ServiceError> {
+        let stats = Arc::new(PipelineStats::default());
+        let connector = Connector::new(&config.database.url)?;
+        let settings = WriterSettings {
+            batch_max_rows: config.database.batch_max_rows,
+            flush_interval: config.database.flush_interval,
+        };
+        let writer_arbiter = Arbiter::new();
+        let writer_stats = stats.clone();
+        let writer = Writer::start_in_arbiter(&writer_arbiter.handle(), move |_| {
+            Writer::new(connector, settings, writer_stats)
+        });
+        let outputs = BrokerOutputs {
+            minutes: writer.clone().recipient(),
+            rejections: writer.clone().recipient(),
+        };
+        let pipeline = match Pipeline::start(
+            PipelineSettings::from_config(config),
+            source,
+            outputs,
+            clock,
+            stats.clone(),
+        )
+        .await
+        {
+            Ok(pipeline) => pipeline,
+            Err(err) => {
+                stop_arbiters(vec![writer_arbiter]);
+                return Err(err.into());
+            }
+        };
+        Ok(Service {
+            pipeline,
+            writer,
+            writer_arbiter,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        self.stats.clone()
+    }
+
+    /// Stops intake, flushes every open minute and drains the writer, within `timeout`.
+    pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + timeout;
+        let intake_drained = tokio::time::timeout_at(deadline.into(), self.pipeline.stop())
+            .await
+            .is_ok();
+        let writer = self
+            .writer
+            .send(Drain { deadline })
+            .await
+            .unwrap_or(DrainReport {
+                unwritten_minutes: usize::MAX,
+                unwritten_rejections: usize::MAX,
+            });
+        stop_arbiters(vec![self.writer_arbiter]);
+        ShutdownReport {
+            intake_drained,
+            writer,
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The fake broker: an in-process message source with the same interface as the MQTT
+//! one, so the actor pipeline is tested deterministically and benchmarked without a
+//! network.
+
+use super::{InboundMessage, InboundSink, MessageSource, SourceError};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The publishing side, kept by the test.
+#[derive(Debug, Clone, Default)]
+pub struct FakeBroker {
+    sink: Arc<Mutex<Option<InboundSink>>>,
+}
+
+/// The side the pipeline consumes.
+#[derive(Debug)]
+pub struct FakeSource {
+    sink: Arc<Mutex<Option<InboundSink>>>,
+}
+
+impl FakeBroker {
+    pub fn new() -> (FakeBroker, FakeSource) {
+        let broker = FakeBroker::default();
+        let source = FakeSource {
+            sink: broker.sink.clone(),
+        };
+        (broker, source)
+    }
+
+    /// Publishes one message; waits while the pipeline is full, like a TCP connection
+    /// would. False when the pipeline has stopped (or not started).
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> bool {
+        let sink = self
+            .sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match sink {
+            Some(sink) => {
+                sink.deliver(InboundMessage {
+                    topic: topic.to_owned(),
+                    payload: payload.into(),
+                })
+                .await
+            }
+            None => false,
+        }
+    }
+}
+
+impl MessageSource for FakeSource {
+    fn start(&mut self, sink: InboundSink) -> BoxFuture<'static, Result<(), SourceError>> {
+        *self.sink.lock().unwrap_or_else(PoisonError::into_inner) = Some(sink);
+        async { Ok(()) }.boxed()
+    }
+
+    fn stop(&mut self) -> BoxFuture<'static, ()> {
+        if let Some(sink) = self
+            .sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            sink.close();
+        }
+        async {}.boxed()
+    }
+}

@@ -1,0 +1,104 @@
+//! Where messages come from: the MQTT broker in production, an in-process fake broker in
+//! tests and benchmarks. Both push into the same bounded [`InboundSink`], so the actor
+//! pipeline cannot tell them apart.
+
+mod fake;
+mod mqtt;
+
+pub use fake::{FakeBroker, FakeSource};
+pub use mqtt::MqttSource;
+
+use futures_util::future::BoxFuture;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::mpsc;
+
+/// One message as received, before any check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// The sending side of the inbound channel, shared by a source's delivery threads.
+///
+/// It can be closed from the outside (at shutdown) while a delivery is blocked: each
+/// delivery clones the sender out of the slot, so closing only has to empty the slot,
+/// and the channel ends once the last in-flight delivery returns.
+#[derive(Debug, Clone)]
+pub struct InboundSink {
+    slot: Arc<Mutex<Option<mpsc::Sender<InboundMessage>>>>,
+}
+
+impl InboundSink {
+    /// A sink and the receiver the broker actor reads, holding at most `capacity` messages.
+    pub fn channel(capacity: usize) -> (InboundSink, mpsc::Receiver<InboundMessage>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        (
+            InboundSink {
+                slot: Arc::new(Mutex::new(Some(sender))),
+            },
+            receiver,
+        )
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<InboundMessage>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Hands a message over from a thread outside any async runtime (paho's callback
+    /// thread), waiting while the channel is full: that wait is the back-pressure.
+    /// False when the sink is closed.
+    pub fn blocking_deliver(&self, message: InboundMessage) -> bool {
+        self.sender()
+            .is_some_and(|sender| sender.blocking_send(message).is_ok())
+    }
+
+    /// Async form of [`InboundSink::blocking_deliver`].
+    pub async fn deliver(&self, message: InboundMessage) -> bool {
+        match self.sender() {
+            Some(sender) => sender.send(message).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops accepting messages; the receiver ends after what was already handed over.
+    pub fn close(&self) {
+        self.slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+/// Errors of a message source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot create the MQTT client for {url}: {message}")]
+    Client { url: String, message: String },
+    #[error("cannot connect to the MQTT broker at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("cannot subscribe to {topics:?}: {message}")]
+    Subscribe {
+        topics: Vec<String>,
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// A broken or refused connection may heal; a client that cannot even be created will not.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, SourceError::Client { .. })
+    }
+}
+
+/// A producer of inbound messages.
+pub trait MessageSource: Send + std::fmt::Debug {
+    /// Connects and subscribes; from then on messages flow into `sink`.
+    fn start(&mut self, sink: InboundSink) -> BoxFuture<'static, Result<(), SourceError>>;
+
+    /// Stops delivering and closes the sink. After it resolves no new message arrives.
+    fn stop(&mut self) -> BoxFuture<'static, ()>;
+}

@@ -1,0 +1,167 @@
+//! The MQTT source: a paho-mqtt client with a persistent session.
+//!
+//! paho acknowledges a QoS 1 message when it arrives, and its own bounded stream drops
+//! messages when full ("Input stream full. Losing messages"). So this source does not use
+//! that stream: its message callback hands each message to the bounded [`InboundSink`]
+//! with a blocking send. While the service is slow, paho's receive thread waits in that
+//! callback, stops reading the socket, and the broker keeps queuing for the session.
+
+use super::{InboundMessage, InboundSink, MessageSource, SourceError};
+use fleetagg_config::MqttConfig;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use paho_mqtt as mqtt;
+use std::time::Duration;
+
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+pub struct MqttSource {
+    config: MqttConfig,
+    client: Option<mqtt::AsyncClient>,
+    sink: Option<InboundSink>,
+}
+
+impl std::fmt::Debug for MqttSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSource")
+            .field("url", &self.config.url)
+            .field("client_id", &self.config.client_id)
+            .field(
+                "connected",
+                &self
+                    .client
+                    .as_ref()
+                    .is_some_and(mqtt::AsyncClient::is_connected),
+            )
+            .finish()
+    }
+}
+
+impl MqttSource {
+    pub fn new(config: &MqttConfig) -> Self {
+        MqttSource {
+            config: config.clone(),
+            client: None,
+            sink: None,
+        }
+    }
+}
+
+impl MessageSource for MqttSource {
+    fn start(&mut self, sink: InboundSink) -> BoxFuture<'static, Result<(), SourceError>> {
+        let config = self.config.clone();
+        let url = config.paho_url();
+        let client = mqtt::CreateOptionsBuilder::new()
+            .server_uri(&url)
+            .client_id(&config.client_id)
+            .persistence(mqtt::PersistenceType::None)
+            .create_client()
+            .map_err(|err| SourceError::Client {
+                url: url.clone(),
+                message: err.to_string(),
+            });
+        let client = match client {
+            Ok(client) => client,
+            Err(err) => return async move { Err(err) }.boxed(),
+        };
+
+        let delivery = sink.clone();
+        // Set before connecting: a persistent session's queued messages arrive right
+        // after CONNACK.
+        client.set_message_callback(move |_, message| {
+            if let Some(message) = message {
+                let inbound = InboundMessage {
+                    topic: message.topic().to_owned(),
+                    payload: message.payload().to_vec(),
+                };
+                if !delivery.blocking_deliver(inbound) {
+                    tracing::warn!(
+                        topic = message.topic(),
+                        "message arrived after intake stopped; not processed"
+                    );
+                }
+            }
+        });
+        let topics = config.topics.clone();
+        let qos = vec![config.qos; topics.len()];
+        client.set_connected_callback(move |client| {
+            // paho does not re-subscribe after an automatic reconnect; when the broker
+            // lost the session, the subscription is gone. Subscribing again is harmless.
+            tracing::info!("connected to the MQTT broker; subscribing");
+            drop(client.subscribe_many(&topics, &qos));
+        });
+        client.set_connection_lost_callback(|_| {
+            tracing::warn!("connection to the MQTT broker lost; reconnecting");
+        });
+
+        self.client = Some(client.clone());
+        self.sink = Some(sink);
+        async move { connect_and_subscribe(&client, &config, &url).await }.boxed()
+    }
+
+    fn stop(&mut self) -> BoxFuture<'static, ()> {
+        let client = self.client.take();
+        let sink = self.sink.take();
+        async move {
+            if let Some(client) = client {
+                let options = mqtt::DisconnectOptionsBuilder::new()
+                    .timeout(Duration::from_secs(5))
+                    .finalize();
+                if let Err(err) = client.disconnect(options).await {
+                    tracing::warn!(error = %err, "MQTT disconnect did not complete cleanly");
+                }
+            }
+            if let Some(sink) = sink {
+                sink.close();
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Connects with a persistent session, retrying with capped back-off while the broker is
+/// unreachable, then subscribes.
+async fn connect_and_subscribe(
+    client: &mqtt::AsyncClient,
+    config: &MqttConfig,
+    url: &str,
+) -> Result<(), SourceError> {
+    let options = mqtt::ConnectOptionsBuilder::new()
+        .keep_alive_interval(config.keep_alive)
+        .clean_session(false)
+        .automatic_reconnect(RECONNECT_MIN, RECONNECT_MAX)
+        .connect_timeout(Duration::from_secs(10))
+        .finalize();
+    let mut delay = RECONNECT_MIN;
+    let mut warned = false;
+    loop {
+        match client.connect(options.clone()).await {
+            Ok(response) => {
+                let resumed = response
+                    .connect_response()
+                    .is_some_and(|r| r.session_present);
+                tracing::info!(url, client_id = %config.client_id, resumed_session = resumed, "MQTT connected");
+                break;
+            }
+            Err(err) => {
+                if !warned {
+                    tracing::warn!(url, error = %err, "MQTT broker unreachable; retrying with back-off");
+                    warned = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+    let qos = vec![config.qos; config.topics.len()];
+    client
+        .subscribe_many(&config.topics, &qos)
+        .await
+        .map_err(|err| SourceError::Subscribe {
+            topics: config.topics.clone(),
+            message: err.to_string(),
+        })?;
+    tracing::info!(topics = ?config.topics, qos = config.qos, "subscribed");
+    Ok(())
+}

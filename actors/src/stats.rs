@@ -1,0 +1,67 @@
+//! Counters shared by the actors: what came in, what was rejected and why, what was
+//! written. Plain atomics so that counting never takes a lock on the data path; the
+//! metrics endpoint and the shutdown summary read them.
+
+use crate::logic::RejectReason;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub received: AtomicU64,
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// Rejections over `rejects.max_per_second`: counted, not stored.
+    pub rejects_not_stored: AtomicU64,
+    /// Samples a send to a stopped aggregator could not deliver (should stay 0).
+    pub samples_lost: AtomicU64,
+    pub minutes_closed: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub rejects_written: AtomicU64,
+    pub write_batches: AtomicU64,
+    pub write_failures: AtomicU64,
+    pub db_connects: AtomicU64,
+}
+
+impl PipelineStats {
+    pub fn count_rejected(&self, reason: RejectReason) {
+        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        RejectReason::ALL
+            .iter()
+            .map(|reason| self.rejected(*reason))
+            .sum()
+    }
+
+    /// One line for the logs: the counters that are not zero.
+    pub fn summary(&self) -> String {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut parts = vec![
+            format!("received={}", get(&self.received)),
+            format!("accepted={}", get(&self.accepted)),
+            format!("duplicates={}", get(&self.duplicates)),
+            format!("rejected={}", self.rejected_total()),
+        ];
+        for reason in RejectReason::ALL {
+            let count = self.rejected(reason);
+            if count > 0 {
+                parts.push(format!("rejected.{reason}={count}"));
+            }
+        }
+        parts.push(format!("minutes_closed={}", get(&self.minutes_closed)));
+        parts.push(format!("rows_written={}", get(&self.rows_written)));
+        parts.push(format!("write_failures={}", get(&self.write_failures)));
+        parts.join(" ")
+    }
+}
+
+/// `counter += by`, relaxed: counters order nothing.
+pub fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}

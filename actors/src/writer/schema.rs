@@ -1,0 +1,79 @@
+//! Versioned schema migrations. Each migration runs once, in order, in one transaction
+//! with an advisory lock, so several instances starting together cannot race.
+
+use super::error::DbError;
+use tokio_postgres::Client;
+
+/// `(version, description, SQL)`. Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "loading_rate and rejected_message",
+    r"
+    CREATE TABLE loading_rate (
+        machine       text             NOT NULL,
+        ts            timestamptz      NOT NULL,
+        samples       integer          NOT NULL,
+        load_rate_avg double precision NOT NULL,
+        load_rate_min double precision NOT NULL,
+        load_rate_max double precision NOT NULL,
+        load_rate_sum double precision NOT NULL,
+        mileage_min   double precision NOT NULL,
+        mileage_max   double precision NOT NULL,
+        PRIMARY KEY (machine, ts)
+    );
+    -- Fleet-wide time ranges: rows arrive in time order, so a BRIN index stays tiny.
+    CREATE INDEX loading_rate_ts_brin ON loading_rate USING brin (ts);
+    CREATE TABLE rejected_message (
+        id          bigserial   PRIMARY KEY,
+        received_at timestamptz NOT NULL DEFAULT now(),
+        topic       text,
+        reason      text        NOT NULL,
+        detail      text,
+        payload     bytea
+    );
+    CREATE INDEX rejected_message_received_at ON rejected_message USING brin (received_at);
+    ",
+)];
+
+/// Brings the schema up to date; returns the versions it applied (empty when current).
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
+    let fail = |err: tokio_postgres::Error| DbError::statement("migration", &err);
+    let transaction = client.transaction().await.map_err(fail)?;
+    transaction
+        .batch_execute(
+            "SELECT pg_advisory_xact_lock(hashtext('fleetagg.schema'));
+             CREATE TABLE IF NOT EXISTS fleetagg_schema_migrations (
+                 version     integer     PRIMARY KEY,
+                 description text        NOT NULL,
+                 applied_at  timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await
+        .map_err(fail)?;
+    let current: i32 = transaction
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM fleetagg_schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    let mut applied = Vec::new();
+    for (version, description, sql) in MIGRATIONS.iter().filter(|(version, ..)| *version > current)
+    {
+        transaction.batch_execute(sql).await.map_err(fail)?;
+        transaction
+            .execute(
+                "INSERT INTO fleetagg_schema_migrations (version, description) VALUES ($1, $2)",
+                &[version, description],
+            )
+            .await
+            .map_err(fail)?;
+        applied.push(*version);
+    }
+    transaction.commit().await.map_err(fail)?;
+    for version in &applied {
+        tracing::info!(version, "schema migration applied");
+    }
+    Ok(applied)
+}

@@ -1,0 +1,206 @@
+//! One PostgreSQL connection and its prepared statements.
+//!
+//! Statements are prepared once per connection and cached by their SQL text (as
+//! deadpool-postgres does); a new connection starts with an empty cache, which is what
+//! makes "prepared statement does not exist" after a server restart impossible here.
+
+use super::error::DbError;
+use super::schema;
+use crate::logic::{ClosedMinute, RejectedMessage};
+use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
+use std::time::Duration;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// One statement for a whole batch: arrays in, `unnest` out, and the upsert merges each
+/// part into its row exactly (counts and sums add, minima and maxima combine).
+pub(crate) const UPSERT_MINUTES: &str = "
+    INSERT INTO loading_rate AS t
+        (machine, ts, samples, load_rate_avg, load_rate_min, load_rate_max, load_rate_sum, mileage_min, mileage_max)
+    SELECT machine, ts, samples, load_rate_sum / samples, load_rate_min, load_rate_max, load_rate_sum,
+           mileage_min, mileage_max
+    FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::float8[], $5::float8[], $6::float8[],
+                $7::float8[], $8::float8[])
+        AS u(machine, ts, samples, load_rate_sum, load_rate_min, load_rate_max, mileage_min, mileage_max)
+    ON CONFLICT (machine, ts) DO UPDATE SET
+        samples       = t.samples + EXCLUDED.samples,
+        load_rate_sum = t.load_rate_sum + EXCLUDED.load_rate_sum,
+        load_rate_avg = (t.load_rate_sum + EXCLUDED.load_rate_sum) / (t.samples + EXCLUDED.samples),
+        load_rate_min = least(t.load_rate_min, EXCLUDED.load_rate_min),
+        load_rate_max = greatest(t.load_rate_max, EXCLUDED.load_rate_max),
+        mileage_min   = least(t.mileage_min, EXCLUDED.mileage_min),
+        mileage_max   = greatest(t.mileage_max, EXCLUDED.mileage_max)";
+
+const UPSERT_MINUTES_TYPES: &[Type] = &[
+    Type::TEXT_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::INT4_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::FLOAT8_ARRAY,
+];
+
+pub(crate) const INSERT_REJECTIONS: &str = "
+    INSERT INTO rejected_message (topic, reason, detail, payload)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])";
+
+const INSERT_REJECTIONS_TYPES: &[Type] = &[
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+];
+
+/// How to open a connection. Cloned into each connection attempt.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    config: tokio_postgres::Config,
+    /// `host:port/dbname`, for logs: never the full URL.
+    target: String,
+}
+
+impl Connector {
+    pub fn new(url: &str) -> Result<Self, DbError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|err| DbError::Config(format!("{err}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("fleetagg");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        // Detect a silently dead server instead of waiting forever on a half-open socket.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        let target = describe_target(&config);
+        Ok(Connector { config, target })
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Opens a connection and brings the schema up to date.
+    pub async fn connect(&self) -> Result<Session, DbError> {
+        let (client, _) = self.open_migrated().await?;
+        Ok(Session {
+            client,
+            statements: FxHashMap::default(),
+        })
+    }
+
+    /// Applies pending migrations on a fresh connection; returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<i32>, DbError> {
+        self.open_migrated().await.map(|(_, applied)| applied)
+    }
+
+    async fn open_migrated(&self) -> Result<(Client, Vec<i32>), DbError> {
+        let (mut client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|err| DbError::connect(&self.target, &err))?;
+        let target = self.target.clone();
+        actix_rt::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(target = %target, error = %err, "PostgreSQL connection ended");
+            }
+        });
+        let applied = schema::migrate(&mut client).await?;
+        Ok((client, applied))
+    }
+}
+
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("(default user)");
+    let dbname = config.get_dbname().unwrap_or("(default database)");
+    format!("{user}@{host}:{port}/{dbname}")
+}
+
+/// An open connection with its statement cache.
+#[derive(Debug)]
+pub struct Session {
+    client: Client,
+    statements: FxHashMap<&'static str, Statement>,
+}
+
+impl Session {
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    async fn statement(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement, DbError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .prepare_typed(sql, types)
+            .await
+            .map_err(|err| DbError::statement("prepare", &err))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Upserts one batch of minutes (each (machine, minute) at most once).
+    pub async fn upsert_minutes(&mut self, rows: &[ClosedMinute]) -> Result<u64, DbError> {
+        let statement = self.statement(UPSERT_MINUTES, UPSERT_MINUTES_TYPES).await?;
+        let machines: Vec<&str> = rows.iter().map(|row| &*row.machine).collect();
+        let starts: Vec<DateTime<Utc>> = rows
+            .iter()
+            .map(|row| row.minute.start().to_chrono())
+            .collect();
+        let samples: Vec<i32> = rows
+            .iter()
+            .map(|row| i32::try_from(row.aggregate.samples).unwrap_or(i32::MAX))
+            .collect();
+        let column = |pick: fn(&ClosedMinute) -> f64| rows.iter().map(pick).collect::<Vec<f64>>();
+        let sums = column(|row| row.aggregate.load_rate_sum);
+        let load_min = column(|row| row.aggregate.load_rate_min);
+        let load_max = column(|row| row.aggregate.load_rate_max);
+        let mileage_min = column(|row| row.aggregate.mileage_min);
+        let mileage_max = column(|row| row.aggregate.mileage_max);
+        self.client
+            .execute(
+                &statement,
+                &[
+                    &machines,
+                    &starts,
+                    &samples,
+                    &sums,
+                    &load_min,
+                    &load_max,
+                    &mileage_min,
+                    &mileage_max,
+                ],
+            )
+            .await
+            .map_err(|err| DbError::statement("upsert into loading_rate", &err))
+    }
+
+    pub async fn insert_rejections(&mut self, rows: &[RejectedMessage]) -> Result<u64, DbError> {
+        let statement = self
+            .statement(INSERT_REJECTIONS, INSERT_REJECTIONS_TYPES)
+            .await?;
+        let topics: Vec<&str> = rows.iter().map(|row| row.topic.as_str()).collect();
+        let reasons: Vec<&str> = rows.iter().map(|row| row.reason.as_str()).collect();
+        let details: Vec<&str> = rows.iter().map(|row| row.detail.as_str()).collect();
+        let payloads: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_slice()).collect();
+        self.client
+            .execute(&statement, &[&topics, &reasons, &details, &payloads])
+            .await
+            .map_err(|err| DbError::statement("insert into rejected_message", &err))
+    }
+}

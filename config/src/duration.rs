@@ -1,0 +1,55 @@
+//! Durations written as human strings (`"500ms"`, `"5s"`, `"10m"`), and the optional
+//! form where `"off"` disables a check.
+
+use serde::{de, Deserialize, Deserializer, Serializer};
+use std::time::Duration;
+
+/// `#[serde(with = "crate::duration::human")]` for a required duration.
+pub(crate) mod human {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// `#[serde(with = "crate::duration::human_or_off")]` for a duration that `"off"` disables.
+pub(crate) mod human_or_off {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => super::human::serialize(duration, serializer),
+            None => serializer.serialize_str("off"),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        parse(&text).map(Some).map_err(de::Error::custom)
+    }
+}
+
+fn parse(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|err| {
+        format!("invalid duration {text:?} ({err}); write it like \"500ms\", \"5s\" or \"10m\"")
+    })
+}

@@ -1,0 +1,252 @@
+//! The configuration sections, their defaults and their validation.
+//!
+//! Field docs say why each key exists; `config/fleetagg.example.toml` documents them for
+//! operators and must list every key here.
+
+use crate::duration::{human, human_or_off};
+use crate::ConfigError;
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The whole configuration of one fleetagg process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub aggregation: AggregationConfig,
+    pub database: DatabaseConfig,
+    pub rejects: RejectsConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Broker address. `mqtt://` and `mqtts://` are accepted as aliases of paho's
+    /// `tcp://` and `ssl://`.
+    pub url: String,
+    /// Fixed so that the broker recognises the persistent session across restarts and
+    /// keeps queuing messages while the service is down.
+    pub client_id: String,
+    pub topics: Vec<String>,
+    pub qos: i32,
+    /// Larger payloads are rejected as `too_large` before any parsing, so one huge message
+    /// cannot cost more than a copy.
+    pub max_payload_bytes: usize,
+    /// Messages handed over by the MQTT client but not yet routed. When full, the client's
+    /// callback blocks, so back-pressure reaches the TCP connection instead of dropping.
+    pub inbound_capacity: usize,
+    #[serde(with = "human")]
+    pub keep_alive: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "tcp://127.0.0.1:1883".into(),
+            client_id: "fleetagg".into(),
+            topics: vec!["machines/+/telemetry".into()],
+            qos: 1,
+            max_payload_bytes: 65_536,
+            inbound_capacity: 8_192,
+            keep_alive: Duration::from_secs(60),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// The URL in the scheme paho understands (`tcp://`, `ssl://`, `ws://`, `wss://`).
+    pub fn paho_url(&self) -> String {
+        if let Some(rest) = self.url.strip_prefix("mqtt://") {
+            format!("tcp://{rest}")
+        } else if let Some(rest) = self.url.strip_prefix("mqtts://") {
+            format!("ssl://{rest}")
+        } else {
+            self.url.clone()
+        }
+    }
+}
+
+/// How a numeric `ts` is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EpochUnit {
+    /// Unix epoch seconds, fractions allowed.
+    #[default]
+    S,
+    /// Unix epoch milliseconds, fractions allowed.
+    Ms,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregationConfig {
+    /// How long after a minute's end its messages may still arrive before it is closed;
+    /// covers clock skew and transport delay between machines and the broker.
+    #[serde(with = "human")]
+    pub grace: Duration,
+    /// How often each aggregator looks for minutes to close.
+    #[serde(with = "human")]
+    pub tick: Duration,
+    /// Older messages are rejected as `too_late`; newer ones for an already written minute
+    /// are merged into its row by the upsert.
+    #[serde(with = "human")]
+    pub max_lateness: Duration,
+    /// Messages further in the future are rejected as `future_ts`; `"off"` disables.
+    #[serde(with = "human_or_off")]
+    pub future_tolerance: Option<Duration>,
+    /// Zone for timestamps written without an offset.
+    pub default_timezone: Tz,
+    pub epoch_unit: EpochUnit,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        AggregationConfig {
+            grace: Duration::from_secs(5),
+            tick: Duration::from_secs(1),
+            max_lateness: Duration::from_secs(600),
+            future_tolerance: Some(Duration::from_secs(5)),
+            default_timezone: Tz::UTC,
+            epoch_unit: EpochUnit::S,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// libpq-style URL or key/value string, without a password: passwords come from a
+    /// secret source so that they never sit in a file that is copied around.
+    pub url: String,
+    pub batch_max_rows: usize,
+    #[serde(with = "human")]
+    pub flush_interval: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://fleetagg@127.0.0.1:5432/fleetagg".into(),
+            batch_max_rows: 5_000,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RejectsConfig {
+    /// Rejected messages stored per second; beyond it they are only counted, so a flood of
+    /// garbage cannot overload the database.
+    pub max_per_second: u32,
+}
+
+impl Default for RejectsConfig {
+    fn default() -> Self {
+        RejectsConfig {
+            max_per_second: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// How long a stop may take to flush open minutes and drain the writer. Past it the
+    /// process exits non-zero and says how many rows were not written.
+    #[serde(with = "human")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, for `check-config`. Secrets never sit in a
+    /// `Config` (passwords come from secret sources), so there is nothing to redact yet;
+    /// this is the one place that will have to.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|err| format!("# cannot print the configuration: {err}\n"))
+    }
+
+    /// Checks the rules that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mqtt = &self.mqtt;
+        let scheme_ok = ["tcp://", "ssl://", "ws://", "wss://", "mqtt://", "mqtts://"]
+            .iter()
+            .any(|scheme| mqtt.url.starts_with(scheme));
+        if !scheme_ok {
+            return Err(ConfigError::key(
+                "mqtt.url",
+                format!(
+                    "{:?} must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://",
+                    mqtt.url
+                ),
+            ));
+        }
+        if mqtt.client_id.trim().is_empty() {
+            return Err(ConfigError::key("mqtt.client_id", "must not be empty"));
+        }
+        if mqtt.topics.is_empty() || mqtt.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(ConfigError::key(
+                "mqtt.topics",
+                "needs at least one non-empty topic filter",
+            ));
+        }
+        if !(0..=2).contains(&mqtt.qos) {
+            return Err(ConfigError::key(
+                "mqtt.qos",
+                format!("{} is not 0, 1 or 2", mqtt.qos),
+            ));
+        }
+        positive("mqtt.max_payload_bytes", mqtt.max_payload_bytes)?;
+        positive("mqtt.inbound_capacity", mqtt.inbound_capacity)?;
+
+        let aggregation = &self.aggregation;
+        if aggregation.tick.is_zero() {
+            return Err(ConfigError::key(
+                "aggregation.tick",
+                "must be longer than zero",
+            ));
+        }
+
+        positive("database.batch_max_rows", self.database.batch_max_rows)?;
+        if self.database.flush_interval.is_zero() {
+            return Err(ConfigError::key(
+                "database.flush_interval",
+                "must be longer than zero",
+            ));
+        }
+        check_database_url(&self.database.url)
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::key(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn check_database_url(url: &str) -> Result<(), ConfigError> {
+    let parsed: tokio_postgres::Config = url
+        .parse()
+        .map_err(|err| ConfigError::key("database.url", format!("cannot be parsed: {err}")))?;
+    if parsed.get_password().is_some() {
+        // Never echo the URL: it holds the password we are refusing.
+        return Err(ConfigError::key(
+            "database.url",
+            "carries a password; remove it and give the password through a secret source \
+             (see docs/operations.md: AWS Secrets Manager, a file or an environment variable)",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Makes sure everything fleetagg's demo and tests need is installed and running:
+# a Rust toolchain, cmake and OpenSSL headers (paho-mqtt's bundled C build), Mosquitto on
+# 127.0.0.1:1883, PostgreSQL on 127.0.0.1:5432 with a `fleetagg` role and database.
+# Idempotent: where things already run it only checks them. Needs root (or sudo) for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[ensure-services] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        say "apt-get update"
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    say "installing: $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- build tools -----------------------------------------------------------------------
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v cc >/dev/null || missing+=(gcc)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+command -v curl >/dev/null || missing+=(curl ca-certificates)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+command -v psql >/dev/null || missing+=(postgresql postgresql-client)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] || {
+        say "installing the Rust toolchain with rustup"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+    }
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+# --- Mosquitto ---------------------------------------------------------------------------
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! port_open 1883; then
+    say "starting Mosquitto on 127.0.0.1:1883"
+    conf=/etc/mosquitto/mosquitto.conf
+    if [ -f "$conf" ]; then as_root mosquitto -d -c "$conf"; else as_root mosquitto -d -p 1883; fi
+    for _ in $(seq 50); do port_open 1883 && break; sleep 0.1; done
+    port_open 1883 || { say "Mosquitto did not start"; exit 1; }
+fi
+
+# --- PostgreSQL --------------------------------------------------------------------------
+if ! port_open 5432; then
+    say "starting PostgreSQL"
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root service postgresql start
+    for _ in $(seq 100); do port_open 5432 && break; sleep 0.1; done
+    port_open 5432 || { say "PostgreSQL did not start"; exit 1; }
+fi
+
+superuser_sql() {
+    # Trust auth (as on the project's machines) or, on a stock Debian install, peer auth
+    # as the postgres system user.
+    if PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+        psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"
+    else
+        as_root runuser -u postgres -- psql -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"
+    fi
+}
+
+if ! PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+    # A stock install asks for passwords on 127.0.0.1. The demo and the tests connect as
+    # local roles without one (the service's passwords come from secret sources, tested
+    # against their own clusters), so trust loopback on this development machine only.
+    hba=$(as_root runuser -u postgres -- psql -Atqc 'show hba_file')
+    if ! as_root grep -q '# fleetagg: trust loopback' "$hba"; then
+        say "allowing trust authentication on loopback in $hba (development machine)"
+        as_root sed -i '1i host all all 127.0.0.1/32 trust # fleetagg: trust loopback\nhost all all ::1/128 trust # fleetagg: trust loopback' "$hba"
+        as_root runuser -u postgres -- psql -Atqc 'select pg_reload_conf()' >/dev/null
+    fi
+fi
+
+if [ "$(superuser_sql "select count(*) from pg_roles where rolname = 'fleetagg'")" = 0 ]; then
+    say "creating role fleetagg"
+    superuser_sql "create role fleetagg login createdb" >/dev/null
+fi
+if [ "$(superuser_sql "select count(*) from pg_database where datname = 'fleetagg'")" = 0 ]; then
+    say "creating database fleetagg"
+    superuser_sql "create database fleetagg owner fleetagg" >/dev/null
+fi
+say "Mosquitto and PostgreSQL are ready"

@@ -1,0 +1,73 @@
+//! Command-line interface.
+
+use crate::{run, simulate};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use fleetagg_config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetagg",
+    version,
+    about = "MQTT machine telemetry to per-minute PostgreSQL facts"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// Log format: human-readable text, or one JSON object per line for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info,tokio_postgres=warn")]
+    pub(crate) log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConfigArg {
+    /// TOML configuration file; without it, the defaults. FLEETAGG__SECTION__KEY
+    /// environment variables override either.
+    #[arg(long, short, env = "FLEETAGG_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> anyhow::Result<Config> {
+        let config = fleetagg_config::load(self.config.as_deref(), std::env::vars())?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the service until SIGTERM or SIGINT.
+    Run(ConfigArg),
+    /// Apply the database schema and exit.
+    Migrate(ConfigArg),
+    /// Load and validate the configuration, print the effective one, and exit.
+    CheckConfig(ConfigArg),
+    /// Publish realistic telemetry for a fleet of machines (demos, load tests).
+    Simulate(simulate::SimulateArgs),
+}
+
+impl Command {
+    pub(crate) fn execute(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Run(args) => run::run(args.load()?),
+            Command::Migrate(args) => run::migrate(&args.load()?),
+            Command::CheckConfig(args) => {
+                let config = args.load().context("configuration is invalid")?;
+                print!("{}", config.to_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Simulate(args) => simulate::simulate(&args),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `fleetagg run` and `fleetagg migrate`: the actor system's lifetime and the signals
+//! that end it.
+
+use anyhow::Context as _;
+use fleetagg_actors::clock::SystemClock;
+use fleetagg_actors::source::MqttSource;
+use fleetagg_actors::writer::Connector;
+use fleetagg_actors::Service;
+use fleetagg_config::Config;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit code when a stop could not write everything it had accepted.
+const EXIT_ROWS_UNWRITTEN: u8 = 3;
+/// How often the counters are logged.
+const STATS_EVERY: Duration = Duration::from_secs(60);
+
+pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
+    actix_rt::System::new().block_on(async move {
+        let source = Box::new(MqttSource::new(&config.mqtt));
+        let service = tokio::select! {
+            started = Service::start(&config, source, Arc::new(SystemClock)) => started?,
+            signal = shutdown_signal() => {
+                tracing::info!(signal = signal?, "stopped before the service started");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        tracing::info!(topics = ?config.mqtt.topics, "fleetagg running");
+        let stats = service.stats();
+        let stats_logger = actix_rt::spawn({
+            let stats = stats.clone();
+            async move {
+                let mut every = actix_rt::time::interval(STATS_EVERY);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    tracing::info!(counters = %stats.summary(), "progress");
+                }
+            }
+        });
+
+        let signal = shutdown_signal().await?;
+        tracing::info!(signal, timeout = ?config.service.shutdown_timeout, "stopping: flushing open minutes");
+        let report = service.shutdown(config.service.shutdown_timeout).await;
+        stats_logger.abort();
+        tracing::info!(counters = %stats.summary(), "final counters");
+        if report.is_complete() {
+            tracing::info!("stopped; everything accepted was written");
+            Ok(ExitCode::SUCCESS)
+        } else {
+            tracing::error!(
+                intake_drained = report.intake_drained,
+                unwritten_minutes = report.writer.unwritten_minutes,
+                unwritten_rejections = report.writer.unwritten_rejections,
+                "stopped with rows not written"
+            );
+            Ok(ExitCode::from(EXIT_ROWS_UNWRITTEN))
+        }
+    })
+}
+
+pub(crate) fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    actix_rt::System::new().block_on(async {
+        let connector = Connector::new(&config.database.url)?;
+        let applied = connector
+            .migrate()
+            .await
+            .with_context(|| format!("migrating {}", connector.target()))?;
+        if applied.is_empty() {
+            println!("schema of {} is up to date", connector.target());
+        } else {
+            println!("applied migrations {applied:?} to {}", connector.target());
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
