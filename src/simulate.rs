@@ -121,7 +121,7 @@ async fn publish(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     });
     let progress = progress_bar(total, args.quiet);
     let started = Instant::now();
-    let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
+    let mut in_flight: VecDeque<mqtt::DeliveryToken> = VecDeque::with_capacity(IN_FLIGHT);
     let mut sent: u64 = 0;
     loop {
         if total.is_some_and(|total| sent >= total)
@@ -152,7 +152,6 @@ async fn publish(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         let message = mqtt::Message::new(&machine.topic, payload, args.qos);
         if in_flight.len() >= IN_FLIGHT {
             if let Some(token) = in_flight.pop_front() {
-                let _: mqtt::DeliveryToken = token;
                 token.await.context("publishing")?;
             }
         }

@@ -51,7 +51,7 @@ pub struct Broker {
 }
 
 /// What a broker needs besides its source and channel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct BrokerSettings {
     pub rules: ValidationRules,
     pub rejects_per_second: u32,

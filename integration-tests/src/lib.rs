@@ -1,1 +1,396 @@
+//! Helpers for tests that run fleetagg against a real Mosquitto and a real PostgreSQL.
+//!
+//! Each test gets its own database (created on the local server, dropped afterwards) and
+//! its own topic prefix and MQTT client id, so tests run in parallel without seeing each
+//! other. The services must be running: `scripts/test` starts them. A missing service is
+//! a failure with a clear message, never a skipped test.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Admin connection used to create and drop test databases.
+pub fn admin_url() -> String {
+    std::env::var("FLEETAGG_TEST_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The broker the shared tests use.
+pub fn broker_url() -> String {
+    std::env::var("FLEETAGG_TEST_MQTT_URL").unwrap_or_else(|_| "tcp://127.0.0.1:1883".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The `fleetagg` binary built next to this test binary (`scripts/test` builds it first).
+pub fn fleetagg_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("FLEETAGG_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let bin = profile_dir.join("fleetagg");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin fleetagg` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs SQL as the admin role through a short-lived connection.
+pub async fn admin_execute(sql: &str) {
+    let client = connect(&admin_url()).await;
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|err| panic!("admin SQL {sql:?} failed: {err}"));
+}
+
+/// Connects or fails the test with a message that says what to start.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|err| {
+            panic!("PostgreSQL at {url} is not reachable ({err}); scripts/test starts it")
+        });
+    actix_rt::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A database of its own for one test, dropped when the test ends.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let name = unique("fleetagg_it");
+        admin_execute(&format!("CREATE DATABASE {name}")).await;
+        let base = admin_url();
+        let url = match base.rfind('/') {
+            Some(slash) => format!("{}/{name}", &base[..slash]),
+            None => panic!("FLEETAGG_TEST_ADMIN_URL must be a URL ending in /database"),
+        };
+        TestDatabase { name, url }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside async code: psql is simplest, and a failure only leaves a
+        // uniquely named database behind.
+        let _ = Command::new("psql")
+            .arg(admin_url())
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A `fleetagg run` process with its own config file and log.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts the service and waits until it is subscribed and connected to PostgreSQL.
+    pub async fn start(config_toml: &str) -> ServiceProcess {
+        let dir = std::env::temp_dir().join(unique("fleetagg_it_run"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config_path = dir.join("fleetagg.toml");
+        std::fs::write(&config_path, config_toml).expect("write config");
+        Self::start_with(&config_path, &dir.join("service.log")).await
+    }
+
+    /// Starts again with the same config file, appending to the same log.
+    pub async fn restart(&self) -> ServiceProcess {
+        let log = self
+            .log_path
+            .with_extension(format!("{}.log", unique("restart")));
+        Self::start_with(&self.config_path, &log).await
+    }
+
+    async fn start_with(config_path: &Path, log_path: &Path) -> ServiceProcess {
+        let log = std::fs::File::create(log_path).expect("log file");
+        let child = Command::new(fleetagg_bin())
+            .args([
+                "--log-level",
+                "info,fleetagg_actors=debug",
+                "run",
+                "--config",
+            ])
+            .arg(config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fleetagg");
+        let service = ServiceProcess {
+            child: Some(child),
+            log_path: log_path.to_owned(),
+            config_path: config_path.to_owned(),
+        };
+        service
+            .wait_for_log("fleetagg running", Duration::from_secs(30))
+            .await;
+        service
+            .wait_for_log("connected to PostgreSQL", Duration::from_secs(30))
+            .await;
+        service
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("service never logged {needle:?}; log:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub async fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "could not signal fleetagg");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "fleetagg did not stop within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An MQTT publisher that waits for every PUBACK.
+pub struct Publisher {
+    client: paho_mqtt::AsyncClient,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub async fn connect(url: &str) -> Publisher {
+        let client = paho_mqtt::CreateOptionsBuilder::new()
+            .server_uri(url)
+            .client_id(unique("it_publisher"))
+            .persistence(paho_mqtt::PersistenceType::None)
+            .create_client()
+            .expect("mqtt client");
+        client
+            .connect(
+                paho_mqtt::ConnectOptionsBuilder::new()
+                    .clean_session(true)
+                    .finalize(),
+            )
+            .await
+            .unwrap_or_else(|err| {
+                panic!("MQTT broker at {url} is not reachable ({err}); scripts/test starts it")
+            });
+        Publisher { client }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        let message = paho_mqtt::Message::new(topic, payload.into(), 1);
+        self.client.publish(message).await.expect("publish (QoS 1)");
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A `loading_rate` row, compared exactly in tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadingRateRow {
+    pub machine: String,
+    pub ts: chrono::DateTime<chrono::Utc>,
+    pub samples: i32,
+    pub load_rate_avg: f64,
+    pub load_rate_min: f64,
+    pub load_rate_max: f64,
+    pub load_rate_sum: f64,
+    pub mileage_min: f64,
+    pub mileage_max: f64,
+}
+
+pub async fn loading_rate(client: &tokio_postgres::Client) -> Vec<LoadingRateRow> {
+    let rows = client
+        .query(
+            "SELECT machine, ts, samples, load_rate_avg, load_rate_min, load_rate_max, load_rate_sum,
+                    mileage_min, mileage_max
+             FROM loading_rate ORDER BY machine, ts",
+            &[],
+        )
+        .await
+        .map(Some)
+        .or_else(|err| match err.code() {
+            // Not created yet: the service creates it on its first connection.
+            Some(code) if *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE => Ok(None),
+            _ => Err(err),
+        })
+        .expect("query loading_rate")
+        .unwrap_or_default();
+    rows.iter()
+        .map(|row| LoadingRateRow {
+            machine: row.get(0),
+            ts: row.get(1),
+            samples: row.get(2),
+            load_rate_avg: row.get(3),
+            load_rate_min: row.get(4),
+            load_rate_max: row.get(5),
+            load_rate_sum: row.get(6),
+            mileage_min: row.get(7),
+            mileage_max: row.get(8),
+        })
+        .collect()
+}
+
+/// Reasons in `rejected_message`, sorted.
+pub async fn rejection_reasons(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query("SELECT reason FROM rejected_message ORDER BY reason", &[])
+        .await
+        .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+        .unwrap_or_default()
+}
+
+/// Expected rows computed from the accepted samples, one pass over all of them:
+/// `(machine, ts, load_rate, mileage)`.
+pub fn expected_rows(
+    samples: &[(String, chrono::DateTime<chrono::Utc>, f64, f64)],
+) -> Vec<LoadingRateRow> {
+    use chrono::{DurationRound, TimeDelta};
+    let mut rows: std::collections::BTreeMap<
+        (String, chrono::DateTime<chrono::Utc>),
+        LoadingRateRow,
+    > = std::collections::BTreeMap::new();
+    for (machine, ts, load_rate, mileage) in samples {
+        let minute = ts.duration_trunc(TimeDelta::minutes(1)).expect("truncate");
+        let row = rows
+            .entry((machine.clone(), minute))
+            .or_insert(LoadingRateRow {
+                machine: machine.clone(),
+                ts: minute,
+                samples: 0,
+                load_rate_avg: 0.0,
+                load_rate_min: f64::INFINITY,
+                load_rate_max: f64::NEG_INFINITY,
+                load_rate_sum: 0.0,
+                mileage_min: f64::INFINITY,
+                mileage_max: f64::NEG_INFINITY,
+            });
+        row.samples += 1;
+        row.load_rate_sum += load_rate;
+        row.load_rate_min = row.load_rate_min.min(*load_rate);
+        row.load_rate_max = row.load_rate_max.max(*load_rate);
+        row.mileage_min = row.mileage_min.min(*mileage);
+        row.mileage_max = row.mileage_max.max(*mileage);
+        row.load_rate_avg = row.load_rate_sum / f64::from(row.samples);
+    }
+    rows.into_values().collect()
+}
+
+/// A service configuration for one test: its own topics, client id and database; minutes
+/// close `grace` after their end.
+pub fn service_config(
+    database_url: &str,
+    topic_prefix: &str,
+    client_id: &str,
+    grace: &str,
+) -> String {
+    format!(
+        r#"
+[mqtt]
+url = "{broker}"
+client_id = "{client_id}"
+topics = ["{topic_prefix}/+/telemetry"]
+max_payload_bytes = 1024
+
+[aggregation]
+tick = "100ms"
+grace = "{grace}"
+default_timezone = "Europe/Paris"
+
+[database]
+url = "{database_url}"
+flush_interval = "200ms"
+"#,
+        broker = broker_url()
+    )
+}

@@ -41,7 +41,8 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
     let transaction = client.transaction().await.map_err(fail)?;
     transaction
         .batch_execute(
-            "SELECT pg_advisory_xact_lock(hashtext('fleetagg.schema'));
+            "SET LOCAL client_min_messages = warning;
+             SELECT pg_advisory_xact_lock(hashtext('fleetagg.schema'));
              CREATE TABLE IF NOT EXISTS fleetagg_schema_migrations (
                  version     integer     PRIMARY KEY,
                  description text        NOT NULL,

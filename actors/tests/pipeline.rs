@@ -1,0 +1,415 @@
+//! The actor pipeline (broker, aggregators) fed by the fake broker, with a recording
+//! writer in place of PostgreSQL and a manual clock: deterministic tests with known
+//! results for good and bad messages, duplicates, out-of-order and late messages,
+//! shutdown flushing and back-pressure.
+
+// Test support code: a panic here is a test failure with its location.
+#![allow(clippy::unwrap_used)]
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use fleetagg_actors::broker::BrokerOutputs;
+use fleetagg_actors::clock::{Clock, ManualClock};
+use fleetagg_actors::logic::{
+    ClosedMinute, MinuteAggregate, RejectReason, RejectedMessage, Timestamp,
+};
+use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
+use fleetagg_actors::service::PipelineSettings;
+use fleetagg_actors::source::FakeBroker;
+use fleetagg_actors::stats::PipelineStats;
+use fleetagg_actors::Pipeline;
+use fleetagg_config::Config;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+const TOPIC: &str = "machines/x/telemetry";
+
+/// Stands in for the writer: records every part it is handed. Its gate, when closed,
+/// makes `WriteMinutes` wait like a stalled database would.
+#[derive(Clone, Default)]
+struct Recorder {
+    parts: Arc<Mutex<Vec<ClosedMinute>>>,
+    rejections: Arc<Mutex<Vec<RejectedMessage>>>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<WriteMinutes> for Recorder {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, WriteMinutes(rows): WriteMinutes, _: &mut Self::Context) -> Self::Result {
+        let parts = self.parts.clone();
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                let _permit = gate.acquire().await;
+            }
+            parts.lock().unwrap().extend(rows);
+        })
+    }
+}
+
+impl Handler<StoreRejections> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, StoreRejections(rows): StoreRejections, _: &mut Self::Context) {
+        self.rejections.lock().unwrap().extend(rows);
+    }
+}
+
+type Rows = BTreeMap<(String, DateTime<Utc>), MinuteAggregate>;
+
+impl Recorder {
+    fn part_count(&self) -> usize {
+        self.parts.lock().unwrap().len()
+    }
+
+    /// Parts merged by (machine, minute start), as the database upsert would.
+    fn rows(&self) -> Rows {
+        let mut rows = Rows::new();
+        for part in self.parts.lock().unwrap().iter() {
+            let key = (part.machine.to_string(), part.minute.start().to_chrono());
+            rows.entry(key)
+                .and_modify(|row| row.merge(&part.aggregate))
+                .or_insert(part.aggregate);
+        }
+        rows
+    }
+
+    fn reasons(&self) -> Vec<RejectReason> {
+        self.rejections
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|row| row.reason)
+            .collect()
+    }
+}
+
+struct Harness {
+    publisher: FakeBroker,
+    recorder: Recorder,
+    clock: Arc<ManualClock>,
+    stats: Arc<PipelineStats>,
+    pipeline: Pipeline,
+}
+
+fn at(text: &str) -> Timestamp {
+    Timestamp::from_chrono(
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc),
+    )
+}
+
+fn utc(text: &str) -> DateTime<Utc> {
+    at(text).to_chrono()
+}
+
+fn message(machine: &str, ts: &str, load_rate: f64, mileage: f64) -> String {
+    format!(r#"{{"machine":"{machine}","ts":"{ts}","load_rate":{load_rate},"mileage":{mileage}}}"#)
+}
+
+fn key(machine: &str, minute: &str) -> (String, DateTime<Utc>) {
+    (machine.to_owned(), utc(minute))
+}
+
+async fn start(now: &str, configure: impl FnOnce(&mut Config), recorder: Recorder) -> Harness {
+    let mut config = Config::default();
+    config.aggregation.tick = Duration::from_millis(5);
+    config.mqtt.inbound_capacity = 4;
+    configure(&mut config);
+    let mut settings = PipelineSettings::from_config(&config);
+    settings.shards = 2;
+    let clock = Arc::new(ManualClock::new(at(now)));
+    let stats = Arc::new(PipelineStats::default());
+    let (publisher, source) = FakeBroker::new();
+    let address = recorder.clone().start();
+    let outputs = BrokerOutputs {
+        minutes: address.clone().recipient(),
+        rejections: address.recipient(),
+    };
+    let shared_clock: Arc<dyn Clock> = clock.clone();
+    let pipeline = Pipeline::start(
+        settings,
+        Box::new(source),
+        outputs,
+        shared_clock,
+        stats.clone(),
+    )
+    .await
+    .unwrap();
+    Harness {
+        publisher,
+        recorder,
+        clock,
+        stats,
+        pipeline,
+    }
+}
+
+impl Harness {
+    async fn publish(&self, payload: impl Into<Vec<u8>>) {
+        assert!(
+            self.publisher.publish(TOPIC, payload).await,
+            "pipeline refused a message"
+        );
+    }
+
+    /// Waits (bounded) until the recorder holds `parts` parts.
+    async fn wait_for_parts(&self, parts: usize) {
+        for _ in 0..400 {
+            if self.recorder.part_count() >= parts {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "expected {parts} parts, have {}",
+            self.recorder.part_count()
+        );
+    }
+
+    async fn wait_until_routed(&self, samples: u64) {
+        for _ in 0..400 {
+            let seen = self.stats.accepted.load(Ordering::SeqCst)
+                + self.stats.duplicates.load(Ordering::SeqCst);
+            if seen >= samples {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("samples did not reach the aggregators");
+    }
+}
+
+fn aggregate(samples: u32, sum: f64, load: (f64, f64), mileage: (f64, f64)) -> MinuteAggregate {
+    MinuteAggregate {
+        samples,
+        load_rate_sum: sum,
+        load_rate_min: load.0,
+        load_rate_max: load.1,
+        mileage_min: mileage.0,
+        mileage_max: mileage.1,
+    }
+}
+
+#[actix_rt::test]
+async fn a_known_mix_gives_known_rows_and_reasons() {
+    let h = start("2026-03-01T10:02:30Z", |_| {}, Recorder::default()).await;
+    let epoch_10_00_40 = utc("2026-03-01T10:00:40Z").timestamp();
+    let good = [
+        message("m1", "2026-03-01T10:00:10Z", 10.0, 100.0),
+        message("m1", "2026-03-01T12:00:20+02:00", 20.0, 101.0),
+        message("m1", "2026-03-01T04:30:30-05:30", 30.0, 102.0),
+        format!(
+            r#"{{"machine":"m1","ts":{epoch_10_00_40},"load_rate":40,"mileage":103,"extra":[1]}}"#
+        ),
+        message("m1", "2026-03-01T10:00:20Z", 99.0, 999.0), // redelivery of 10:00:20
+        message("m1", "2026-03-01T10:01:05Z", 50.0, 104.0),
+        message("m2", "2026-03-01T15:45:50+05:45", 60.0, 7.0),
+        message("m2", "2026-03-01T10:01:59.999999", 70.0, 8.0),
+    ];
+    let bad = [
+        "{not json".to_owned(),
+        r#"{"machine":"m1","ts":"2026-03-01T10:00:00Z","load_rate":5}"#.to_owned(),
+        message("m1", "2026-03-01T10:00:11Z", 100.5, 1.0),
+        message("m1", "2026-03-01T10:03:00Z", 1.0, 1.0),
+        message("m1", "2026-03-01T09:50:00Z", 1.0, 1.0),
+    ];
+    for payload in good.iter().chain(bad.iter()) {
+        h.publish(payload.clone()).await;
+    }
+    // Both minutes are past end + grace at 10:02:30: the next tick closes them.
+    h.wait_for_parts(4).await;
+    h.pipeline.stop().await;
+
+    let expected = Rows::from([
+        (
+            key("m1", "2026-03-01T10:00:00Z"),
+            aggregate(4, 100.0, (10.0, 40.0), (100.0, 103.0)),
+        ),
+        (
+            key("m1", "2026-03-01T10:01:00Z"),
+            aggregate(1, 50.0, (50.0, 50.0), (104.0, 104.0)),
+        ),
+        (
+            key("m2", "2026-03-01T10:00:00Z"),
+            aggregate(1, 60.0, (60.0, 60.0), (7.0, 7.0)),
+        ),
+        (
+            key("m2", "2026-03-01T10:01:00Z"),
+            aggregate(1, 70.0, (70.0, 70.0), (8.0, 8.0)),
+        ),
+    ]);
+    assert_eq!(h.recorder.rows(), expected);
+    let mut reasons = h.recorder.reasons();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            RejectReason::Malformed,
+            RejectReason::MissingField,
+            RejectReason::OutOfRange,
+            RejectReason::FutureTs,
+            RejectReason::TooLate
+        ]
+    );
+    assert_eq!(h.stats.received.load(Ordering::SeqCst), 13);
+    assert_eq!(h.stats.accepted.load(Ordering::SeqCst), 7);
+    assert_eq!(h.stats.duplicates.load(Ordering::SeqCst), 1);
+    assert_eq!(h.stats.rejected_total(), 5);
+    assert_eq!(h.stats.rejected(RejectReason::TooLate), 1);
+}
+
+#[actix_rt::test]
+async fn minutes_close_at_end_plus_grace_whatever_the_arrival_order() {
+    let h = start("2026-03-01T10:01:02Z", |_| {}, Recorder::default()).await;
+    h.publish(message("m1", "2026-03-01T10:01:01Z", 80.0, 3.0))
+        .await;
+    h.publish(message("m1", "2026-03-01T10:00:30Z", 20.0, 1.0))
+        .await;
+    h.publish(message("m1", "2026-03-01T10:00:59.5Z", 40.0, 2.0))
+        .await;
+    h.wait_until_routed(3).await;
+    // 10:01:04.9: the 10:00 minute's grace has not run out yet.
+    h.clock.set(at("2026-03-01T10:01:04.9Z"));
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.recorder.part_count(), 0, "closed before end + grace");
+
+    h.clock.set(at("2026-03-01T10:01:05Z"));
+    h.wait_for_parts(1).await;
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    let rows = h.recorder.rows();
+    assert_eq!(rows.len(), 1, "only the 10:00 minute is due: {rows:?}");
+    assert_eq!(
+        rows[&key("m1", "2026-03-01T10:00:00Z")],
+        aggregate(2, 60.0, (20.0, 40.0), (1.0, 2.0))
+    );
+
+    // The 10:01 minute closes on time too, although m1 sends nothing more.
+    h.clock.set(at("2026-03-01T10:02:05Z"));
+    h.wait_for_parts(2).await;
+    let rows = h.recorder.rows();
+    assert_eq!(
+        rows[&key("m1", "2026-03-01T10:01:00Z")],
+        aggregate(1, 80.0, (80.0, 80.0), (3.0, 3.0))
+    );
+    h.pipeline.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_late_message_for_a_written_minute_is_merged_not_lost() {
+    let h = start("2026-03-01T10:05:00Z", |_| {}, Recorder::default()).await;
+    h.publish(message("m1", "2026-03-01T10:00:10Z", 10.0, 5.0))
+        .await;
+    h.wait_for_parts(1).await;
+    // Within max_lateness (10m) but after its minute was handed to the writer.
+    h.publish(message("m1", "2026-03-01T10:00:50Z", 30.0, 6.0))
+        .await;
+    h.wait_for_parts(2).await;
+    h.pipeline.stop().await;
+    assert_eq!(
+        h.recorder.part_count(),
+        2,
+        "the late sample travels as a second part"
+    );
+    assert_eq!(
+        h.recorder.rows(),
+        Rows::from([(
+            key("m1", "2026-03-01T10:00:00Z"),
+            aggregate(2, 40.0, (10.0, 30.0), (5.0, 6.0))
+        )])
+    );
+}
+
+#[actix_rt::test]
+async fn stopping_flushes_open_partial_minutes() {
+    let h = start("2026-03-01T10:00:30Z", |_| {}, Recorder::default()).await;
+    for (second, load_rate) in [(1, 10.0), (2, 20.0), (2, 20.0)] {
+        h.publish(message(
+            "m9",
+            &format!("2026-03-01T10:00:0{second}Z"),
+            load_rate,
+            1.0,
+        ))
+        .await;
+    }
+    h.pipeline.stop().await;
+    assert_eq!(
+        h.recorder.rows(),
+        Rows::from([(
+            key("m9", "2026-03-01T10:00:00Z"),
+            aggregate(2, 30.0, (10.0, 20.0), (1.0, 1.0))
+        )])
+    );
+    assert_eq!(h.stats.duplicates.load(Ordering::SeqCst), 1);
+    assert!(
+        !h.publisher.publish(TOPIC, "late").await,
+        "intake must be closed after stop"
+    );
+}
+
+#[actix_rt::test]
+async fn stored_rejections_are_capped_per_second_but_all_counted() {
+    let h = start(
+        "2026-03-01T10:00:30Z",
+        |config| config.rejects.max_per_second = 2,
+        Recorder::default(),
+    )
+    .await;
+    for _ in 0..5 {
+        h.publish("garbage").await;
+    }
+    h.pipeline.stop().await;
+    assert_eq!(h.recorder.reasons(), vec![RejectReason::Malformed; 2]);
+    assert_eq!(h.stats.rejected(RejectReason::Malformed), 5);
+    assert_eq!(h.stats.rejects_not_stored.load(Ordering::SeqCst), 3);
+}
+
+#[actix_rt::test]
+async fn a_stalled_writer_stalls_the_publisher_instead_of_dropping() {
+    let gate = Arc::new(Semaphore::new(0));
+    let recorder = Recorder {
+        gate: Some(gate.clone()),
+        ..Recorder::default()
+    };
+    let h = start("2026-03-01T10:09:30Z", |_| {}, recorder).await;
+    // Every message lands in a different, already due minute: each is handed to the
+    // (stalled) writer at the next tick, so the aggregator stops taking samples.
+    let payloads: Vec<String> = (0..400)
+        .map(|n| {
+            let ts = at("2026-03-01T10:00:00Z").saturating_add_micros(n * 1_000_000);
+            message("m1", &ts.to_string(), 50.0, 1.0)
+        })
+        .collect();
+    let publisher = h.publisher.clone();
+    let sending = actix_rt::spawn(async move {
+        for payload in payloads {
+            assert!(publisher.publish(TOPIC, payload).await);
+        }
+    });
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !sending.is_finished(),
+        "publishing finished although the writer never took a row"
+    );
+    let routed_while_stalled = h.stats.accepted.load(Ordering::SeqCst);
+    assert!(
+        routed_while_stalled < 400,
+        "everything was taken while the writer was stalled"
+    );
+
+    gate.add_permits(1_000_000);
+    sending.await.unwrap();
+    h.pipeline.stop().await;
+    let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
+    assert_eq!(samples, 400, "no sample may be lost under back-pressure");
+    assert_eq!(h.stats.samples_lost.load(Ordering::SeqCst), 0);
+}
