@@ -125,7 +125,17 @@ pub fn parse_epoch(value: f64, rules: &TimestampRules) -> Result<Timestamp, Stri
         EpochUnit::S => 1e6,
         EpochUnit::Ms => 1e3,
     };
-    let micros = (value * micros_per_unit).floor();
+    // Truncate to the microsecond, as for text timestamps, except where the product is
+    // only below a whole microsecond by floating-point error: `2150918326.981929` is stored
+    // as 2150918326.98192882…, and a plain floor would lose the microsecond that was sent.
+    let scaled = value * micros_per_unit;
+    let nearest = scaled.round();
+    let rounding_error = scaled.abs() * 4.0 * f64::EPSILON;
+    let micros = if (scaled - nearest).abs() <= rounding_error {
+        nearest
+    } else {
+        scaled.floor()
+    };
     // Bounds of what PostgreSQL's timestamptz and chrono both represent (years 1..9999).
     const MIN: f64 = -62_135_596_800_000_000.0;
     const MAX: f64 = 253_402_300_799_000_000.0;

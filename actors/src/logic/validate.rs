@@ -143,8 +143,9 @@ pub fn validate(
     ) {
         return Err(wrong_type("ts", "a string or a number", &ts));
     }
-    let load_rate = number("load_rate", &load_rate)?;
-    let mileage = number("mileage", &mileage)?;
+    // `+ 0.0` turns a JSON `-0` into 0, so no row ever shows a negative zero.
+    let load_rate = number("load_rate", &load_rate)? + 0.0;
+    let mileage = number("mileage", &mileage)? + 0.0;
 
     check_machine(&machine)?;
     let ts = match ts {
