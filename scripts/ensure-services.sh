@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Makes sure everything fleetagg's demo and tests need is installed and running:
 # a Rust toolchain, cmake and OpenSSL headers (paho-mqtt's bundled C build), Mosquitto on
-# 127.0.0.1:1883, PostgreSQL on 127.0.0.1:5432 with a `fleetagg` role and database.
+# 127.0.0.1:1883, PostgreSQL on 127.0.0.1:5432 with a `fleetagg` role and database,
+# `runuser` (the secret-rotation tests run `initdb`/`pg_ctl` of private password-checking
+# PostgreSQL clusters as the postgres user) and a Python virtual environment in
+# scripts/.venv with `moto[server]` (a local AWS Secrets Manager for those tests; only
+# with --with-moto, which scripts/test passes).
 # Idempotent: where things already run it only checks them. Needs root (or sudo) for apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +36,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v psql >/dev/null || missing+=(postgresql postgresql-client)
+command -v runuser >/dev/null || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if ! command -v cargo >/dev/null; then
@@ -91,4 +96,19 @@ if [ "$(superuser_sql "select count(*) from pg_database where datname = 'fleetag
     say "creating database fleetagg"
     superuser_sql "create database fleetagg owner fleetagg" >/dev/null
 fi
-say "Mosquitto and PostgreSQL are ready"
+
+# --- moto (a local AWS Secrets Manager for the secret-rotation tests) --------------------
+# integration-tests/src/moto.rs runs scripts/.venv/bin/moto_server (or $FLEETAGG_MOTO_SERVER).
+venv=scripts/.venv
+if [ "${1:-}" = "--with-moto" ] && [ ! -x "$venv/bin/moto_server" ]; then
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating the Python virtual environment $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+    fi
+    say "installing moto[server] into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]'
+    [ -x "$venv/bin/moto_server" ] || { say "moto_server missing after installing moto[server]"; exit 1; }
+fi
+
+say "Mosquitto and PostgreSQL are ready${1:+ (and moto)}"

@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "fleetagg",
-    version,
-    about = "MQTT machine telemetry to per-minute PostgreSQL facts"
-)]
+#[command(name = "fleetagg", version, about = "MQTT machine telemetry to per-minute PostgreSQL facts")]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,

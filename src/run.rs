@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use fleetagg_actors::clock::SystemClock;
+use fleetagg_actors::secrets;
 use fleetagg_actors::source::MqttSource;
 use fleetagg_actors::writer::Connector;
 use fleetagg_actors::Service;
@@ -63,8 +64,15 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
 pub(crate) fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     actix_rt::System::new().block_on(async {
         let connector = Connector::new(&config.database.url)?;
+        let credentials = match &config.database.password {
+            Some(password) => {
+                let source = secrets::build_source(password).await;
+                Some(secrets::fetch_at_start(source.as_ref(), 3).await?)
+            }
+            None => None,
+        };
         let applied = connector
-            .migrate()
+            .migrate(credentials.as_ref())
             .await
             .with_context(|| format!("migrating {}", connector.target()))?;
         if applied.is_empty() {
@@ -79,8 +87,7 @@ pub(crate) fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
 /// Waits for SIGTERM or SIGINT and names it.
 async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     Ok(tokio::select! {
         _ = terminate.recv() => "SIGTERM",

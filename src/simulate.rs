@@ -50,8 +50,7 @@ pub(crate) struct SimulateArgs {
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
-    let duration =
-        humantime::parse_duration(text.trim()).map_err(|err| format!("{text:?}: {err}"))?;
+    let duration = humantime::parse_duration(text.trim()).map_err(|err| format!("{text:?}: {err}"))?;
     if duration.is_zero() {
         return Err("must be longer than zero".into());
     }
@@ -77,31 +76,20 @@ const BAD_PAYLOADS: &[&str] = &[
 ];
 
 pub(crate) fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(publish(args))
 }
 
 async fn publish(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
-    let url = args
-        .url
-        .replacen("mqtt://", "tcp://", 1)
-        .replacen("mqtts://", "ssl://", 1);
+    let url = args.url.replacen("mqtt://", "tcp://", 1).replacen("mqtts://", "ssl://", 1);
     let client = mqtt::CreateOptionsBuilder::new()
         .server_uri(&url)
         .client_id(format!("fleetagg-simulator-{}", std::process::id()))
         .persistence(mqtt::PersistenceType::None)
         .create_client()
         .context("creating the MQTT client")?;
-    let options = mqtt::ConnectOptionsBuilder::new()
-        .clean_session(true)
-        .max_inflight(1024)
-        .finalize();
-    client
-        .connect(options)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let options = mqtt::ConnectOptionsBuilder::new().clean_session(true).max_inflight(1024).finalize();
+    client.connect(options).await.with_context(|| format!("connecting to {url}"))?;
 
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut fleet: Vec<Machine> = (1..=args.machines)
@@ -116,16 +104,15 @@ async fn publish(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
 
-    let total = args.count.or_else(|| {
-        (args.rate > 0.0).then(|| (args.rate * args.duration.as_secs_f64()).round() as u64)
-    });
+    let total = args
+        .count
+        .or_else(|| (args.rate > 0.0).then(|| (args.rate * args.duration.as_secs_f64()).round() as u64));
     let progress = progress_bar(total, args.quiet);
     let started = Instant::now();
     let mut in_flight: VecDeque<mqtt::DeliveryToken> = VecDeque::with_capacity(IN_FLIGHT);
     let mut sent: u64 = 0;
     loop {
-        if total.is_some_and(|total| sent >= total)
-            || (total.is_none() && started.elapsed() >= args.duration)
+        if total.is_some_and(|total| sent >= total) || (total.is_none() && started.elapsed() >= args.duration)
         {
             break;
         }
@@ -135,7 +122,7 @@ async fn publish(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         }
         let index = (sent % u64::from(args.machines)) as usize;
         let machine = &mut fleet[index];
-        let payload = if args.bad_every > 0 && (sent + 1) % args.bad_every == 0 {
+        let payload = if args.bad_every > 0 && (sent + 1).is_multiple_of(args.bad_every) {
             let bad = BAD_PAYLOADS[((sent + 1) / args.bad_every) as usize % BAD_PAYLOADS.len()];
             bad.replace("NOW", &now_rfc3339())
         } else {

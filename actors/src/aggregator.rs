@@ -40,14 +40,7 @@ impl Aggregator {
         writer: Recipient<WriteMinutes>,
         stats: Arc<PipelineStats>,
     ) -> Self {
-        Aggregator {
-            machine,
-            open: OpenMinutes::default(),
-            settings,
-            clock,
-            writer,
-            stats,
-        }
+        Aggregator { machine, open: OpenMinutes::default(), settings, clock, writer, stats }
     }
 
     fn close_due(&mut self, ctx: &mut Context<Self>) {
@@ -60,17 +53,10 @@ impl Aggregator {
         }
     }
 
-    fn hand_over(
-        &self,
-        minutes: Vec<(Minute, MinuteAggregate)>,
-    ) -> impl Future<Output = ()> + 'static {
+    fn hand_over(&self, minutes: Vec<(Minute, MinuteAggregate)>) -> impl Future<Output = ()> + 'static {
         let rows: Vec<ClosedMinute> = minutes
             .into_iter()
-            .map(|(minute, aggregate)| ClosedMinute {
-                machine: self.machine.clone(),
-                minute,
-                aggregate,
-            })
+            .map(|(minute, aggregate)| ClosedMinute { machine: self.machine.clone(), minute, aggregate })
             .collect();
         let writer = self.writer.clone();
         let stats = self.stats.clone();

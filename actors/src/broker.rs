@@ -97,9 +97,7 @@ impl Broker {
             self.stats.clone(),
             machine.clone(),
         );
-        let create = move |_: &mut Context<Aggregator>| {
-            Aggregator::new(name, settings, clock, writer, stats)
-        };
+        let create = move |_: &mut Context<Aggregator>| Aggregator::new(name, settings, clock, writer, stats);
         let address = match self.shards.get(shard) {
             Some(arbiter) => Aggregator::start_in_arbiter(arbiter, create),
             None => Aggregator::create(create),
@@ -114,10 +112,7 @@ impl Actor for Broker {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(receiver) = self.inbound.take() {
-            ctx.add_stream(Batches {
-                receiver,
-                max: BATCH_MESSAGES,
-            });
+            ctx.add_stream(Batches { receiver, max: BATCH_MESSAGES });
         }
     }
 }
@@ -130,10 +125,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         let mut rejections = Vec::new();
         for message in batch {
             match validate(&message.payload, now, &self.rules) {
-                Ok(telemetry) => by_machine
-                    .entry(telemetry.machine)
-                    .or_default()
-                    .push(telemetry.sample),
+                Ok(telemetry) => by_machine.entry(telemetry.machine).or_default().push(telemetry.sample),
                 Err(rejection) => {
                     self.stats.count_rejected(rejection.reason);
                     tracing::debug!(topic = %message.topic, reason = %rejection.reason, detail = %rejection.detail, "message rejected");
@@ -156,24 +148,15 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
             .map(|(machine, samples)| {
                 let aggregator = self.aggregator_for(machine);
                 let count = samples.len() as u64;
-                async move {
-                    aggregator
-                        .send(AcceptSamples(samples))
-                        .await
-                        .map_err(|_| count)
-                }
+                async move { aggregator.send(AcceptSamples(samples)).await.map_err(|_| count) }
             })
             .collect();
-        let stored = (!rejections.is_empty())
-            .then(|| self.outputs.rejections.send(StoreRejections(rejections)));
+        let stored =
+            (!rejections.is_empty()).then(|| self.outputs.rejections.send(StoreRejections(rejections)));
         let stats = self.stats.clone();
         ctx.wait(
             async move {
-                for lost in join_all(deliveries)
-                    .await
-                    .into_iter()
-                    .filter_map(Result::err)
-                {
+                for lost in join_all(deliveries).await.into_iter().filter_map(Result::err) {
                     bump(&stats.samples_lost, lost);
                     tracing::error!(samples = lost, "aggregator unavailable; samples lost");
                 }
@@ -190,18 +173,11 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
     /// The source closed the channel: every received message has been routed. Now
     /// every aggregator hands its open minutes to the writer.
     fn finished(&mut self, ctx: &mut Self::Context) {
-        let flushes = join_all(
-            self.aggregators
-                .values()
-                .map(|aggregator| aggregator.send(FlushOpenMinutes)),
-        );
+        let flushes = join_all(self.aggregators.values().map(|aggregator| aggregator.send(FlushOpenMinutes)));
         ctx.wait(flushes.into_actor(self).map(|results, broker, ctx| {
             let failed = results.iter().filter(|result| result.is_err()).count();
             if failed > 0 {
-                tracing::error!(
-                    aggregators = failed,
-                    "aggregators did not flush their open minutes"
-                );
+                tracing::error!(aggregators = failed, "aggregators did not flush their open minutes");
             }
             broker.drained = true;
             for waiter in broker.on_drained.drain(..) {

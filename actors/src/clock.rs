@@ -26,9 +26,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> Self {
-        ManualClock {
-            micros: AtomicI64::new(start.micros()),
-        }
+        ManualClock { micros: AtomicI64::new(start.micros()) }
     }
 
     pub fn set(&self, now: Timestamp) {

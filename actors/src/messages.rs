@@ -3,6 +3,7 @@
 //! `do_send`: back-pressure must reach the MQTT connection, not pile up in a queue.
 
 use crate::logic::{ClosedMinute, RejectedMessage, Sample};
+use crate::secrets::Credentials;
 use actix::Message;
 use std::time::Instant;
 
@@ -52,3 +53,21 @@ impl DrainReport {
         self.unwritten_minutes == 0 && self.unwritten_rejections == 0
     }
 }
+
+/// Writer → secret keeper: a login failed, the password may have been rotated: fetch the
+/// secret now. Control path only.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RefreshSecret;
+
+/// Secret keeper → writer: the secret changed; connect with it, then drop the old
+/// connection.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CredentialsChanged(pub Credentials);
+
+/// Service → secret keeper at start-up: who to tell about changes (the writer is started
+/// after the keeper, so it cannot be passed at construction).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SubscribeCredentials(pub actix::Recipient<CredentialsChanged>);

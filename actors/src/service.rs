@@ -9,10 +9,12 @@ use crate::aggregator::AggregatorSettings;
 use crate::broker::{Broker, BrokerOutputs, BrokerSettings};
 use crate::clock::Clock;
 use crate::logic::{TimestampRules, ValidationRules};
+use crate::messages::SubscribeCredentials;
 use crate::messages::{Drain, DrainReport, StopIntake};
+use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
 use crate::stats::PipelineStats;
-use crate::writer::{Connector, DbError, Writer, WriterSettings};
+use crate::writer::{Connector, DbError, Writer, WriterCredentials, WriterSettings};
 use actix::prelude::*;
 use fleetagg_config::Config;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ pub enum ServiceError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Database(#[from] DbError),
+    #[error("the database password could not be fetched at start-up: {0}")]
+    Secret(#[from] SecretError),
 }
 
 impl ServiceError {
@@ -31,9 +35,13 @@ impl ServiceError {
         match self {
             ServiceError::Source(err) => err.is_retriable(),
             ServiceError::Database(err) => err.is_retriable(),
+            ServiceError::Secret(_) => true,
         }
     }
 }
+
+/// Start-up gives up on the secret after this many attempts, with a clear error.
+const STARTUP_SECRET_ATTEMPTS: u32 = 5;
 
 /// What the pipeline needs from the configuration.
 #[derive(Debug, Clone)]
@@ -60,10 +68,7 @@ impl PipelineSettings {
             broker: BrokerSettings {
                 rules,
                 rejects_per_second: config.rejects.max_per_second,
-                aggregator: AggregatorSettings {
-                    grace: aggregation.grace,
-                    tick: aggregation.tick,
-                },
+                aggregator: AggregatorSettings { grace: aggregation.grace, tick: aggregation.tick },
             },
             inbound_capacity: config.mqtt.inbound_capacity,
             shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
@@ -87,25 +92,14 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
     ) -> Result<Pipeline, SourceError> {
-        let shards: Vec<Arbiter> = (0..settings.shards.max(1))
-            .map(|_| Arbiter::new())
-            .collect();
+        let shards: Vec<Arbiter> = (0..settings.shards.max(1)).map(|_| Arbiter::new()).collect();
         let handles = shards.iter().map(Arbiter::handle).collect();
         let (sink, inbound) = InboundSink::channel(settings.inbound_capacity);
         if let Err(err) = source.start(sink).await {
             stop_arbiters(shards);
             return Err(err);
         }
-        let broker = Broker::new(
-            source,
-            inbound,
-            settings.broker,
-            handles,
-            outputs,
-            clock,
-            stats,
-        )
-        .start();
+        let broker = Broker::new(source, inbound, settings.broker, handles, outputs, clock, stats).start();
         Ok(Pipeline { broker, shards })
     }
 
@@ -161,14 +155,40 @@ impl Service {
             flush_interval: config.database.flush_interval,
         };
         let writer_arbiter = Arbiter::new();
-        let writer_stats = stats.clone();
-        let writer = Writer::start_in_arbiter(&writer_arbiter.handle(), move |_| {
-            Writer::new(connector, settings, writer_stats)
-        });
-        let outputs = BrokerOutputs {
-            minutes: writer.clone().recipient(),
-            rejections: writer.clone().recipient(),
+        let credentials = match &config.database.password {
+            Some(password) => {
+                let source = secrets::build_source(password).await;
+                let current = match secrets::fetch_at_start(source.as_ref(), STARTUP_SECRET_ATTEMPTS).await {
+                    Ok(current) => current,
+                    Err(err) => {
+                        stop_arbiters(vec![writer_arbiter]);
+                        return Err(err.into());
+                    }
+                };
+                tracing::info!(source = %source.describe(), user = ?current.user, "database secret fetched");
+                let (refresh, keeper_stats, initial) =
+                    (password.refresh_interval, stats.clone(), current.clone());
+                let keeper = SecretKeeper::start_in_arbiter(&writer_arbiter.handle(), move |_| {
+                    SecretKeeper::new(source, initial, refresh, keeper_stats)
+                });
+                Some((keeper, current))
+            }
+            None => None,
         };
+        let writer_stats = stats.clone();
+        let writer_credentials = credentials.as_ref().map(|(keeper, current)| WriterCredentials {
+            current: current.clone(),
+            keeper: keeper.clone().recipient(),
+        });
+        let writer = Writer::start_in_arbiter(&writer_arbiter.handle(), move |_| {
+            Writer::new(connector, writer_credentials, settings, writer_stats)
+        });
+        if let Some((keeper, _)) = &credentials {
+            // Control path, once at start-up.
+            let _ = keeper.send(SubscribeCredentials(writer.clone().recipient())).await;
+        }
+        let outputs =
+            BrokerOutputs { minutes: writer.clone().recipient(), rejections: writer.clone().recipient() };
         let pipeline = match Pipeline::start(
             PipelineSettings::from_config(config),
             source,
@@ -184,12 +204,7 @@ impl Service {
                 return Err(err.into());
             }
         };
-        Ok(Service {
-            pipeline,
-            writer,
-            writer_arbiter,
-            stats,
-        })
+        Ok(Service { pipeline, writer, writer_arbiter, stats })
     }
 
     pub fn stats(&self) -> Arc<PipelineStats> {
@@ -199,21 +214,13 @@ impl Service {
     /// Stops intake, flushes every open minute and drains the writer, within `timeout`.
     pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
         let deadline = Instant::now() + timeout;
-        let intake_drained = tokio::time::timeout_at(deadline.into(), self.pipeline.stop())
-            .await
-            .is_ok();
+        let intake_drained = tokio::time::timeout_at(deadline.into(), self.pipeline.stop()).await.is_ok();
         let writer = self
             .writer
             .send(Drain { deadline })
             .await
-            .unwrap_or(DrainReport {
-                unwritten_minutes: usize::MAX,
-                unwritten_rejections: usize::MAX,
-            });
+            .unwrap_or(DrainReport { unwritten_minutes: usize::MAX, unwritten_rejections: usize::MAX });
         stop_arbiters(vec![self.writer_arbiter]);
-        ShutdownReport {
-            intake_drained,
-            writer,
-        }
+        ShutdownReport { intake_drained, writer }
     }
 }

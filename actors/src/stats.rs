@@ -21,6 +21,9 @@ pub struct PipelineStats {
     pub write_batches: AtomicU64,
     pub write_failures: AtomicU64,
     pub db_connects: AtomicU64,
+    pub secret_fetches: AtomicU64,
+    pub secret_failures: AtomicU64,
+    pub secret_changes: AtomicU64,
 }
 
 impl PipelineStats {
@@ -33,10 +36,7 @@ impl PipelineStats {
     }
 
     pub fn rejected_total(&self) -> u64 {
-        RejectReason::ALL
-            .iter()
-            .map(|reason| self.rejected(*reason))
-            .sum()
+        RejectReason::ALL.iter().map(|reason| self.rejected(*reason)).sum()
     }
 
     /// One line for the logs: the counters that are not zero.

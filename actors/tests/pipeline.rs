@@ -10,9 +10,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use fleetagg_actors::broker::BrokerOutputs;
 use fleetagg_actors::clock::{Clock, ManualClock};
-use fleetagg_actors::logic::{
-    ClosedMinute, MinuteAggregate, RejectReason, RejectedMessage, Timestamp,
-};
+use fleetagg_actors::logic::{ClosedMinute, MinuteAggregate, RejectReason, RejectedMessage, Timestamp};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
 use fleetagg_actors::service::PipelineSettings;
 use fleetagg_actors::source::FakeBroker;
@@ -75,20 +73,13 @@ impl Recorder {
         let mut rows = Rows::new();
         for part in self.parts.lock().unwrap().iter() {
             let key = (part.machine.to_string(), part.minute.start().to_chrono());
-            rows.entry(key)
-                .and_modify(|row| row.merge(&part.aggregate))
-                .or_insert(part.aggregate);
+            rows.entry(key).and_modify(|row| row.merge(&part.aggregate)).or_insert(part.aggregate);
         }
         rows
     }
 
     fn reasons(&self) -> Vec<RejectReason> {
-        self.rejections
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|row| row.reason)
-            .collect()
+        self.rejections.lock().unwrap().iter().map(|row| row.reason).collect()
     }
 }
 
@@ -101,11 +92,7 @@ struct Harness {
 }
 
 fn at(text: &str) -> Timestamp {
-    Timestamp::from_chrono(
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc),
-    )
+    Timestamp::from_chrono(DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc))
 }
 
 fn utc(text: &str) -> DateTime<Utc> {
@@ -131,35 +118,16 @@ async fn start(now: &str, configure: impl FnOnce(&mut Config), recorder: Recorde
     let stats = Arc::new(PipelineStats::default());
     let (publisher, source) = FakeBroker::new();
     let address = recorder.clone().start();
-    let outputs = BrokerOutputs {
-        minutes: address.clone().recipient(),
-        rejections: address.recipient(),
-    };
+    let outputs = BrokerOutputs { minutes: address.clone().recipient(), rejections: address.recipient() };
     let shared_clock: Arc<dyn Clock> = clock.clone();
-    let pipeline = Pipeline::start(
-        settings,
-        Box::new(source),
-        outputs,
-        shared_clock,
-        stats.clone(),
-    )
-    .await
-    .unwrap();
-    Harness {
-        publisher,
-        recorder,
-        clock,
-        stats,
-        pipeline,
-    }
+    let pipeline =
+        Pipeline::start(settings, Box::new(source), outputs, shared_clock, stats.clone()).await.unwrap();
+    Harness { publisher, recorder, clock, stats, pipeline }
 }
 
 impl Harness {
     async fn publish(&self, payload: impl Into<Vec<u8>>) {
-        assert!(
-            self.publisher.publish(TOPIC, payload).await,
-            "pipeline refused a message"
-        );
+        assert!(self.publisher.publish(TOPIC, payload).await, "pipeline refused a message");
     }
 
     /// Waits (bounded) until the recorder holds `parts` parts.
@@ -170,16 +138,13 @@ impl Harness {
             }
             actix_rt::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!(
-            "expected {parts} parts, have {}",
-            self.recorder.part_count()
-        );
+        panic!("expected {parts} parts, have {}", self.recorder.part_count());
     }
 
     async fn wait_until_routed(&self, samples: u64) {
         for _ in 0..400 {
-            let seen = self.stats.accepted.load(Ordering::SeqCst)
-                + self.stats.duplicates.load(Ordering::SeqCst);
+            let seen =
+                self.stats.accepted.load(Ordering::SeqCst) + self.stats.duplicates.load(Ordering::SeqCst);
             if seen >= samples {
                 return;
             }
@@ -208,9 +173,7 @@ async fn a_known_mix_gives_known_rows_and_reasons() {
         message("m1", "2026-03-01T10:00:10Z", 10.0, 100.0),
         message("m1", "2026-03-01T12:00:20+02:00", 20.0, 101.0),
         message("m1", "2026-03-01T04:30:30-05:30", 30.0, 102.0),
-        format!(
-            r#"{{"machine":"m1","ts":{epoch_10_00_40},"load_rate":40,"mileage":103,"extra":[1]}}"#
-        ),
+        format!(r#"{{"machine":"m1","ts":{epoch_10_00_40},"load_rate":40,"mileage":103,"extra":[1]}}"#),
         message("m1", "2026-03-01T10:00:20Z", 99.0, 999.0), // redelivery of 10:00:20
         message("m1", "2026-03-01T10:01:05Z", 50.0, 104.0),
         message("m2", "2026-03-01T15:45:50+05:45", 60.0, 7.0),
@@ -231,22 +194,10 @@ async fn a_known_mix_gives_known_rows_and_reasons() {
     h.pipeline.stop().await;
 
     let expected = Rows::from([
-        (
-            key("m1", "2026-03-01T10:00:00Z"),
-            aggregate(4, 100.0, (10.0, 40.0), (100.0, 103.0)),
-        ),
-        (
-            key("m1", "2026-03-01T10:01:00Z"),
-            aggregate(1, 50.0, (50.0, 50.0), (104.0, 104.0)),
-        ),
-        (
-            key("m2", "2026-03-01T10:00:00Z"),
-            aggregate(1, 60.0, (60.0, 60.0), (7.0, 7.0)),
-        ),
-        (
-            key("m2", "2026-03-01T10:01:00Z"),
-            aggregate(1, 70.0, (70.0, 70.0), (8.0, 8.0)),
-        ),
+        (key("m1", "2026-03-01T10:00:00Z"), aggregate(4, 100.0, (10.0, 40.0), (100.0, 103.0))),
+        (key("m1", "2026-03-01T10:01:00Z"), aggregate(1, 50.0, (50.0, 50.0), (104.0, 104.0))),
+        (key("m2", "2026-03-01T10:00:00Z"), aggregate(1, 60.0, (60.0, 60.0), (7.0, 7.0))),
+        (key("m2", "2026-03-01T10:01:00Z"), aggregate(1, 70.0, (70.0, 70.0), (8.0, 8.0))),
     ]);
     assert_eq!(h.recorder.rows(), expected);
     let mut reasons = h.recorder.reasons();
@@ -271,12 +222,9 @@ async fn a_known_mix_gives_known_rows_and_reasons() {
 #[actix_rt::test]
 async fn minutes_close_at_end_plus_grace_whatever_the_arrival_order() {
     let h = start("2026-03-01T10:01:02Z", |_| {}, Recorder::default()).await;
-    h.publish(message("m1", "2026-03-01T10:01:01Z", 80.0, 3.0))
-        .await;
-    h.publish(message("m1", "2026-03-01T10:00:30Z", 20.0, 1.0))
-        .await;
-    h.publish(message("m1", "2026-03-01T10:00:59.5Z", 40.0, 2.0))
-        .await;
+    h.publish(message("m1", "2026-03-01T10:01:01Z", 80.0, 3.0)).await;
+    h.publish(message("m1", "2026-03-01T10:00:30Z", 20.0, 1.0)).await;
+    h.publish(message("m1", "2026-03-01T10:00:59.5Z", 40.0, 2.0)).await;
     h.wait_until_routed(3).await;
     // 10:01:04.9: the 10:00 minute's grace has not run out yet.
     h.clock.set(at("2026-03-01T10:01:04.9Z"));
@@ -288,44 +236,29 @@ async fn minutes_close_at_end_plus_grace_whatever_the_arrival_order() {
     actix_rt::time::sleep(Duration::from_millis(50)).await;
     let rows = h.recorder.rows();
     assert_eq!(rows.len(), 1, "only the 10:00 minute is due: {rows:?}");
-    assert_eq!(
-        rows[&key("m1", "2026-03-01T10:00:00Z")],
-        aggregate(2, 60.0, (20.0, 40.0), (1.0, 2.0))
-    );
+    assert_eq!(rows[&key("m1", "2026-03-01T10:00:00Z")], aggregate(2, 60.0, (20.0, 40.0), (1.0, 2.0)));
 
     // The 10:01 minute closes on time too, although m1 sends nothing more.
     h.clock.set(at("2026-03-01T10:02:05Z"));
     h.wait_for_parts(2).await;
     let rows = h.recorder.rows();
-    assert_eq!(
-        rows[&key("m1", "2026-03-01T10:01:00Z")],
-        aggregate(1, 80.0, (80.0, 80.0), (3.0, 3.0))
-    );
+    assert_eq!(rows[&key("m1", "2026-03-01T10:01:00Z")], aggregate(1, 80.0, (80.0, 80.0), (3.0, 3.0)));
     h.pipeline.stop().await;
 }
 
 #[actix_rt::test]
 async fn a_late_message_for_a_written_minute_is_merged_not_lost() {
     let h = start("2026-03-01T10:05:00Z", |_| {}, Recorder::default()).await;
-    h.publish(message("m1", "2026-03-01T10:00:10Z", 10.0, 5.0))
-        .await;
+    h.publish(message("m1", "2026-03-01T10:00:10Z", 10.0, 5.0)).await;
     h.wait_for_parts(1).await;
     // Within max_lateness (10m) but after its minute was handed to the writer.
-    h.publish(message("m1", "2026-03-01T10:00:50Z", 30.0, 6.0))
-        .await;
+    h.publish(message("m1", "2026-03-01T10:00:50Z", 30.0, 6.0)).await;
     h.wait_for_parts(2).await;
     h.pipeline.stop().await;
-    assert_eq!(
-        h.recorder.part_count(),
-        2,
-        "the late sample travels as a second part"
-    );
+    assert_eq!(h.recorder.part_count(), 2, "the late sample travels as a second part");
     assert_eq!(
         h.recorder.rows(),
-        Rows::from([(
-            key("m1", "2026-03-01T10:00:00Z"),
-            aggregate(2, 40.0, (10.0, 30.0), (5.0, 6.0))
-        )])
+        Rows::from([(key("m1", "2026-03-01T10:00:00Z"), aggregate(2, 40.0, (10.0, 30.0), (5.0, 6.0)))])
     );
 }
 
@@ -333,37 +266,21 @@ async fn a_late_message_for_a_written_minute_is_merged_not_lost() {
 async fn stopping_flushes_open_partial_minutes() {
     let h = start("2026-03-01T10:00:30Z", |_| {}, Recorder::default()).await;
     for (second, load_rate) in [(1, 10.0), (2, 20.0), (2, 20.0)] {
-        h.publish(message(
-            "m9",
-            &format!("2026-03-01T10:00:0{second}Z"),
-            load_rate,
-            1.0,
-        ))
-        .await;
+        h.publish(message("m9", &format!("2026-03-01T10:00:0{second}Z"), load_rate, 1.0)).await;
     }
     h.pipeline.stop().await;
     assert_eq!(
         h.recorder.rows(),
-        Rows::from([(
-            key("m9", "2026-03-01T10:00:00Z"),
-            aggregate(2, 30.0, (10.0, 20.0), (1.0, 1.0))
-        )])
+        Rows::from([(key("m9", "2026-03-01T10:00:00Z"), aggregate(2, 30.0, (10.0, 20.0), (1.0, 1.0)))])
     );
     assert_eq!(h.stats.duplicates.load(Ordering::SeqCst), 1);
-    assert!(
-        !h.publisher.publish(TOPIC, "late").await,
-        "intake must be closed after stop"
-    );
+    assert!(!h.publisher.publish(TOPIC, "late").await, "intake must be closed after stop");
 }
 
 #[actix_rt::test]
 async fn stored_rejections_are_capped_per_second_but_all_counted() {
-    let h = start(
-        "2026-03-01T10:00:30Z",
-        |config| config.rejects.max_per_second = 2,
-        Recorder::default(),
-    )
-    .await;
+    let h =
+        start("2026-03-01T10:00:30Z", |config| config.rejects.max_per_second = 2, Recorder::default()).await;
     for _ in 0..5 {
         h.publish("garbage").await;
     }
@@ -376,10 +293,7 @@ async fn stored_rejections_are_capped_per_second_but_all_counted() {
 #[actix_rt::test]
 async fn a_stalled_writer_stalls_the_publisher_instead_of_dropping() {
     let gate = Arc::new(Semaphore::new(0));
-    let recorder = Recorder {
-        gate: Some(gate.clone()),
-        ..Recorder::default()
-    };
+    let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
     let h = start("2026-03-01T10:09:30Z", |_| {}, recorder).await;
     // Every message lands in a different, already due minute: each is handed to the
     // (stalled) writer at the next tick, so the aggregator stops taking samples.
@@ -396,15 +310,9 @@ async fn a_stalled_writer_stalls_the_publisher_instead_of_dropping() {
         }
     });
     actix_rt::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !sending.is_finished(),
-        "publishing finished although the writer never took a row"
-    );
+    assert!(!sending.is_finished(), "publishing finished although the writer never took a row");
     let routed_while_stalled = h.stats.accepted.load(Ordering::SeqCst);
-    assert!(
-        routed_while_stalled < 400,
-        "everything was taken while the writer was stalled"
-    );
+    assert!(routed_while_stalled < 400, "everything was taken while the writer was stalled");
 
     gate.add_permits(1_000_000);
     sending.await.unwrap();

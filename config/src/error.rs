@@ -27,10 +27,6 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(crate) fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Key {
-            key: key.into(),
-            from_env: String::new(),
-            message: message.into(),
-        }
+        ConfigError::Key { key: key.into(), from_env: String::new(), message: message.into() }
     }
 }

@@ -8,10 +8,12 @@
 mod duration;
 mod error;
 mod load;
+mod secret;
 mod sections;
 
 pub use error::ConfigError;
 pub use load::{load, load_from_str, ENV_PREFIX};
+pub use secret::{PasswordConfig, SecretSourceKind, AWS_CURRENT};
 pub use sections::{
     AggregationConfig, Config, DatabaseConfig, EpochUnit, MqttConfig, RejectsConfig, ServiceConfig,
 };

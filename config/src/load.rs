@@ -16,10 +16,8 @@ pub fn load(
 ) -> Result<Config, ConfigError> {
     let (text, origin) = match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
             (text, path.display().to_string())
         }
         None => (String::new(), "(defaults)".to_owned()),
@@ -33,25 +31,16 @@ pub fn load_from_str(
     origin: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let mut table: Table = text
-        .parse()
-        .map_err(|err: toml::de::Error| ConfigError::Syntax {
-            origin: origin.to_owned(),
-            message: err.to_string(),
-        })?;
+    let mut table: Table = text.parse().map_err(|err: toml::de::Error| ConfigError::Syntax {
+        origin: origin.to_owned(),
+        message: err.to_string(),
+    })?;
     let env_keys = apply_env_overrides(&mut table, env)?;
 
     let config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(|err| {
         let key = err.path().to_string();
-        let from_env = env_keys
-            .get(&key)
-            .map(|var| format!(" (set by {var})"))
-            .unwrap_or_default();
-        ConfigError::Key {
-            key,
-            from_env,
-            message: err.into_inner().to_string(),
-        }
+        let from_env = env_keys.get(&key).map(|var| format!(" (set by {var})")).unwrap_or_default();
+        ConfigError::Key { key, from_env, message: err.into_inner().to_string() }
     })?;
     config.validate()?;
     Ok(config)
@@ -70,15 +59,10 @@ fn apply_env_overrides(
         };
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
-            return Err(ConfigError::Env {
-                var,
-                message: "has an empty key segment".into(),
-            });
+            return Err(ConfigError::Env { var, message: "has an empty key segment".into() });
         }
-        insert_at(table, &path, env_value(&raw)).map_err(|message| ConfigError::Env {
-            var: var.clone(),
-            message,
-        })?;
+        insert_at(table, &path, env_value(&raw))
+            .map_err(|message| ConfigError::Env { var: var.clone(), message })?;
         origins.insert(path.join("."), var);
     }
     Ok(origins)
@@ -102,9 +86,7 @@ fn insert_at(table: &mut Table, path: &[String], value: Value) -> Result<(), Str
             Ok(())
         }
         [section, rest @ ..] => {
-            let entry = table
-                .entry(section.clone())
-                .or_insert_with(|| Value::Table(Table::new()));
+            let entry = table.entry(section.clone()).or_insert_with(|| Value::Table(Table::new()));
             match entry {
                 Value::Table(inner) => insert_at(inner, rest, value),
                 _ => Err(format!("`{section}` is a value, not a section")),
@@ -120,10 +102,7 @@ mod tests {
     use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
@@ -137,10 +116,7 @@ mod tests {
         assert_eq!(config.aggregation.grace, Duration::from_secs(5));
         assert_eq!(config.aggregation.tick, Duration::from_secs(1));
         assert_eq!(config.aggregation.max_lateness, Duration::from_secs(600));
-        assert_eq!(
-            config.aggregation.future_tolerance,
-            Some(Duration::from_secs(5))
-        );
+        assert_eq!(config.aggregation.future_tolerance, Some(Duration::from_secs(5)));
         assert_eq!(config.aggregation.default_timezone, chrono_tz::Tz::UTC);
         assert_eq!(config.aggregation.epoch_unit, EpochUnit::S);
         assert_eq!(config.database.batch_max_rows, 5_000);
@@ -173,16 +149,10 @@ mod tests {
         assert_eq!(config.mqtt.paho_url(), "tcp://broker:1883");
         assert_eq!(config.aggregation.grace, Duration::from_millis(250));
         assert_eq!(config.aggregation.future_tolerance, None);
-        assert_eq!(
-            config.aggregation.default_timezone,
-            chrono_tz::Europe::Paris
-        );
+        assert_eq!(config.aggregation.default_timezone, chrono_tz::Europe::Paris);
         assert_eq!(config.aggregation.epoch_unit, EpochUnit::Ms);
         assert_eq!(config.database.batch_max_rows, 100);
-        assert_eq!(
-            config.mqtt.topics,
-            vec!["a/+/t".to_owned(), "b/#".to_owned()]
-        );
+        assert_eq!(config.mqtt.topics, vec!["a/+/t".to_owned(), "b/#".to_owned()]);
     }
 
     #[test]
@@ -191,13 +161,9 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("qoss"), "{text}");
 
-        let err =
-            load_from_str("", "test", env(&[("FLEETAGG__DATABASE__BATCH", "1")])).unwrap_err();
+        let err = load_from_str("", "test", env(&[("FLEETAGG__DATABASE__BATCH", "1")])).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("FLEETAGG__DATABASE__BATCH") && text.contains("batch"),
-            "{text}"
-        );
+        assert!(text.contains("FLEETAGG__DATABASE__BATCH") && text.contains("batch"), "{text}");
     }
 
     #[test]
@@ -206,16 +172,9 @@ mod tests {
         assert!(err.to_string().contains("aggregation.grace"), "{err}");
         let err = load_from_str("[mqtt]\nqos = 3\n", "test", env(&[])).unwrap_err();
         assert!(err.to_string().contains("mqtt.qos"), "{err}");
-        let err = load_from_str(
-            "[aggregation]\ndefault_timezone = \"Mars/Olympus\"\n",
-            "t",
-            env(&[]),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("aggregation.default_timezone"),
-            "{err}"
-        );
+        let err =
+            load_from_str("[aggregation]\ndefault_timezone = \"Mars/Olympus\"\n", "t", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("aggregation.default_timezone"), "{err}");
         let err = load_from_str("[mqtt]\nurl = \"http://x\"\n", "t", env(&[])).unwrap_err();
         assert!(err.to_string().contains("mqtt.url"), "{err}");
     }
@@ -227,13 +186,8 @@ mod tests {
             "host=db user=app password=s3cr3t-value dbname=fleet",
         ] {
             let text = format!("[database]\nurl = \"{url}\"\n");
-            let err = load_from_str(&text, "test", env(&[]))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("database.url") && err.contains("secret source"),
-                "{err}"
-            );
+            let err = load_from_str(&text, "test", env(&[])).unwrap_err().to_string();
+            assert!(err.contains("database.url") && err.contains("secret source"), "{err}");
             assert!(!err.contains("s3cr3t-value"), "password leaked: {err}");
         }
     }
@@ -248,10 +202,7 @@ mod tests {
         for (section, keys) in &listed {
             for key in keys.as_table().unwrap().keys() {
                 let documented = example.get(section).and_then(|s| s.get(key)).is_some();
-                assert!(
-                    documented,
-                    "{section}.{key} is missing from fleetagg.example.toml"
-                );
+                assert!(documented, "{section}.{key} is missing from fleetagg.example.toml");
             }
         }
     }

@@ -4,7 +4,7 @@
 //! operators and must list every key here.
 
 use crate::duration::{human, human_or_off};
-use crate::ConfigError;
+use crate::{ConfigError, PasswordConfig};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -123,6 +123,9 @@ pub struct DatabaseConfig {
     pub batch_max_rows: usize,
     #[serde(with = "human")]
     pub flush_interval: Duration,
+    /// Where the password comes from; absent means none (trust or peer authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<PasswordConfig>,
 }
 
 impl Default for DatabaseConfig {
@@ -131,6 +134,7 @@ impl Default for DatabaseConfig {
             url: "postgres://fleetagg@127.0.0.1:5432/fleetagg".into(),
             batch_max_rows: 5_000,
             flush_interval: Duration::from_secs(1),
+            password: None,
         }
     }
 }
@@ -145,9 +149,7 @@ pub struct RejectsConfig {
 
 impl Default for RejectsConfig {
     fn default() -> Self {
-        RejectsConfig {
-            max_per_second: 1_000,
-        }
+        RejectsConfig { max_per_second: 1_000 }
     }
 }
 
@@ -162,9 +164,7 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig {
-            shutdown_timeout: Duration::from_secs(30),
-        }
+        ServiceConfig { shutdown_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -186,46 +186,35 @@ impl Config {
         if !scheme_ok {
             return Err(ConfigError::key(
                 "mqtt.url",
-                format!(
-                    "{:?} must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://",
-                    mqtt.url
-                ),
+                format!("{:?} must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://", mqtt.url),
             ));
         }
         if mqtt.client_id.trim().is_empty() {
             return Err(ConfigError::key("mqtt.client_id", "must not be empty"));
         }
         if mqtt.topics.is_empty() || mqtt.topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(ConfigError::key(
-                "mqtt.topics",
-                "needs at least one non-empty topic filter",
-            ));
+            return Err(ConfigError::key("mqtt.topics", "needs at least one non-empty topic filter"));
         }
         if !(0..=2).contains(&mqtt.qos) {
-            return Err(ConfigError::key(
-                "mqtt.qos",
-                format!("{} is not 0, 1 or 2", mqtt.qos),
-            ));
+            return Err(ConfigError::key("mqtt.qos", format!("{} is not 0, 1 or 2", mqtt.qos)));
         }
         positive("mqtt.max_payload_bytes", mqtt.max_payload_bytes)?;
         positive("mqtt.inbound_capacity", mqtt.inbound_capacity)?;
 
         let aggregation = &self.aggregation;
         if aggregation.tick.is_zero() {
-            return Err(ConfigError::key(
-                "aggregation.tick",
-                "must be longer than zero",
-            ));
+            return Err(ConfigError::key("aggregation.tick", "must be longer than zero"));
         }
 
         positive("database.batch_max_rows", self.database.batch_max_rows)?;
         if self.database.flush_interval.is_zero() {
-            return Err(ConfigError::key(
-                "database.flush_interval",
-                "must be longer than zero",
-            ));
+            return Err(ConfigError::key("database.flush_interval", "must be longer than zero"));
         }
-        check_database_url(&self.database.url)
+        check_database_url(&self.database.url)?;
+        match &self.database.password {
+            Some(password) => password.validate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -237,9 +226,8 @@ fn positive(key: &str, value: usize) -> Result<(), ConfigError> {
 }
 
 fn check_database_url(url: &str) -> Result<(), ConfigError> {
-    let parsed: tokio_postgres::Config = url
-        .parse()
-        .map_err(|err| ConfigError::key("database.url", format!("cannot be parsed: {err}")))?;
+    let parsed: tokio_postgres::Config =
+        url.parse().map_err(|err| ConfigError::key("database.url", format!("cannot be parsed: {err}")))?;
     if parsed.get_password().is_some() {
         // Never echo the URL: it holds the password we are refusing.
         return Err(ConfigError::key(

@@ -5,6 +5,9 @@
 //! other. The services must be running: `scripts/test` starts them. A missing service is
 //! a failure with a clear message, never a skipped test.
 
+pub mod cluster;
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,11 +30,7 @@ pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.subsec_nanos());
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{prefix}_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// The `fleetagg` binary built next to this test binary (`scripts/test` builds it first).
@@ -40,10 +39,7 @@ pub fn fleetagg_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
     let bin = profile_dir.join("fleetagg");
     assert!(
         bin.exists(),
@@ -59,16 +55,22 @@ pub async fn admin_execute(sql: &str) {
     client
         .batch_execute(sql)
         .await
-        .unwrap_or_else(|err| panic!("admin SQL {sql:?} failed: {err}"));
+        .unwrap_or_else(|err| panic!("admin SQL {sql:?} failed: {}", describe(&err)));
+}
+
+/// The server's message for a database error, the client's otherwise.
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => format!("{err:?}"),
+    }
 }
 
 /// Connects or fails the test with a message that says what to start.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|err| {
-            panic!("PostgreSQL at {url} is not reachable ({err}); scripts/test starts it")
-        });
+        .unwrap_or_else(|err| panic!("PostgreSQL at {url} is not reachable ({err}); scripts/test starts it"));
     actix_rt::spawn(async move {
         let _ = connection.await;
     });
@@ -105,11 +107,7 @@ impl Drop for TestDatabase {
         // uniquely named database behind.
         let _ = Command::new("psql")
             .arg(admin_url())
-            .args([
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
+            .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -122,53 +120,87 @@ pub struct ServiceProcess {
     child: Option<Child>,
     pub log_path: PathBuf,
     pub config_path: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl ServiceProcess {
     /// Starts the service and waits until it is subscribed and connected to PostgreSQL.
     pub async fn start(config_toml: &str) -> ServiceProcess {
-        let dir = std::env::temp_dir().join(unique("fleetagg_it_run"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config_path = dir.join("fleetagg.toml");
-        std::fs::write(&config_path, config_toml).expect("write config");
-        Self::start_with(&config_path, &dir.join("service.log")).await
+        Self::start_with_env(config_toml, &[], true).await
     }
 
-    /// Starts again with the same config file, appending to the same log.
+    /// Starts the service with extra environment variables; waits until it is subscribed
+    /// and, when `wait_for_database`, until it has connected to PostgreSQL.
+    pub async fn start_with_env(
+        config_toml: &str,
+        env: &[(String, String)],
+        wait_for_database: bool,
+    ) -> ServiceProcess {
+        let config_path = write_config(config_toml);
+        let log_path = config_path.with_file_name("service.log");
+        Self::spawn(&config_path, &log_path, env.to_vec(), wait_for_database).await
+    }
+
+    /// Starts again with the same config file and environment, logging to a new file.
     pub async fn restart(&self) -> ServiceProcess {
-        let log = self
-            .log_path
-            .with_extension(format!("{}.log", unique("restart")));
-        Self::start_with(&self.config_path, &log).await
+        let log = self.log_path.with_extension(format!("{}.log", unique("restart")));
+        Self::spawn(&self.config_path, &log, self.env.clone(), true).await
     }
 
-    async fn start_with(config_path: &Path, log_path: &Path) -> ServiceProcess {
+    /// Spawns `fleetagg run` without waiting for anything (for start-up failures).
+    pub fn spawn_unchecked(config_toml: &str, env: &[(String, String)]) -> ServiceProcess {
+        let config_path = write_config(config_toml);
+        let log_path = config_path.with_file_name("service.log");
+        Self::spawn_child(&config_path, &log_path, env.to_vec())
+    }
+
+    fn spawn_child(config_path: &Path, log_path: &Path, env: Vec<(String, String)>) -> ServiceProcess {
         let log = std::fs::File::create(log_path).expect("log file");
         let child = Command::new(fleetagg_bin())
-            .args([
-                "--log-level",
-                "info,fleetagg_actors=debug",
-                "run",
-                "--config",
-            ])
+            .args(["--log-level", "info,fleetagg_actors=debug", "run", "--config"])
             .arg(config_path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn fleetagg");
-        let service = ServiceProcess {
+        ServiceProcess {
             child: Some(child),
             log_path: log_path.to_owned(),
             config_path: config_path.to_owned(),
-        };
+            env,
+        }
+    }
+
+    async fn spawn(
+        config_path: &Path,
+        log_path: &Path,
+        env: Vec<(String, String)>,
+        wait_for_database: bool,
+    ) -> ServiceProcess {
+        let service = Self::spawn_child(config_path, log_path, env);
+        service.wait_for_log("fleetagg running", Duration::from_secs(30)).await;
+        if wait_for_database {
+            service.wait_for_log("connected to PostgreSQL", Duration::from_secs(30)).await;
+        }
         service
-            .wait_for_log("fleetagg running", Duration::from_secs(30))
-            .await;
-        service
-            .wait_for_log("connected to PostgreSQL", Duration::from_secs(30))
-            .await;
-        service
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("fleetagg did not exit within {timeout:?}; log:\n{}", self.log());
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn log(&self) -> String {
@@ -190,10 +222,7 @@ impl ServiceProcess {
     pub async fn terminate(mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         assert!(sent.success(), "could not signal fleetagg");
         let deadline = Instant::now() + timeout;
         loop {
@@ -202,10 +231,7 @@ impl ServiceProcess {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "fleetagg did not stop within {timeout:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("fleetagg did not stop within {timeout:?}; log:\n{}", self.log());
             }
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
@@ -219,6 +245,14 @@ impl Drop for ServiceProcess {
             let _ = child.wait();
         }
     }
+}
+
+fn write_config(config_toml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("fleetagg_it_run"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config_path = dir.join("fleetagg.toml");
+    std::fs::write(&config_path, config_toml).expect("write config");
+    config_path
 }
 
 /// An MQTT publisher that waits for every PUBACK.
@@ -241,11 +275,7 @@ impl Publisher {
             .create_client()
             .expect("mqtt client");
         client
-            .connect(
-                paho_mqtt::ConnectOptionsBuilder::new()
-                    .clean_session(true)
-                    .finalize(),
-            )
+            .connect(paho_mqtt::ConnectOptionsBuilder::new().clean_session(true).finalize())
             .await
             .unwrap_or_else(|err| {
                 panic!("MQTT broker at {url} is not reachable ({err}); scripts/test starts it")
@@ -332,29 +362,23 @@ pub async fn rejection_reasons(client: &tokio_postgres::Client) -> Vec<String> {
 
 /// Expected rows computed from the accepted samples, one pass over all of them:
 /// `(machine, ts, load_rate, mileage)`.
-pub fn expected_rows(
-    samples: &[(String, chrono::DateTime<chrono::Utc>, f64, f64)],
-) -> Vec<LoadingRateRow> {
+pub fn expected_rows(samples: &[(String, chrono::DateTime<chrono::Utc>, f64, f64)]) -> Vec<LoadingRateRow> {
     use chrono::{DurationRound, TimeDelta};
-    let mut rows: std::collections::BTreeMap<
-        (String, chrono::DateTime<chrono::Utc>),
-        LoadingRateRow,
-    > = std::collections::BTreeMap::new();
+    let mut rows: std::collections::BTreeMap<(String, chrono::DateTime<chrono::Utc>), LoadingRateRow> =
+        std::collections::BTreeMap::new();
     for (machine, ts, load_rate, mileage) in samples {
         let minute = ts.duration_trunc(TimeDelta::minutes(1)).expect("truncate");
-        let row = rows
-            .entry((machine.clone(), minute))
-            .or_insert(LoadingRateRow {
-                machine: machine.clone(),
-                ts: minute,
-                samples: 0,
-                load_rate_avg: 0.0,
-                load_rate_min: f64::INFINITY,
-                load_rate_max: f64::NEG_INFINITY,
-                load_rate_sum: 0.0,
-                mileage_min: f64::INFINITY,
-                mileage_max: f64::NEG_INFINITY,
-            });
+        let row = rows.entry((machine.clone(), minute)).or_insert(LoadingRateRow {
+            machine: machine.clone(),
+            ts: minute,
+            samples: 0,
+            load_rate_avg: 0.0,
+            load_rate_min: f64::INFINITY,
+            load_rate_max: f64::NEG_INFINITY,
+            load_rate_sum: 0.0,
+            mileage_min: f64::INFINITY,
+            mileage_max: f64::NEG_INFINITY,
+        });
         row.samples += 1;
         row.load_rate_sum += load_rate;
         row.load_rate_min = row.load_rate_min.min(*load_rate);
@@ -368,12 +392,7 @@ pub fn expected_rows(
 
 /// A service configuration for one test: its own topics, client id and database; minutes
 /// close `grace` after their end.
-pub fn service_config(
-    database_url: &str,
-    topic_prefix: &str,
-    client_id: &str,
-    grace: &str,
-) -> String {
+pub fn service_config(database_url: &str, topic_prefix: &str, client_id: &str, grace: &str) -> String {
     format!(
         r#"
 [mqtt]

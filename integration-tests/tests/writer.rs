@@ -2,9 +2,7 @@
 //! merging of minute parts by the upsert, and no lost rows when its connection is killed.
 
 use actix::prelude::*;
-use fleetagg_actors::logic::{
-    ClosedMinute, Minute, MinuteAggregate, RejectReason, RejectedMessage,
-};
+use fleetagg_actors::logic::{ClosedMinute, Minute, MinuteAggregate, RejectReason, RejectedMessage};
 use fleetagg_actors::messages::{Drain, StoreRejections, WriteMinutes};
 use fleetagg_actors::stats::PipelineStats;
 use fleetagg_actors::writer::{Connector, Writer, WriterSettings};
@@ -35,19 +33,14 @@ fn part(machine: &str, minute: i64, samples: u32, sum: f64, min: f64, max: f64) 
 fn start_writer(db: &TestDatabase, batch_max_rows: usize) -> (Addr<Writer>, Arc<PipelineStats>) {
     let stats = Arc::new(PipelineStats::default());
     let connector = Connector::new(&db.url).expect("test database URL");
-    let settings = WriterSettings {
-        batch_max_rows,
-        flush_interval: Duration::from_secs(3600),
-    };
-    let writer = Writer::new(connector, settings, stats.clone()).start();
+    let settings = WriterSettings { batch_max_rows, flush_interval: Duration::from_secs(3600) };
+    let writer = Writer::new(connector, None, settings, stats.clone()).start();
     (writer, stats)
 }
 
 async fn drain(writer: &Addr<Writer>) {
     let report = writer
-        .send(Drain {
-            deadline: Instant::now() + Duration::from_secs(20),
-        })
+        .send(Drain { deadline: Instant::now() + Duration::from_secs(20) })
         .await
         .expect("writer answers Drain");
     assert!(report.is_complete(), "rows left unwritten: {report:?}");
@@ -58,14 +51,8 @@ async fn batches_respect_batch_max_rows_and_parts_merge() {
     let db = TestDatabase::create().await;
     let (writer, stats) = start_writer(&db, 1000);
     let machines: Vec<String> = (0..2500).map(|n| format!("machine-{n:05}")).collect();
-    let first: Vec<ClosedMinute> = machines
-        .iter()
-        .map(|m| part(m, MINUTE, 2, 30.0, 10.0, 20.0))
-        .collect();
-    let second: Vec<ClosedMinute> = machines
-        .iter()
-        .map(|m| part(m, MINUTE, 1, 5.0, 5.0, 5.0))
-        .collect();
+    let first: Vec<ClosedMinute> = machines.iter().map(|m| part(m, MINUTE, 2, 30.0, 10.0, 20.0)).collect();
+    let second: Vec<ClosedMinute> = machines.iter().map(|m| part(m, MINUTE, 1, 5.0, 5.0, 5.0)).collect();
     writer.send(WriteMinutes(first)).await.unwrap();
     writer.send(WriteMinutes(second)).await.unwrap();
     drain(&writer).await;
@@ -77,11 +64,7 @@ async fn batches_respect_batch_max_rows_and_parts_merge() {
     let rows = loading_rate(&db.client().await).await;
     assert_eq!(rows.len(), 2500);
     for row in &rows {
-        assert_eq!(
-            (row.samples, row.load_rate_sum, row.load_rate_avg),
-            (3, 35.0, 35.0 / 3.0),
-            "{row:?}"
-        );
+        assert_eq!((row.samples, row.load_rate_sum, row.load_rate_avg), (3, 35.0, 35.0 / 3.0), "{row:?}");
         assert_eq!((row.load_rate_min, row.load_rate_max), (5.0, 20.0));
         assert_eq!((row.mileage_min, row.mileage_max), (50.0, 200.0));
     }
@@ -91,41 +74,22 @@ async fn batches_respect_batch_max_rows_and_parts_merge() {
 async fn parts_buffered_together_are_merged_before_writing() {
     let db = TestDatabase::create().await;
     let (writer, stats) = start_writer(&db, 1000);
-    writer
-        .send(WriteMinutes(vec![part("m1", MINUTE, 1, 10.0, 10.0, 10.0)]))
-        .await
-        .unwrap();
-    writer
-        .send(WriteMinutes(vec![part("m1", MINUTE, 2, 50.0, 20.0, 30.0)]))
-        .await
-        .unwrap();
+    writer.send(WriteMinutes(vec![part("m1", MINUTE, 1, 10.0, 10.0, 10.0)])).await.unwrap();
+    writer.send(WriteMinutes(vec![part("m1", MINUTE, 2, 50.0, 20.0, 30.0)])).await.unwrap();
     drain(&writer).await;
     assert_eq!(
-        (
-            stats.write_batches.load(Ordering::SeqCst),
-            stats.rows_written.load(Ordering::SeqCst)
-        ),
+        (stats.write_batches.load(Ordering::SeqCst), stats.rows_written.load(Ordering::SeqCst)),
         (1, 1)
     );
     let rows = loading_rate(&db.client().await).await;
-    assert_eq!(
-        (
-            rows[0].samples,
-            rows[0].load_rate_min,
-            rows[0].load_rate_max
-        ),
-        (3, 10.0, 30.0)
-    );
+    assert_eq!((rows[0].samples, rows[0].load_rate_min, rows[0].load_rate_max), (3, 10.0, 30.0));
 }
 
 #[actix_rt::test]
 async fn a_part_written_later_merges_into_its_row() {
     let db = TestDatabase::create().await;
     let (writer, _) = start_writer(&db, 5000);
-    writer
-        .send(WriteMinutes(vec![part("m1", MINUTE, 4, 100.0, 10.0, 40.0)]))
-        .await
-        .unwrap();
+    writer.send(WriteMinutes(vec![part("m1", MINUTE, 4, 100.0, 10.0, 40.0)])).await.unwrap();
     drain(&writer).await;
     writer
         .send(WriteMinutes(vec![
@@ -155,10 +119,7 @@ async fn a_part_written_later_merges_into_its_row() {
 async fn rows_survive_a_killed_connection() {
     let db = TestDatabase::create().await;
     let (writer, stats) = start_writer(&db, 5000);
-    writer
-        .send(WriteMinutes(vec![part("m1", MINUTE, 1, 10.0, 10.0, 10.0)]))
-        .await
-        .unwrap();
+    writer.send(WriteMinutes(vec![part("m1", MINUTE, 1, 10.0, 10.0, 10.0)])).await.unwrap();
     drain(&writer).await;
     admin_execute(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -166,22 +127,12 @@ async fn rows_survive_a_killed_connection() {
         db.name
     ))
     .await;
-    writer
-        .send(WriteMinutes(vec![part("m1", MINUTE, 1, 20.0, 20.0, 20.0)]))
-        .await
-        .unwrap();
+    writer.send(WriteMinutes(vec![part("m1", MINUTE, 1, 20.0, 20.0, 20.0)])).await.unwrap();
     drain(&writer).await;
 
-    assert_eq!(
-        stats.db_connects.load(Ordering::SeqCst),
-        2,
-        "the writer should have reconnected once"
-    );
+    assert_eq!(stats.db_connects.load(Ordering::SeqCst), 2, "the writer should have reconnected once");
     let rows = loading_rate(&db.client().await).await;
-    assert_eq!(
-        (rows.len(), rows[0].samples, rows[0].load_rate_sum),
-        (1, 2, 30.0)
-    );
+    assert_eq!((rows.len(), rows[0].samples, rows[0].load_rate_sum), (1, 2, 30.0));
 }
 
 #[actix_rt::test]
@@ -194,30 +145,15 @@ async fn rejections_are_stored_with_reason_detail_and_payload() {
         "`load_rate` is NaN".into(),
         br#"{"load_rate": NaN}"#,
     );
-    writer
-        .send(StoreRejections(vec![rejection.clone()]))
-        .await
-        .unwrap();
+    writer.send(StoreRejections(vec![rejection.clone()])).await.unwrap();
     drain(&writer).await;
     assert_eq!(stats.rejects_written.load(Ordering::SeqCst), 1);
     let row = db
         .client()
         .await
-        .query_one(
-            "SELECT topic, reason, detail, payload FROM rejected_message",
-            &[],
-        )
+        .query_one("SELECT topic, reason, detail, payload FROM rejected_message", &[])
         .await
         .unwrap();
-    let stored: (String, String, String, Vec<u8>) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(
-        stored,
-        (
-            rejection.topic,
-            "non_finite".to_owned(),
-            rejection.detail,
-            rejection.payload
-        )
-    );
+    let stored: (String, String, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(stored, (rejection.topic, "non_finite".to_owned(), rejection.detail, rejection.payload));
 }

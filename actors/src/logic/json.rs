@@ -63,11 +63,7 @@ impl std::fmt::Display for JsonError {
 
 /// Reads a JSON object and returns its telemetry fields.
 pub fn parse_telemetry(text: &str) -> Result<TelemetryFields<'_>, JsonError> {
-    let mut reader = Reader {
-        bytes: text.as_bytes(),
-        text,
-        pos: 0,
-    };
+    let mut reader = Reader { bytes: text.as_bytes(), text, pos: 0 };
     reader.skip_whitespace();
     if reader.peek() != Some(b'{') {
         return Err(reader.error("expected a JSON object"));
@@ -88,10 +84,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn error(&self, message: &'static str) -> JsonError {
-        JsonError {
-            message,
-            offset: self.pos,
-        }
+        JsonError { message, offset: self.pos }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -162,12 +155,8 @@ impl<'a> Reader<'a> {
         self.skip_whitespace();
         match self.peek() {
             Some(b'"') => Ok(JsonValue::String(self.string()?)),
-            Some(b'{') => self
-                .container(b'}', true, depth)
-                .map(|()| JsonValue::Object),
-            Some(b'[') => self
-                .container(b']', false, depth)
-                .map(|()| JsonValue::Array),
+            Some(b'{') => self.container(b'}', true, depth).map(|()| JsonValue::Object),
+            Some(b'[') => self.container(b']', false, depth).map(|()| JsonValue::Array),
             Some(b't') => self.literal("true", JsonValue::Bool(true)),
             Some(b'f') => self.literal("false", JsonValue::Bool(false)),
             Some(b'n') => self.literal("null", JsonValue::Null),
@@ -213,11 +202,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn literal(
-        &mut self,
-        word: &'static str,
-        value: JsonValue<'a>,
-    ) -> Result<JsonValue<'a>, JsonError> {
+    fn literal(&mut self, word: &'static str, value: JsonValue<'a>) -> Result<JsonValue<'a>, JsonError> {
         if self.bytes[self.pos..].starts_with(word.as_bytes()) {
             self.pos += word.len();
             Ok(value)
@@ -253,15 +238,10 @@ impl<'a> Reader<'a> {
             }
             self.digits();
         }
-        let number: f64 = self.text[start..self.pos].parse().map_err(|_| JsonError {
-            message: "invalid number",
-            offset: start,
-        })?;
-        Ok(if number.is_finite() {
-            JsonValue::Number(number)
-        } else {
-            JsonValue::NonFinite(number)
-        })
+        let number: f64 = self.text[start..self.pos]
+            .parse()
+            .map_err(|_| JsonError { message: "invalid number", offset: start })?;
+        Ok(if number.is_finite() { JsonValue::Number(number) } else { JsonValue::NonFinite(number) })
     }
 
     fn digits(&mut self) {
@@ -302,10 +282,7 @@ impl<'a> Reader<'a> {
                 Some(_) => {
                     // Copy one whole UTF-8 character; the input is valid UTF-8.
                     let rest = &self.text[self.pos..];
-                    let ch = rest
-                        .chars()
-                        .next()
-                        .ok_or_else(|| self.error("unterminated string"))?;
+                    let ch = rest.chars().next().ok_or_else(|| self.error("unterminated string"))?;
                     owned.push(ch);
                     self.pos += ch.len_utf8();
                 }
@@ -315,9 +292,7 @@ impl<'a> Reader<'a> {
     }
 
     fn escape(&mut self, out: &mut String) -> Result<(), JsonError> {
-        let byte = self
-            .peek()
-            .ok_or_else(|| self.error("unterminated escape"))?;
+        let byte = self.peek().ok_or_else(|| self.error("unterminated escape"))?;
         self.pos += 1;
         let ch = match byte {
             b'"' => '"',
@@ -342,8 +317,7 @@ impl<'a> Reader<'a> {
                     let code = 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00);
                     char::from_u32(code).ok_or_else(|| self.error("invalid \\u escape"))?
                 } else {
-                    char::from_u32(first)
-                        .ok_or_else(|| self.error("unpaired surrogate in \\u escape"))?
+                    char::from_u32(first).ok_or_else(|| self.error("unpaired surrogate in \\u escape"))?
                 }
             }
             _ => return Err(self.error("invalid escape")),
@@ -353,10 +327,7 @@ impl<'a> Reader<'a> {
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
-        let digits = self
-            .text
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.error("short \\u escape"))?;
+        let digits = self.text.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
         let code = u32::from_str_radix(digits, 16).map_err(|_| self.error("invalid \\u escape"))?;
         if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.error("invalid \\u escape"));
@@ -378,23 +349,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fields.machine, Some(JsonValue::String("m-1".into())));
-        assert_eq!(
-            fields.ts,
-            Some(JsonValue::String("2026-01-01T00:00:00Z".into()))
-        );
+        assert_eq!(fields.ts, Some(JsonValue::String("2026-01-01T00:00:00Z".into())));
         assert_eq!(fields.load_rate, Some(JsonValue::Number(42.5)));
         assert_eq!(fields.mileage, Some(JsonValue::Number(1000.0)));
     }
 
     #[test]
     fn python_non_finite_tokens_are_values() {
-        let fields =
-            parse_telemetry(r#"{"load_rate": NaN, "mileage": -Infinity, "ts": Infinity}"#).unwrap();
+        let fields = parse_telemetry(r#"{"load_rate": NaN, "mileage": -Infinity, "ts": Infinity}"#).unwrap();
         assert!(matches!(fields.load_rate, Some(JsonValue::NonFinite(v)) if v.is_nan()));
-        assert_eq!(
-            fields.mileage,
-            Some(JsonValue::NonFinite(f64::NEG_INFINITY))
-        );
+        assert_eq!(fields.mileage, Some(JsonValue::NonFinite(f64::NEG_INFINITY)));
         assert_eq!(fields.ts, Some(JsonValue::NonFinite(f64::INFINITY)));
         assert_eq!(
             parse_telemetry(r#"{"mileage": 1e999}"#).unwrap().mileage,
@@ -405,10 +369,7 @@ mod tests {
     #[test]
     fn escapes_decode() {
         let fields = parse_telemetry(r#"{"machine":"a\"b\\c\u00e9\ud83d\ude00\n"}"#).unwrap();
-        assert_eq!(
-            fields.machine,
-            Some(JsonValue::String("a\"b\\cé😀\n".into()))
-        );
+        assert_eq!(fields.machine, Some(JsonValue::String("a\"b\\cé😀\n".into())));
         let fields = parse_telemetry(r#"{"machine":"nul\u0000"}"#).unwrap();
         assert_eq!(fields.machine, Some(JsonValue::String("nul\0".into())));
     }

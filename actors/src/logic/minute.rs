@@ -89,11 +89,7 @@ impl OpenMinutes {
     }
 
     /// Removes and returns the minutes whose end + `grace` is at or before `now`.
-    pub fn take_closed(
-        &mut self,
-        now: Timestamp,
-        grace: Duration,
-    ) -> Vec<(Minute, MinuteAggregate)> {
+    pub fn take_closed(&mut self, now: Timestamp, grace: Duration) -> Vec<(Minute, MinuteAggregate)> {
         let grace = duration_micros(grace);
         let mut closed = Vec::new();
         while let Some(entry) = self.minutes.first_entry() {
@@ -128,11 +124,7 @@ mod tests {
     use super::*;
 
     fn sample(seconds: i64, load_rate: f64, mileage: f64) -> Sample {
-        Sample {
-            ts: Timestamp::from_micros(seconds * 1_000_000),
-            load_rate,
-            mileage,
-        }
+        Sample { ts: Timestamp::from_micros(seconds * 1_000_000), load_rate, mileage }
     }
 
     #[test]
@@ -159,11 +151,7 @@ mod tests {
         let grace = Duration::from_secs(5);
         let just_before = Timestamp::from_micros(65_000_000 - 1);
         assert!(open.take_closed(just_before, grace).is_empty());
-        assert_eq!(
-            open.take_closed(Timestamp::from_micros(65_000_000), grace)
-                .len(),
-            1
-        );
+        assert_eq!(open.take_closed(Timestamp::from_micros(65_000_000), grace).len(), 1);
         assert!(open.is_empty());
     }
 }

@@ -14,11 +14,7 @@ pub struct RejectLimiter {
 
 impl RejectLimiter {
     pub fn new(max_per_second: u32) -> Self {
-        RejectLimiter {
-            max_per_second,
-            window_second: i64::MIN,
-            used: 0,
-        }
+        RejectLimiter { max_per_second, window_second: i64::MIN, used: 0 }
     }
 
     /// True when one more rejected message may be stored at `now`.

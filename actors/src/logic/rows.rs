@@ -30,12 +30,7 @@ pub struct RejectedMessage {
 impl RejectedMessage {
     pub fn new(topic: String, reason: RejectReason, detail: String, payload: &[u8]) -> Self {
         let kept = &payload[..payload.len().min(MAX_STORED_PAYLOAD)];
-        RejectedMessage {
-            topic,
-            reason,
-            detail,
-            payload: kept.to_vec(),
-        }
+        RejectedMessage { topic, reason, detail, payload: kept.to_vec() }
     }
 }
 
@@ -66,11 +61,7 @@ impl PendingMinutes {
     pub fn take_all(&mut self) -> Vec<ClosedMinute> {
         std::mem::take(&mut self.rows)
             .into_iter()
-            .map(|((machine, minute), aggregate)| ClosedMinute {
-                machine,
-                minute,
-                aggregate,
-            })
+            .map(|((machine, minute), aggregate)| ClosedMinute { machine, minute, aggregate })
             .collect()
     }
 
@@ -103,10 +94,7 @@ mod tests {
         let mut pending = PendingMinutes::default();
         pending.add(part(10.0));
         pending.add(part(30.0));
-        pending.add(ClosedMinute {
-            minute: Minute::from_index(8),
-            ..part(5.0)
-        });
+        pending.add(ClosedMinute { minute: Minute::from_index(8), ..part(5.0) });
         assert_eq!(pending.len(), 2);
         let mut rows = pending.take_all();
         rows.sort_by_key(|row| row.minute);
@@ -117,12 +105,7 @@ mod tests {
 
     #[test]
     fn stored_payloads_are_cut() {
-        let row = RejectedMessage::new(
-            "t".into(),
-            RejectReason::TooLarge,
-            "big".into(),
-            &[7u8; 10_000],
-        );
+        let row = RejectedMessage::new("t".into(), RejectReason::TooLarge, "big".into(), &[7u8; 10_000]);
         assert_eq!(row.payload.len(), MAX_STORED_PAYLOAD);
     }
 }

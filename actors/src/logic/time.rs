@@ -45,12 +45,7 @@ impl Timestamp {
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}",
-            self.to_chrono()
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-        )
+        write!(f, "{}", self.to_chrono().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
     }
 }
 
@@ -95,16 +90,12 @@ pub fn parse_text_timestamp(text: &str, rules: &TimestampRules) -> Result<Timest
     if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
         return Ok(truncate(instant.with_timezone(&Utc)));
     }
-    let naive = [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ]
-    .iter()
-    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-    .ok_or_else(|| {
-        format!("{text:?} is neither RFC 3339 nor a local date-time YYYY-MM-DDTHH:MM:SS[.frac]")
-    })?;
+    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .ok_or_else(|| {
+            format!("{text:?} is neither RFC 3339 nor a local date-time YYYY-MM-DDTHH:MM:SS[.frac]")
+        })?;
     let zone = rules.default_timezone;
     match zone.from_local_datetime(&naive) {
         LocalResult::Single(instant) => Ok(truncate(instant.with_timezone(&Utc))),
@@ -113,9 +104,9 @@ pub fn parse_text_timestamp(text: &str, rules: &TimestampRules) -> Result<Timest
             first.to_rfc3339(),
             second.to_rfc3339()
         )),
-        LocalResult::None => Err(format!(
-            "local time {naive} does not exist in {zone} (skipped by a daylight-saving change)"
-        )),
+        LocalResult::None => {
+            Err(format!("local time {naive} does not exist in {zone} (skipped by a daylight-saving change)"))
+        }
     }
 }
 
@@ -131,11 +122,7 @@ pub fn parse_epoch(value: f64, rules: &TimestampRules) -> Result<Timestamp, Stri
     let scaled = value * micros_per_unit;
     let nearest = scaled.round();
     let rounding_error = scaled.abs() * 4.0 * f64::EPSILON;
-    let micros = if (scaled - nearest).abs() <= rounding_error {
-        nearest
-    } else {
-        scaled.floor()
-    };
+    let micros = if (scaled - nearest).abs() <= rounding_error { nearest } else { scaled.floor() };
     // Bounds of what PostgreSQL's timestamptz and chrono both represent (years 1..9999).
     const MIN: f64 = -62_135_596_800_000_000.0;
     const MAX: f64 = 253_402_300_799_000_000.0;
@@ -157,18 +144,11 @@ mod tests {
     use super::*;
 
     fn rules(zone: Tz) -> TimestampRules {
-        TimestampRules {
-            default_timezone: zone,
-            epoch_unit: EpochUnit::S,
-        }
+        TimestampRules { default_timezone: zone, epoch_unit: EpochUnit::S }
     }
 
     fn utc(text: &str) -> Timestamp {
-        Timestamp::from_chrono(
-            DateTime::parse_from_rfc3339(text)
-                .unwrap()
-                .with_timezone(&Utc),
-        )
+        Timestamp::from_chrono(DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc))
     }
 
     #[test]
@@ -185,9 +165,7 @@ mod tests {
             assert_eq!(parse_text_timestamp(text, &r).unwrap(), expected, "{text}");
         }
         assert_eq!(
-            parse_text_timestamp("2026-03-01T10:00:00.1234567Z", &r)
-                .unwrap()
-                .micros(),
+            parse_text_timestamp("2026-03-01T10:00:00.1234567Z", &r).unwrap().micros(),
             expected.micros() + 123_456
         );
     }
@@ -195,10 +173,7 @@ mod tests {
     #[test]
     fn local_times_use_the_default_zone() {
         let paris = rules(chrono_tz::Europe::Paris);
-        assert_eq!(
-            parse_text_timestamp("2026-01-15T12:00:00", &paris).unwrap(),
-            utc("2026-01-15T11:00:00Z")
-        );
+        assert_eq!(parse_text_timestamp("2026-01-15T12:00:00", &paris).unwrap(), utc("2026-01-15T11:00:00Z"));
         assert_eq!(
             parse_text_timestamp("2026-07-15 12:00:00.5", &paris).unwrap(),
             utc("2026-07-15T10:00:00.5Z")
@@ -224,13 +199,7 @@ mod tests {
     #[test]
     fn impossible_dates_are_refused() {
         let r = rules(Tz::UTC);
-        for text in [
-            "2026-02-30T00:00:00Z",
-            "2026-13-01T00:00:00Z",
-            "yesterday",
-            "2026-01-01T25:00:00",
-            "",
-        ] {
+        for text in ["2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "yesterday", "2026-01-01T25:00:00", ""] {
             assert!(parse_text_timestamp(text, &r).is_err(), "{text}");
         }
     }
@@ -238,18 +207,9 @@ mod tests {
     #[test]
     fn epochs_in_seconds_and_milliseconds() {
         let seconds = rules(Tz::UTC);
-        assert_eq!(
-            parse_epoch(1_767_225_600.25, &seconds).unwrap(),
-            utc("2026-01-01T00:00:00.25Z")
-        );
-        let millis = TimestampRules {
-            epoch_unit: EpochUnit::Ms,
-            ..seconds
-        };
-        assert_eq!(
-            parse_epoch(1_767_225_600_250.0, &millis).unwrap(),
-            utc("2026-01-01T00:00:00.25Z")
-        );
+        assert_eq!(parse_epoch(1_767_225_600.25, &seconds).unwrap(), utc("2026-01-01T00:00:00.25Z"));
+        let millis = TimestampRules { epoch_unit: EpochUnit::Ms, ..seconds };
+        assert_eq!(parse_epoch(1_767_225_600_250.0, &millis).unwrap(), utc("2026-01-01T00:00:00.25Z"));
         assert!(parse_epoch(1e300, &seconds).is_err());
     }
 
@@ -258,14 +218,8 @@ mod tests {
         let start = utc("2026-01-01T00:01:00Z");
         assert_eq!(start.minute().start(), start);
         assert_eq!(start.saturating_add_micros(-1).minute().end(), start);
-        assert_eq!(
-            start.saturating_add_micros(59_999_999).minute(),
-            start.minute()
-        );
-        assert_eq!(
-            start.saturating_add_micros(60_000_000).minute().index(),
-            start.minute().index() + 1
-        );
+        assert_eq!(start.saturating_add_micros(59_999_999).minute(), start.minute());
+        assert_eq!(start.saturating_add_micros(60_000_000).minute().index(), start.minute().index() + 1);
         // Before 1970 the floor still goes down, not toward zero.
         let before_epoch = Timestamp::from_micros(-1);
         assert_eq!(before_epoch.minute().index(), -1);

@@ -74,10 +74,7 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        Rejection { reason, detail: detail.into() }
     }
 }
 
@@ -107,20 +104,12 @@ pub struct ValidationRules {
 }
 
 /// Checks one payload received at wall-clock time `now`.
-pub fn validate(
-    payload: &[u8],
-    now: Timestamp,
-    rules: &ValidationRules,
-) -> Result<Telemetry, Rejection> {
+pub fn validate(payload: &[u8], now: Timestamp, rules: &ValidationRules) -> Result<Telemetry, Rejection> {
     use RejectReason::*;
     if payload.len() > rules.max_payload_bytes {
         return Err(Rejection::new(
             TooLarge,
-            format!(
-                "payload is {} bytes, the limit is {}",
-                payload.len(),
-                rules.max_payload_bytes
-            ),
+            format!("payload is {} bytes, the limit is {}", payload.len(), rules.max_payload_bytes),
         ));
     }
     let text = std::str::from_utf8(payload)
@@ -137,10 +126,7 @@ pub fn validate(
         JsonValue::String(machine) => machine,
         other => return Err(wrong_type("machine", "a string", &other)),
     };
-    if !matches!(
-        ts,
-        JsonValue::String(_) | JsonValue::Number(_) | JsonValue::NonFinite(_)
-    ) {
+    if !matches!(ts, JsonValue::String(_) | JsonValue::Number(_) | JsonValue::NonFinite(_)) {
         return Err(wrong_type("ts", "a string or a number", &ts));
     }
     // `+ 0.0` turns a JSON `-0` into 0, so no row ever shows a negative zero.
@@ -161,26 +147,17 @@ pub fn validate(
         }
     }
     if !(0.0..=100.0).contains(&load_rate) {
-        return Err(Rejection::new(
-            OutOfRange,
-            format!("`load_rate` {load_rate} is outside [0, 100]"),
-        ));
+        return Err(Rejection::new(OutOfRange, format!("`load_rate` {load_rate} is outside [0, 100]")));
     }
     if mileage < 0.0 {
-        return Err(Rejection::new(
-            OutOfRange,
-            format!("`mileage` {mileage} is negative"),
-        ));
+        return Err(Rejection::new(OutOfRange, format!("`mileage` {mileage} is negative")));
     }
     if let Some(tolerance) = rules.future_tolerance {
         let limit = now.saturating_add_micros(duration_micros(tolerance));
         if ts > limit {
             return Err(Rejection::new(
                 FutureTs,
-                format!(
-                    "ts {ts} is later than now + {} ({limit})",
-                    humanize(tolerance)
-                ),
+                format!("ts {ts} is later than now + {} ({limit})", humanize(tolerance)),
             ));
         }
     }
@@ -188,37 +165,23 @@ pub fn validate(
     if ts < oldest {
         return Err(Rejection::new(
             TooLate,
-            format!(
-                "ts {ts} is earlier than now - {} ({oldest})",
-                humanize(rules.max_lateness)
-            ),
+            format!("ts {ts} is earlier than now - {} ({oldest})", humanize(rules.max_lateness)),
         ));
     }
-    Ok(Telemetry {
-        machine: machine.into_owned(),
-        sample: Sample {
-            ts,
-            load_rate,
-            mileage,
-        },
-    })
+    Ok(Telemetry { machine: machine.into_owned(), sample: Sample { ts, load_rate, mileage } })
 }
 
 fn present<'a>(name: &str, value: Option<JsonValue<'a>>) -> Result<JsonValue<'a>, Rejection> {
     match value {
-        None | Some(JsonValue::Null) => Err(Rejection::new(
-            RejectReason::MissingField,
-            format!("field `{name}` is absent or null"),
-        )),
+        None | Some(JsonValue::Null) => {
+            Err(Rejection::new(RejectReason::MissingField, format!("field `{name}` is absent or null")))
+        }
         Some(value) => Ok(value),
     }
 }
 
 fn wrong_type(name: &str, expected: &str, found: &JsonValue<'_>) -> Rejection {
-    Rejection::new(
-        RejectReason::BadType,
-        format!("`{name}` must be {expected}, found {}", found.type_name()),
-    )
+    Rejection::new(RejectReason::BadType, format!("`{name}` must be {expected}, found {}", found.type_name()))
 }
 
 fn number(name: &str, value: &JsonValue<'_>) -> Result<f64, Rejection> {
@@ -235,15 +198,10 @@ fn check_machine(machine: &str) -> Result<(), Rejection> {
     }
     let chars = machine.chars().count();
     if chars > MAX_MACHINE_CHARS {
-        return reject(format!(
-            "`machine` has {chars} characters, the limit is {MAX_MACHINE_CHARS}"
-        ));
+        return reject(format!("`machine` has {chars} characters, the limit is {MAX_MACHINE_CHARS}"));
     }
     if let Some(control) = machine.chars().find(|c| c.is_control()) {
-        return reject(format!(
-            "`machine` contains the control character U+{:04X}",
-            u32::from(control)
-        ));
+        return reject(format!("`machine` contains the control character U+{:04X}", u32::from(control)));
     }
     Ok(())
 }

@@ -22,27 +22,17 @@ pub struct FakeSource {
 impl FakeBroker {
     pub fn new() -> (FakeBroker, FakeSource) {
         let broker = FakeBroker::default();
-        let source = FakeSource {
-            sink: broker.sink.clone(),
-        };
+        let source = FakeSource { sink: broker.sink.clone() };
         (broker, source)
     }
 
     /// Publishes one message; waits while the pipeline is full, like a TCP connection
     /// would. False when the pipeline has stopped (or not started).
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> bool {
-        let sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner).clone();
         match sink {
             Some(sink) => {
-                sink.deliver(InboundMessage {
-                    topic: topic.to_owned(),
-                    payload: payload.into(),
-                })
-                .await
+                sink.deliver(InboundMessage { topic: topic.to_owned(), payload: payload.into() }).await
             }
             None => false,
         }
@@ -56,12 +46,7 @@ impl MessageSource for FakeSource {
     }
 
     fn stop(&mut self) -> BoxFuture<'static, ()> {
-        if let Some(sink) = self
-            .sink
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(sink) = self.sink.lock().unwrap_or_else(PoisonError::into_inner).take() {
             sink.close();
         }
         async {}.boxed()

@@ -33,27 +33,18 @@ impl InboundSink {
     /// A sink and the receiver the broker actor reads, holding at most `capacity` messages.
     pub fn channel(capacity: usize) -> (InboundSink, mpsc::Receiver<InboundMessage>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (
-            InboundSink {
-                slot: Arc::new(Mutex::new(Some(sender))),
-            },
-            receiver,
-        )
+        (InboundSink { slot: Arc::new(Mutex::new(Some(sender))) }, receiver)
     }
 
     fn sender(&self) -> Option<mpsc::Sender<InboundMessage>> {
-        self.slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Hands a message over from a thread outside any async runtime (paho's callback
     /// thread), waiting while the channel is full: that wait is the back-pressure.
     /// False when the sink is closed.
     pub fn blocking_deliver(&self, message: InboundMessage) -> bool {
-        self.sender()
-            .is_some_and(|sender| sender.blocking_send(message).is_ok())
+        self.sender().is_some_and(|sender| sender.blocking_send(message).is_ok())
     }
 
     /// Async form of [`InboundSink::blocking_deliver`].
@@ -66,10 +57,7 @@ impl InboundSink {
 
     /// Stops accepting messages; the receiver ends after what was already handed over.
     pub fn close(&self) {
-        self.slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 
@@ -81,10 +69,7 @@ pub enum SourceError {
     #[error("cannot connect to the MQTT broker at {url}: {message}")]
     Connect { url: String, message: String },
     #[error("cannot subscribe to {topics:?}: {message}")]
-    Subscribe {
-        topics: Vec<String>,
-        message: String,
-    },
+    Subscribe { topics: Vec<String>, message: String },
 }
 
 impl SourceError {

@@ -27,24 +27,14 @@ impl std::fmt::Debug for MqttSource {
         f.debug_struct("MqttSource")
             .field("url", &self.config.url)
             .field("client_id", &self.config.client_id)
-            .field(
-                "connected",
-                &self
-                    .client
-                    .as_ref()
-                    .is_some_and(mqtt::AsyncClient::is_connected),
-            )
+            .field("connected", &self.client.as_ref().is_some_and(mqtt::AsyncClient::is_connected))
             .finish()
     }
 }
 
 impl MqttSource {
     pub fn new(config: &MqttConfig) -> Self {
-        MqttSource {
-            config: config.clone(),
-            client: None,
-            sink: None,
-        }
+        MqttSource { config: config.clone(), client: None, sink: None }
     }
 }
 
@@ -57,10 +47,7 @@ impl MessageSource for MqttSource {
             .client_id(&config.client_id)
             .persistence(mqtt::PersistenceType::None)
             .create_client()
-            .map_err(|err| SourceError::Client {
-                url: url.clone(),
-                message: err.to_string(),
-            });
+            .map_err(|err| SourceError::Client { url: url.clone(), message: err.to_string() });
         let client = match client {
             Ok(client) => client,
             Err(err) => return async move { Err(err) }.boxed(),
@@ -71,10 +58,8 @@ impl MessageSource for MqttSource {
         // after CONNACK.
         client.set_message_callback(move |_, message| {
             if let Some(message) = message {
-                let inbound = InboundMessage {
-                    topic: message.topic().to_owned(),
-                    payload: message.payload().to_vec(),
-                };
+                let inbound =
+                    InboundMessage { topic: message.topic().to_owned(), payload: message.payload().to_vec() };
                 if !delivery.blocking_deliver(inbound) {
                     tracing::warn!(
                         topic = message.topic(),
@@ -105,9 +90,8 @@ impl MessageSource for MqttSource {
         let sink = self.sink.take();
         async move {
             if let Some(client) = client {
-                let options = mqtt::DisconnectOptionsBuilder::new()
-                    .timeout(Duration::from_secs(5))
-                    .finalize();
+                let options =
+                    mqtt::DisconnectOptionsBuilder::new().timeout(Duration::from_secs(5)).finalize();
                 if let Err(err) = client.disconnect(options).await {
                     tracing::warn!(error = %err, "MQTT disconnect did not complete cleanly");
                 }
@@ -138,9 +122,7 @@ async fn connect_and_subscribe(
     loop {
         match client.connect(options.clone()).await {
             Ok(response) => {
-                let resumed = response
-                    .connect_response()
-                    .is_some_and(|r| r.session_present);
+                let resumed = response.connect_response().is_some_and(|r| r.session_present);
                 tracing::info!(url, client_id = %config.client_id, resumed_session = resumed, "MQTT connected");
                 break;
             }
@@ -158,10 +140,7 @@ async fn connect_and_subscribe(
     client
         .subscribe_many(&config.topics, &qos)
         .await
-        .map_err(|err| SourceError::Subscribe {
-            topics: config.topics.clone(),
-            message: err.to_string(),
-        })?;
+        .map_err(|err| SourceError::Subscribe { topics: config.topics.clone(), message: err.to_string() })?;
     tracing::info!(topics = ?config.topics, qos = config.qos, "subscribed");
     Ok(())
 }

@@ -9,18 +9,9 @@ pub enum DbError {
     #[error("invalid database.url: {0}")]
     Config(String),
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
-    Connect {
-        target: String,
-        message: String,
-        code: Option<SqlState>,
-    },
+    Connect { target: String, message: String, code: Option<SqlState> },
     #[error("PostgreSQL {operation} failed: {message}")]
-    Statement {
-        operation: &'static str,
-        message: String,
-        code: Option<SqlState>,
-        connection_closed: bool,
-    },
+    Statement { operation: &'static str, message: String, code: Option<SqlState>, connection_closed: bool },
 }
 
 /// What to do about an error.
@@ -46,26 +37,29 @@ impl DbError {
     }
 
     pub(crate) fn connect(target: &str, err: &tokio_postgres::Error) -> Self {
-        DbError::Connect {
-            target: target.to_owned(),
-            message: describe(err),
-            code: err.code().cloned(),
-        }
+        DbError::Connect { target: target.to_owned(), message: describe(err), code: err.code().cloned() }
     }
 
     pub fn class(&self) -> ErrorClass {
         match self {
             DbError::Config(_) => ErrorClass::Fatal,
             DbError::Connect { .. } => ErrorClass::Retriable { reconnect: true },
-            DbError::Statement {
-                connection_closed: true,
-                ..
+            DbError::Statement { connection_closed: true, .. } | DbError::Statement { code: None, .. } => {
+                ErrorClass::Retriable { reconnect: true }
             }
-            | DbError::Statement { code: None, .. } => ErrorClass::Retriable { reconnect: true },
-            DbError::Statement {
-                code: Some(code), ..
-            } => classify_sqlstate(code),
+            DbError::Statement { code: Some(code), .. } => classify_sqlstate(code),
         }
+    }
+
+    /// A refused login: the password may just have been rotated.
+    pub fn is_auth_failure(&self) -> bool {
+        let code = match self {
+            DbError::Connect { code, .. } | DbError::Statement { code, .. } => code.as_ref(),
+            DbError::Config(_) => None,
+        };
+        code.is_some_and(|code| {
+            *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        })
     }
 
     pub fn is_retriable(&self) -> bool {
@@ -112,14 +106,8 @@ mod tests {
 
     #[test]
     fn sqlstates_are_classified() {
-        assert_eq!(
-            classify_sqlstate(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE),
-            ErrorClass::Poison
-        );
-        assert_eq!(
-            classify_sqlstate(&SqlState::UNIQUE_VIOLATION),
-            ErrorClass::Poison
-        );
+        assert_eq!(classify_sqlstate(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE), ErrorClass::Poison);
+        assert_eq!(classify_sqlstate(&SqlState::UNIQUE_VIOLATION), ErrorClass::Poison);
         assert_eq!(
             classify_sqlstate(&SqlState::T_R_SERIALIZATION_FAILURE),
             ErrorClass::Retriable { reconnect: false }

@@ -6,18 +6,24 @@
 //! the next attempt (after a capped back-off, on a new connection when the old one can no
 //! longer be trusted). Flushes run inside `ctx.wait`, so while one is in progress the
 //! mailbox fills and senders wait: that is the back-pressure towards the aggregators.
+//!
+//! The password comes from the secret keeper. A refused login asks it to fetch the secret
+//! at once; a changed secret makes the next flush open a new connection with it first.
 
 mod error;
+mod flush;
 pub mod schema;
 mod session;
 
 pub use error::{DbError, ErrorClass};
 pub use session::{Connector, Session};
 
-use crate::logic::{ClosedMinute, PendingMinutes, RejectedMessage};
-use crate::messages::{Drain, DrainReport, StoreRejections, WriteMinutes};
+use crate::logic::{PendingMinutes, RejectedMessage};
+use crate::messages::{CredentialsChanged, Drain, DrainReport, RefreshSecret, StoreRejections, WriteMinutes};
+use crate::secrets::Credentials;
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
+use flush::{FlushJob, FlushOutcome};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,9 +36,19 @@ pub struct WriterSettings {
     pub flush_interval: Duration,
 }
 
+/// How the writer logs in: the current credentials, and whom to ask for fresh ones.
+#[derive(Debug, Clone)]
+pub struct WriterCredentials {
+    pub current: Credentials,
+    pub keeper: Recipient<RefreshSecret>,
+}
+
 #[derive(Debug)]
 pub struct Writer {
     connector: Connector,
+    credentials: Option<WriterCredentials>,
+    /// The credentials changed since the session was opened.
+    reconnect: bool,
     /// `None` until connected, and while a flush has it.
     session: Option<Session>,
     pending: PendingMinutes,
@@ -54,9 +70,16 @@ struct Retry {
 }
 
 impl Writer {
-    pub fn new(connector: Connector, settings: WriterSettings, stats: Arc<PipelineStats>) -> Self {
+    pub fn new(
+        connector: Connector,
+        credentials: Option<WriterCredentials>,
+        settings: WriterSettings,
+        stats: Arc<PipelineStats>,
+    ) -> Self {
         Writer {
             connector,
+            credentials,
+            reconnect: false,
             session: None,
             pending: PendingMinutes::default(),
             rejections: Vec::new(),
@@ -71,6 +94,8 @@ impl Writer {
         self.flushing = true;
         FlushJob {
             connector: self.connector.clone(),
+            credentials: self.credentials.as_ref().map(|credentials| credentials.current.clone()),
+            reconnect: self.reconnect,
             session: self.session.take(),
             minutes: self.pending.take_all(),
             rejections: std::mem::take(&mut self.rejections),
@@ -83,34 +108,39 @@ impl Writer {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         let idle = self.pending.is_empty() && self.rejections.is_empty() && self.session.is_some();
         let waiting = self.retry.is_some_and(|retry| Instant::now() < retry.at);
-        if self.flushing || idle || waiting {
+        if self.flushing || (idle && !self.reconnect) || waiting {
             return;
         }
         let job = self.take_job();
-        ctx.wait(
-            job.run()
-                .into_actor(self)
-                .map(|outcome, writer, _| writer.absorb(outcome)),
-        );
+        ctx.wait(job.run().into_actor(self).map(|outcome, writer, ctx| writer.absorb(outcome, ctx)));
     }
 
     /// Takes back what a flush did not write and updates the retry state.
-    fn absorb(&mut self, outcome: FlushOutcome) {
+    fn absorb(&mut self, outcome: FlushOutcome, ctx: &mut Context<Self>) {
+        let FlushOutcome { job, error } = outcome;
         self.flushing = false;
-        self.session = outcome.job.session;
-        self.pending.extend(outcome.job.minutes);
-        self.rejections.extend(outcome.job.rejections);
-        match (outcome.error, self.retry) {
+        self.session = job.session;
+        self.pending.extend(job.minutes);
+        self.rejections.extend(job.rejections);
+        // Cleared only if no newer secret arrived while the flush ran.
+        let credentials_unchanged = match (&self.credentials, &job.credentials) {
+            (Some(now), Some(used)) => now.current.same_as(used),
+            _ => true,
+        };
+        if !job.reconnect && credentials_unchanged {
+            self.reconnect = false;
+        }
+        match (error, self.retry) {
             (None, Some(retry)) => {
-                tracing::info!(
-                    failed_attempts = retry.failures,
-                    "database writes recovered"
-                );
+                tracing::info!(failed_attempts = retry.failures, "database writes recovered");
                 self.retry = None;
             }
             (None, None) => {}
             (Some(err), previous) => {
                 bump(&self.stats.write_failures, 1);
+                if err.is_auth_failure() {
+                    self.request_fresh_secret(ctx);
+                }
                 let delay = previous.map_or(RETRY_MIN, |retry| (retry.delay * 2).min(RETRY_MAX));
                 let failures = previous.map_or(1, |retry| retry.failures + 1);
                 if previous.is_none() {
@@ -121,20 +151,28 @@ impl Writer {
                 } else {
                     tracing::debug!(error = %err, failures, "database write failed again");
                 }
-                self.retry = Some(Retry {
-                    at: Instant::now() + delay,
-                    delay,
-                    failures,
-                });
+                self.retry = Some(Retry { at: Instant::now() + delay, delay, failures });
             }
         }
     }
 
-    fn report(&self) -> DrainReport {
-        DrainReport {
-            unwritten_minutes: self.pending.len(),
-            unwritten_rejections: self.rejections.len(),
+    /// A login was refused: the password has probably been rotated.
+    fn request_fresh_secret(&mut self, ctx: &mut Context<Self>) {
+        if let Some(credentials) = &self.credentials {
+            let keeper = credentials.keeper.clone();
+            ctx.spawn(
+                async move {
+                    if keeper.send(RefreshSecret).await.is_err() {
+                        tracing::error!("secret keeper unavailable; cannot refresh the database secret");
+                    }
+                }
+                .into_actor(self),
+            );
         }
+    }
+
+    fn report(&self) -> DrainReport {
+        DrainReport { unwritten_minutes: self.pending.len(), unwritten_rejections: self.rejections.len() }
     }
 }
 
@@ -167,6 +205,22 @@ impl Handler<StoreRejections> for Writer {
     }
 }
 
+impl Handler<CredentialsChanged> for Writer {
+    type Result = ();
+
+    fn handle(&mut self, CredentialsChanged(credentials): CredentialsChanged, ctx: &mut Self::Context) {
+        if let Some(current) = &mut self.credentials {
+            current.current = credentials;
+            self.reconnect = true;
+            // A failed login waits for exactly this: try again now, not after the back-off.
+            if let Some(retry) = &mut self.retry {
+                retry.at = Instant::now();
+            }
+            self.flush(ctx);
+        }
+    }
+}
+
 impl Handler<Drain> for Writer {
     type Result = ResponseActFuture<Self, DrainReport>;
 
@@ -188,97 +242,9 @@ impl Handler<Drain> for Writer {
             }
             outcome
         };
-        Box::pin(drained.into_actor(self).map(|outcome, writer, _| {
-            writer.absorb(outcome);
+        Box::pin(drained.into_actor(self).map(|outcome, writer, ctx| {
+            writer.absorb(outcome, ctx);
             writer.report()
         }))
-    }
-}
-
-/// Everything one flush needs, moved out of the actor while it runs.
-struct FlushJob {
-    connector: Connector,
-    session: Option<Session>,
-    minutes: Vec<ClosedMinute>,
-    rejections: Vec<RejectedMessage>,
-    batch_max_rows: usize,
-    stats: Arc<PipelineStats>,
-}
-
-/// A finished flush: the job holds whatever it did not write, and its session when the
-/// connection is still usable.
-struct FlushOutcome {
-    job: FlushJob,
-    error: Option<DbError>,
-}
-
-impl FlushJob {
-    async fn run(mut self) -> FlushOutcome {
-        let session = match self.session.take().filter(|session| !session.is_closed()) {
-            Some(session) => Ok(session),
-            None => {
-                let connected = self.connector.connect().await;
-                if connected.is_ok() {
-                    bump(&self.stats.db_connects, 1);
-                    tracing::info!(target = self.connector.target(), "connected to PostgreSQL");
-                }
-                connected
-            }
-        };
-        let mut session = match session {
-            Ok(session) => session,
-            Err(err) => {
-                return FlushOutcome {
-                    job: self,
-                    error: Some(err),
-                }
-            }
-        };
-        let step = self.batch_max_rows.max(1);
-        while !self.minutes.is_empty() {
-            let rest = self.minutes.split_off(step.min(self.minutes.len()));
-            let batch = std::mem::replace(&mut self.minutes, rest);
-            let started = Instant::now();
-            match session.upsert_minutes(&batch).await {
-                Ok(_) => {
-                    bump(&self.stats.rows_written, batch.len() as u64);
-                    bump(&self.stats.write_batches, 1);
-                    tracing::debug!(rows = batch.len(), elapsed = ?started.elapsed(), "minutes upserted");
-                }
-                Err(err) => {
-                    self.minutes.extend(batch);
-                    return self.fail(session, err);
-                }
-            }
-        }
-        while !self.rejections.is_empty() {
-            let rest = self.rejections.split_off(step.min(self.rejections.len()));
-            let batch = std::mem::replace(&mut self.rejections, rest);
-            match session.insert_rejections(&batch).await {
-                Ok(_) => bump(&self.stats.rejects_written, batch.len() as u64),
-                Err(err) => {
-                    self.rejections.extend(batch);
-                    return self.fail(session, err);
-                }
-            }
-        }
-        self.session = Some(session);
-        FlushOutcome {
-            job: self,
-            error: None,
-        }
-    }
-
-    /// Keeps the session only when the error leaves the connection trustworthy.
-    fn fail(mut self, session: Session, err: DbError) -> FlushOutcome {
-        let keep = matches!(
-            err.class(),
-            ErrorClass::Retriable { reconnect: false } | ErrorClass::Poison
-        );
-        self.session = keep.then_some(session);
-        FlushOutcome {
-            job: self,
-            error: Some(err),
-        }
     }
 }

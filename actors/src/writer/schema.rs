@@ -52,16 +52,12 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
         .await
         .map_err(fail)?;
     let current: i32 = transaction
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM fleetagg_schema_migrations",
-            &[],
-        )
+        .query_one("SELECT coalesce(max(version), 0) FROM fleetagg_schema_migrations", &[])
         .await
         .map_err(fail)?
         .get(0);
     let mut applied = Vec::new();
-    for (version, description, sql) in MIGRATIONS.iter().filter(|(version, ..)| *version > current)
-    {
+    for (version, description, sql) in MIGRATIONS.iter().filter(|(version, ..)| *version > current) {
         transaction.batch_execute(sql).await.map_err(fail)?;
         transaction
             .execute(

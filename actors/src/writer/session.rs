@@ -7,8 +7,10 @@
 use super::error::DbError;
 use super::schema;
 use crate::logic::{ClosedMinute, RejectedMessage};
+use crate::secrets::Credentials;
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
+use secrecy::ExposeSecret;
 use std::time::Duration;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
@@ -47,12 +49,8 @@ pub(crate) const INSERT_REJECTIONS: &str = "
     INSERT INTO rejected_message (topic, reason, detail, payload)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])";
 
-const INSERT_REJECTIONS_TYPES: &[Type] = &[
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::BYTEA_ARRAY,
-];
+const INSERT_REJECTIONS_TYPES: &[Type] =
+    &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::BYTEA_ARRAY];
 
 /// How to open a connection. Cloned into each connection attempt.
 #[derive(Debug, Clone)]
@@ -64,9 +62,8 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(url: &str) -> Result<Self, DbError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|err| DbError::Config(format!("{err}")))?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|err| DbError::Config(format!("{err}")))?;
         if config.get_application_name().is_none() {
             config.application_name("fleetagg");
         }
@@ -74,9 +71,7 @@ impl Connector {
             config.connect_timeout(Duration::from_secs(10));
         }
         // Detect a silently dead server instead of waiting forever on a half-open socket.
-        config
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
+        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let target = describe_target(&config);
         Ok(Connector { config, target })
     }
@@ -85,26 +80,32 @@ impl Connector {
         &self.target
     }
 
-    /// Opens a connection and brings the schema up to date.
-    pub async fn connect(&self) -> Result<Session, DbError> {
-        let (client, _) = self.open_migrated().await?;
-        Ok(Session {
-            client,
-            statements: FxHashMap::default(),
-        })
+    /// Opens a connection with `credentials` (when the password comes from a secret) and
+    /// brings the schema up to date.
+    pub async fn connect(&self, credentials: Option<&Credentials>) -> Result<Session, DbError> {
+        let (client, _) = self.open_migrated(credentials).await?;
+        Ok(Session { client, statements: FxHashMap::default() })
     }
 
     /// Applies pending migrations on a fresh connection; returns the versions applied.
-    pub async fn migrate(&self) -> Result<Vec<i32>, DbError> {
-        self.open_migrated().await.map(|(_, applied)| applied)
+    pub async fn migrate(&self, credentials: Option<&Credentials>) -> Result<Vec<i32>, DbError> {
+        self.open_migrated(credentials).await.map(|(_, applied)| applied)
     }
 
-    async fn open_migrated(&self) -> Result<(Client, Vec<i32>), DbError> {
-        let (mut client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|err| DbError::connect(&self.target, &err))?;
+    async fn open_migrated(&self, credentials: Option<&Credentials>) -> Result<(Client, Vec<i32>), DbError> {
+        // The password is set on a copy that lives only for this attempt, so no
+        // long-lived structure (and no Debug output) ever holds it.
+        let mut config = self.config.clone();
+        let mut target = self.target.clone();
+        if let Some(credentials) = credentials {
+            if let Some(user) = &credentials.user {
+                config.user(user);
+                target = describe_target(&config);
+            }
+            config.password(credentials.password.expose_secret().as_bytes());
+        }
+        let (mut client, connection) =
+            config.connect(NoTls).await.map_err(|err| DbError::connect(&target, &err))?;
         let target = self.target.clone();
         actix_rt::spawn(async move {
             if let Err(err) = connection.await {
@@ -145,11 +146,8 @@ impl Session {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self
-            .client
-            .prepare_typed(sql, types)
-            .await
-            .map_err(|err| DbError::statement("prepare", &err))?;
+        let statement =
+            self.client.prepare_typed(sql, types).await.map_err(|err| DbError::statement("prepare", &err))?;
         self.statements.insert(sql, statement.clone());
         Ok(statement)
     }
@@ -158,14 +156,9 @@ impl Session {
     pub async fn upsert_minutes(&mut self, rows: &[ClosedMinute]) -> Result<u64, DbError> {
         let statement = self.statement(UPSERT_MINUTES, UPSERT_MINUTES_TYPES).await?;
         let machines: Vec<&str> = rows.iter().map(|row| &*row.machine).collect();
-        let starts: Vec<DateTime<Utc>> = rows
-            .iter()
-            .map(|row| row.minute.start().to_chrono())
-            .collect();
-        let samples: Vec<i32> = rows
-            .iter()
-            .map(|row| i32::try_from(row.aggregate.samples).unwrap_or(i32::MAX))
-            .collect();
+        let starts: Vec<DateTime<Utc>> = rows.iter().map(|row| row.minute.start().to_chrono()).collect();
+        let samples: Vec<i32> =
+            rows.iter().map(|row| i32::try_from(row.aggregate.samples).unwrap_or(i32::MAX)).collect();
         let column = |pick: fn(&ClosedMinute) -> f64| rows.iter().map(pick).collect::<Vec<f64>>();
         let sums = column(|row| row.aggregate.load_rate_sum);
         let load_min = column(|row| row.aggregate.load_rate_min);
@@ -175,25 +168,14 @@ impl Session {
         self.client
             .execute(
                 &statement,
-                &[
-                    &machines,
-                    &starts,
-                    &samples,
-                    &sums,
-                    &load_min,
-                    &load_max,
-                    &mileage_min,
-                    &mileage_max,
-                ],
+                &[&machines, &starts, &samples, &sums, &load_min, &load_max, &mileage_min, &mileage_max],
             )
             .await
             .map_err(|err| DbError::statement("upsert into loading_rate", &err))
     }
 
     pub async fn insert_rejections(&mut self, rows: &[RejectedMessage]) -> Result<u64, DbError> {
-        let statement = self
-            .statement(INSERT_REJECTIONS, INSERT_REJECTIONS_TYPES)
-            .await?;
+        let statement = self.statement(INSERT_REJECTIONS, INSERT_REJECTIONS_TYPES).await?;
         let topics: Vec<&str> = rows.iter().map(|row| row.topic.as_str()).collect();
         let reasons: Vec<&str> = rows.iter().map(|row| row.reason.as_str()).collect();
         let details: Vec<&str> = rows.iter().map(|row| row.detail.as_str()).collect();

@@ -24,77 +24,28 @@ fn the_first_failing_check_in_contract_order_names_the_reason() {
             MissingField,
         ),
         (
-            object(&[
-                ("machine", "\"m\"".into()),
-                ("load_rate", "\"42\"".into()),
-                ("mileage", "{}".into()),
-            ]),
+            object(&[("machine", "\"m\"".into()), ("load_rate", "\"42\"".into()), ("mileage", "{}".into())]),
             MissingField,
         ),
-        (
-            message_with(&[("load_rate", "\"42\""), ("mileage", "null")]),
-            MissingField,
-        ),
+        (message_with(&[("load_rate", "\"42\""), ("mileage", "null")]), MissingField),
         // bad_type beats bad_machine, bad_timestamp and the numeric checks.
-        (
-            message_with(&[("machine", "\"\""), ("load_rate", "\"42\"")]),
-            BadType,
-        ),
-        (
-            message_with(&[("ts", "\"garbage\""), ("mileage", "true")]),
-            BadType,
-        ),
-        (
-            message_with(&[("machine", "7"), ("load_rate", "NaN")]),
-            BadType,
-        ),
+        (message_with(&[("machine", "\"\""), ("load_rate", "\"42\"")]), BadType),
+        (message_with(&[("ts", "\"garbage\""), ("mileage", "true")]), BadType),
+        (message_with(&[("machine", "7"), ("load_rate", "NaN")]), BadType),
         // bad_machine beats bad_timestamp and everything after.
-        (
-            message_with(&[("machine", "\"\""), ("ts", "\"garbage\"")]),
-            BadMachine,
-        ),
-        (
-            message_with(&[("machine", "\"\\u0000\""), ("load_rate", "NaN")]),
-            BadMachine,
-        ),
-        (
-            message_with(&[("machine", "\"\""), ("mileage", "-5")]),
-            BadMachine,
-        ),
+        (message_with(&[("machine", "\"\""), ("ts", "\"garbage\"")]), BadMachine),
+        (message_with(&[("machine", "\"\\u0000\""), ("load_rate", "NaN")]), BadMachine),
+        (message_with(&[("machine", "\"\""), ("mileage", "-5")]), BadMachine),
         // bad_timestamp beats non_finite, out_of_range.
-        (
-            message_with(&[
-                ("ts", "\"2026-02-30T00:00:00Z\""),
-                ("load_rate", "Infinity"),
-            ]),
-            BadTimestamp,
-        ),
-        (
-            message_with(&[("ts", "\"garbage\""), ("load_rate", "101")]),
-            BadTimestamp,
-        ),
+        (message_with(&[("ts", "\"2026-02-30T00:00:00Z\""), ("load_rate", "Infinity")]), BadTimestamp),
+        (message_with(&[("ts", "\"garbage\""), ("load_rate", "101")]), BadTimestamp),
         // non_finite beats out_of_range, whichever field has which problem.
-        (
-            message_with(&[("load_rate", "NaN"), ("mileage", "-1")]),
-            NonFinite,
-        ),
-        (
-            message_with(&[("load_rate", "101"), ("mileage", "Infinity")]),
-            NonFinite,
-        ),
-        (
-            message_with(&[("mileage", "-Infinity"), ("ts", far_future)]),
-            NonFinite,
-        ),
+        (message_with(&[("load_rate", "NaN"), ("mileage", "-1")]), NonFinite),
+        (message_with(&[("load_rate", "101"), ("mileage", "Infinity")]), NonFinite),
+        (message_with(&[("mileage", "-Infinity"), ("ts", far_future)]), NonFinite),
         // out_of_range beats future_ts and too_late.
-        (
-            message_with(&[("load_rate", "101"), ("ts", far_future)]),
-            OutOfRange,
-        ),
-        (
-            message_with(&[("mileage", "-1"), ("ts", far_past)]),
-            OutOfRange,
-        ),
+        (message_with(&[("load_rate", "101"), ("ts", far_future)]), OutOfRange),
+        (message_with(&[("mileage", "-1"), ("ts", far_past)]), OutOfRange),
     ];
     for (payload, expected) in cases {
         assert_rejected(&payload, &rules(), expected, &[]);

@@ -15,11 +15,7 @@ fn quarter(max_quarters: u32) -> impl Strategy<Value = f64> {
 
 /// A sample with an exact load rate in [0, 100] and an exact mileage.
 fn exact_sample() -> impl Strategy<Value = Sample> {
-    (
-        0i64..10 * MICROS_PER_MINUTE,
-        quarter(400),
-        quarter(4_000_000),
-    )
+    (0i64..10 * MICROS_PER_MINUTE, quarter(400), quarter(4_000_000))
         .prop_map(|(micros, load_rate, mileage)| sample(micros, load_rate, mileage))
 }
 
@@ -32,9 +28,8 @@ fn exact_aggregate() -> impl Strategy<Value = MinuteAggregate> {
 fn machine_id() -> impl Strategy<Value = String> {
     // Every non-control character (controls are U+0000..U+001F and U+007F..U+009F),
     // with the ones JSON escapes and a few multi-byte ones made frequent.
-    let non_control = prop::char::ranges(
-        vec![' '..='~', '\u{a0}'..='\u{d7ff}', '\u{e000}'..='\u{10ffff}'].into(),
-    );
+    let non_control =
+        prop::char::ranges(vec![' '..='~', '\u{a0}'..='\u{d7ff}', '\u{e000}'..='\u{10ffff}'].into());
     let tricky = prop::sample::select(vec!['"', '\\', '/', ' ', 'é', '機', '😀', '\u{2028}']);
     prop::collection::vec(prop_oneof![3 => non_control, 1 => tricky], 1..=128)
         .prop_map(|chars| chars.into_iter().collect())
@@ -56,13 +51,7 @@ fn encode_machine(text: &str, escape_all: bool) -> String {
 
 /// RFC 3339 text for `micros` shown at a fixed offset with `digits` fractional digits
 /// (9 digits append random nanoseconds that must be dropped).
-fn rfc3339_at_offset(
-    micros: i64,
-    offset_minutes: i32,
-    digits: u8,
-    nanos: u32,
-    use_z: bool,
-) -> String {
+fn rfc3339_at_offset(micros: i64, offset_minutes: i32, digits: u8, nanos: u32, use_z: bool) -> String {
     let instant = DateTime::from_timestamp_micros(micros).expect("instant in chrono's range");
     let local = instant.naive_utc() + chrono::Duration::minutes(i64::from(offset_minutes));
     let fraction = i64::from(instant.timestamp_subsec_micros());

@@ -64,12 +64,7 @@ fn too_large_payloads_over_the_limit_are_rejected() {
     assert_eq!(at_limit.len(), 65_536);
     accepted(&at_limit, &rules());
     let beyond = pad_to(&valid, 65_537);
-    assert_rejected(
-        &beyond,
-        &rules(),
-        RejectReason::TooLarge,
-        &["65537", "65536"],
-    );
+    assert_rejected(&beyond, &rules(), RejectReason::TooLarge, &["65537", "65536"]);
     // A huge machine id is too large before it is a bad machine.
     let huge_machine = message_with(&[("machine", &json_string(&"m".repeat(70_000)))]);
     assert_rejected(&huge_machine, &rules(), RejectReason::TooLarge, &["65536"]);
@@ -156,11 +151,8 @@ fn malformed_non_objects_and_broken_json_are_rejected() {
 #[test]
 fn malformed_deep_nesting_is_an_error_not_a_crash() {
     let deep_brackets = "[".repeat(100_000);
-    let deep_in_field = format!(
-        "{{\"extra\": {}1{}, \"machine\": \"m\"}}",
-        "[".repeat(100_000),
-        "]".repeat(100_000)
-    );
+    let deep_in_field =
+        format!("{{\"extra\": {}1{}, \"machine\": \"m\"}}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_objects = format!("{{{}1{}", "\"a\": {".repeat(50_000), "}".repeat(50_001));
     let deep_unclosed = format!("{{\"load_rate\": {}", "[{\"x\":".repeat(40_000));
     let mut big = rules();
@@ -179,12 +171,7 @@ fn malformed_duplicate_telemetry_keys_are_rejected() {
     // Two `machine` keys: which one is authoritative is undefined, so the message is refused.
     let mut fields = valid_fields();
     fields.push(("machine", r#""other""#.to_owned()));
-    assert_rejected(
-        object(&fields),
-        &rules(),
-        RejectReason::Malformed,
-        &["JSON"],
-    );
+    assert_rejected(object(&fields), &rules(), RejectReason::Malformed, &["JSON"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -195,28 +182,16 @@ fn malformed_duplicate_telemetry_keys_are_rejected() {
 fn missing_field_absent_fields_are_named() {
     for field in ["machine", "ts", "load_rate", "mileage"] {
         let with_backticks = format!("`{field}`");
-        assert_rejected(
-            message_without(&[field]),
-            &rules(),
-            RejectReason::MissingField,
-            &[&with_backticks],
-        );
+        assert_rejected(message_without(&[field]), &rules(), RejectReason::MissingField, &[&with_backticks]);
     }
     // An empty object misses the first field, machine.
     assert_rejected("{}", &rules(), RejectReason::MissingField, &["`machine`"]);
     // Extra fields do not stand in for missing ones, nor do nested ones.
-    let mut fields: Vec<(&str, String)> = valid_fields()
-        .into_iter()
-        .filter(|(name, _)| *name != "mileage")
-        .collect();
+    let mut fields: Vec<(&str, String)> =
+        valid_fields().into_iter().filter(|(name, _)| *name != "mileage").collect();
     fields.push(("Mileage", "5".to_owned()));
     fields.push(("extra", r#"{"mileage": 5}"#.to_owned()));
-    assert_rejected(
-        object(&fields),
-        &rules(),
-        RejectReason::MissingField,
-        &["`mileage`"],
-    );
+    assert_rejected(object(&fields), &rules(), RejectReason::MissingField, &["`mileage`"]);
 }
 
 #[test]
@@ -280,17 +255,9 @@ fn bad_machine_empty_is_rejected() {
 
 #[test]
 fn bad_machine_length_is_counted_in_characters() {
-    for (unit, name) in [
-        ("a", "ascii"),
-        ("é", "two-byte"),
-        ("機", "three-byte"),
-        ("😀", "four-byte"),
-    ] {
+    for (unit, name) in [("a", "ascii"), ("é", "two-byte"), ("機", "three-byte"), ("😀", "four-byte")] {
         let at_limit = unit.repeat(128);
-        let telemetry = accepted(
-            message_with(&[("machine", &json_string(&at_limit))]),
-            &rules(),
-        );
+        let telemetry = accepted(message_with(&[("machine", &json_string(&at_limit))]), &rules());
         assert_eq!(telemetry.machine, at_limit, "{name}");
 
         let over = unit.repeat(129);
@@ -304,13 +271,10 @@ fn bad_machine_length_is_counted_in_characters() {
     // Escaped characters count once each too.
     let escaped_128 = "\\u00e9".repeat(128);
     assert_eq!(
-        accepted(
-            message_with(&[("machine", &format!("\"{escaped_128}\""))]),
-            &rules()
-        )
-        .machine
-        .chars()
-        .count(),
+        accepted(message_with(&[("machine", &format!("\"{escaped_128}\""))]), &rules())
+            .machine
+            .chars()
+            .count(),
         128
     );
 }
@@ -370,12 +334,7 @@ fn bad_timestamp_unparseable_texts_are_rejected_and_quoted() {
         "2026-03-01T11:59:30+25:00",
         "1772366370",
     ] {
-        assert_rejected(
-            message_at(text),
-            &rules(),
-            RejectReason::BadTimestamp,
-            &[&format!("{text:?}")],
-        );
+        assert_rejected(message_at(text), &rules(), RejectReason::BadTimestamp, &[&format!("{text:?}")]);
     }
 }
 
@@ -392,30 +351,18 @@ fn bad_timestamp_impossible_dates_are_rejected() {
         "2026-03-01T11:60:00",
         "2026-03-01T11:59:61Z",
     ] {
-        assert_rejected(
-            message_at(text),
-            &rules(),
-            RejectReason::BadTimestamp,
-            &[text],
-        );
+        assert_rejected(message_at(text), &rules(), RejectReason::BadTimestamp, &[text]);
     }
     // 2028 is a leap year: Feb 29 exists (far from now, so only parsing is checked).
     let leap = timeless_rules(Tz::UTC, EpochUnit::S);
-    assert_eq!(
-        accepted_ts(message_at("2028-02-29T11:59:30Z"), &leap),
-        utc("2028-02-29T11:59:30Z")
-    );
+    assert_eq!(accepted_ts(message_at("2028-02-29T11:59:30Z"), &leap), utc("2028-02-29T11:59:30Z"));
 }
 
 #[test]
 fn bad_timestamp_local_times_lost_or_repeated_by_dst_are_rejected() {
     let paris = timeless_rules(chrono_tz::Europe::Paris, EpochUnit::S);
     // 2026-03-29: Paris jumps from 02:00 to 03:00.
-    for text in [
-        "2026-03-29T02:00:00",
-        "2026-03-29T02:30:00",
-        "2026-03-29 02:59:59.999999",
-    ] {
+    for text in ["2026-03-29T02:00:00", "2026-03-29T02:30:00", "2026-03-29 02:59:59.999999"] {
         assert_rejected(
             message_at(text),
             &paris,
@@ -424,24 +371,12 @@ fn bad_timestamp_local_times_lost_or_repeated_by_dst_are_rejected() {
         );
     }
     // 2026-10-25: Paris goes back from 03:00 to 02:00, so 02:xx happens twice.
-    for text in [
-        "2026-10-25T02:00:00",
-        "2026-10-25T02:30:00",
-        "2026-10-25T02:59:59",
-    ] {
-        assert_rejected(
-            message_at(text),
-            &paris,
-            RejectReason::BadTimestamp,
-            &["ambiguous", "Europe/Paris"],
-        );
+    for text in ["2026-10-25T02:00:00", "2026-10-25T02:30:00", "2026-10-25T02:59:59"] {
+        assert_rejected(message_at(text), &paris, RejectReason::BadTimestamp, &["ambiguous", "Europe/Paris"]);
     }
     // The same wall times are fine in UTC.
     let utc_rules = timeless_rules(Tz::UTC, EpochUnit::S);
-    assert_eq!(
-        accepted_ts(message_at("2026-03-29T02:30:00"), &utc_rules),
-        utc("2026-03-29T02:30:00Z")
-    );
+    assert_eq!(accepted_ts(message_at("2026-03-29T02:30:00"), &utc_rules), utc("2026-03-29T02:30:00Z"));
     // New York: 2026-03-08 02:30 does not exist, 2026-11-01 01:30 happens twice.
     let new_york = timeless_rules(chrono_tz::America::New_York, EpochUnit::S);
     assert_rejected(
@@ -450,24 +385,14 @@ fn bad_timestamp_local_times_lost_or_repeated_by_dst_are_rejected() {
         RejectReason::BadTimestamp,
         &["does not exist"],
     );
-    assert_rejected(
-        message_at("2026-11-01T01:30:00"),
-        &new_york,
-        RejectReason::BadTimestamp,
-        &["ambiguous"],
-    );
+    assert_rejected(message_at("2026-11-01T01:30:00"), &new_york, RejectReason::BadTimestamp, &["ambiguous"]);
 }
 
 #[test]
 fn bad_timestamp_non_finite_and_out_of_calendar_epochs_are_rejected() {
     let any_time = timeless_rules(Tz::UTC, EpochUnit::S);
     for raw in ["NaN", "Infinity", "-Infinity", "1e999"] {
-        assert_rejected(
-            message_with(&[("ts", raw)]),
-            &any_time,
-            RejectReason::BadTimestamp,
-            &["`ts`"],
-        );
+        assert_rejected(message_with(&[("ts", raw)]), &any_time, RejectReason::BadTimestamp, &["`ts`"]);
     }
     for raw in ["1e300", "-1e300", "253402300800", "-62135596801"] {
         assert_rejected(
@@ -478,14 +403,8 @@ fn bad_timestamp_non_finite_and_out_of_calendar_epochs_are_rejected() {
         );
     }
     // The first and last whole seconds of years 1 to 9999 are fine.
-    assert_eq!(
-        accepted_ts(message_with(&[("ts", "-62135596800")]), &any_time),
-        utc("0001-01-01T00:00:00Z")
-    );
-    assert_eq!(
-        accepted_ts(message_with(&[("ts", "253402300799")]), &any_time),
-        utc("9999-12-31T23:59:59Z")
-    );
+    assert_eq!(accepted_ts(message_with(&[("ts", "-62135596800")]), &any_time), utc("0001-01-01T00:00:00Z"));
+    assert_eq!(accepted_ts(message_with(&[("ts", "253402300799")]), &any_time), utc("9999-12-31T23:59:59Z"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -513,16 +432,10 @@ fn non_finite_python_tokens_and_overflowing_literals_are_rejected() {
         }
     }
     // What Python's json.dumps writes, spacing included.
-    let python =
-        format!(r#"{{"machine": "press-7", "ts": "{RECENT}", "load_rate": NaN, "mileage": 12.0}}"#);
+    let python = format!(r#"{{"machine": "press-7", "ts": "{RECENT}", "load_rate": NaN, "mileage": 12.0}}"#);
     assert_rejected(python, &rules(), RejectReason::NonFinite, &["`load_rate`"]);
     // A literal that underflows to zero is finite.
-    assert_eq!(
-        accepted(message_with(&[("load_rate", "1e-999")]), &rules())
-            .sample
-            .load_rate,
-        0.0
-    );
+    assert_eq!(accepted(message_with(&[("load_rate", "1e-999")]), &rules()).sample.load_rate, 0.0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -553,13 +466,7 @@ fn out_of_range_values_are_rejected_with_the_value() {
 
 #[test]
 fn range_boundaries_are_accepted() {
-    for (raw, expected) in [
-        ("0", 0.0),
-        ("0.0", 0.0),
-        ("100", 100.0),
-        ("100.0", 100.0),
-        ("1e2", 100.0),
-    ] {
+    for (raw, expected) in [("0", 0.0), ("0.0", 0.0), ("100", 100.0), ("100.0", 100.0), ("1e2", 100.0)] {
         let sample = accepted(message_with(&[("load_rate", raw)]), &rules()).sample;
         assert_eq!(sample.load_rate, expected, "load_rate {raw}");
     }
@@ -582,15 +489,8 @@ fn future_ts_beyond_the_tolerance_is_rejected() {
         "2026-03-01T14:00:06+02:00",
         "2027-01-01T00:00:00Z",
     ] {
-        let shown = utc(text)
-            .to_chrono()
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-        assert_rejected(
-            message_at(text),
-            &rules(),
-            RejectReason::FutureTs,
-            &[&shown, "5s"],
-        );
+        let shown = utc(text).to_chrono().to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        assert_rejected(message_at(text), &rules(), RejectReason::FutureTs, &[&shown, "5s"]);
     }
 }
 
@@ -608,32 +508,18 @@ fn future_ts_within_the_tolerance_is_accepted() {
     let mut wide = rules();
     wide.future_tolerance = Some(Duration::from_secs(3600));
     accepted(message_at("2026-03-01T13:00:00Z"), &wide);
-    assert_rejected(
-        message_at("2026-03-01T13:00:00.000001Z"),
-        &wide,
-        RejectReason::FutureTs,
-        &[],
-    );
+    assert_rejected(message_at("2026-03-01T13:00:00.000001Z"), &wide, RejectReason::FutureTs, &[]);
 }
 
 #[test]
 fn future_ts_check_is_disabled_by_off() {
     let mut off = rules();
     off.future_tolerance = None;
-    for text in [
-        "2026-03-01T12:00:06Z",
-        "2026-03-02T12:00:00Z",
-        "2099-12-31T23:59:59Z",
-    ] {
+    for text in ["2026-03-01T12:00:06Z", "2026-03-02T12:00:00Z", "2099-12-31T23:59:59Z"] {
         assert_eq!(accepted_ts(message_at(text), &off), utc(text), "{text}");
     }
     // ... but lateness is still checked.
-    assert_rejected(
-        message_at("2026-03-01T11:00:00Z"),
-        &off,
-        RejectReason::TooLate,
-        &[],
-    );
+    assert_rejected(message_at("2026-03-01T11:00:00Z"), &off, RejectReason::TooLate, &[]);
 }
 
 #[test]
@@ -645,15 +531,8 @@ fn too_late_beyond_max_lateness_is_rejected() {
         "2026-03-01T13:49:00+02:00",
         "2020-01-01T00:00:00Z",
     ] {
-        let shown = utc(text)
-            .to_chrono()
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-        assert_rejected(
-            message_at(text),
-            &rules(),
-            RejectReason::TooLate,
-            &[&shown, "600s"],
-        );
+        let shown = utc(text).to_chrono().to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        assert_rejected(message_at(text), &rules(), RejectReason::TooLate, &[&shown, "600s"]);
     }
 }
 
@@ -670,10 +549,5 @@ fn too_late_just_within_max_lateness_is_accepted() {
     let mut strict = rules();
     strict.max_lateness = Duration::from_secs(1);
     accepted(message_at("2026-03-01T11:59:59Z"), &strict);
-    assert_rejected(
-        message_at("2026-03-01T11:59:58.999999Z"),
-        &strict,
-        RejectReason::TooLate,
-        &[],
-    );
+    assert_rejected(message_at("2026-03-01T11:59:58.999999Z"), &strict, RejectReason::TooLate, &[]);
 }

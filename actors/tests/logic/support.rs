@@ -4,8 +4,8 @@ pub(crate) use chrono::{DateTime, FixedOffset, NaiveDate, SecondsFormat, TimeZon
 pub(crate) use chrono_tz::Tz;
 pub(crate) use fleetagg_actors::logic::json::{parse_telemetry, JsonValue};
 pub(crate) use fleetagg_actors::logic::{
-    validate, Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes, PendingMinutes,
-    RejectReason, Rejection, Sample, Telemetry, Timestamp, TimestampRules, ValidationRules,
+    validate, Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes, PendingMinutes, RejectReason,
+    Rejection, Sample, Telemetry, Timestamp, TimestampRules, ValidationRules,
 };
 pub(crate) use fleetagg_config::EpochUnit;
 pub(crate) use proptest::prelude::*;
@@ -41,10 +41,7 @@ pub(crate) fn now() -> Timestamp {
 pub(crate) fn rules() -> ValidationRules {
     ValidationRules {
         max_payload_bytes: 65_536,
-        timestamps: TimestampRules {
-            default_timezone: Tz::UTC,
-            epoch_unit: EpochUnit::S,
-        },
+        timestamps: TimestampRules { default_timezone: Tz::UTC, epoch_unit: EpochUnit::S },
         future_tolerance: Some(Duration::from_secs(5)),
         max_lateness: Duration::from_secs(600),
     }
@@ -61,10 +58,7 @@ pub(crate) fn rules_in(zone: Tz) -> ValidationRules {
 pub(crate) fn timeless_rules(zone: Tz, epoch_unit: EpochUnit) -> ValidationRules {
     ValidationRules {
         max_payload_bytes: 65_536,
-        timestamps: TimestampRules {
-            default_timezone: zone,
-            epoch_unit,
-        },
+        timestamps: TimestampRules { default_timezone: zone, epoch_unit },
         future_tolerance: None,
         max_lateness: Duration::MAX,
     }
@@ -82,10 +76,7 @@ pub(crate) fn valid_fields() -> Vec<(&'static str, String)> {
 
 /// Writes a JSON object from (key, raw JSON value) pairs.
 pub(crate) fn object(fields: &[(&str, String)]) -> String {
-    let members: Vec<String> = fields
-        .iter()
-        .map(|(key, raw)| format!("\"{key}\": {raw}"))
-        .collect();
+    let members: Vec<String> = fields.iter().map(|(key, raw)| format!("\"{key}\": {raw}")).collect();
     format!("{{{}}}", members.join(", "))
 }
 
@@ -103,10 +94,8 @@ pub(crate) fn message_with(changes: &[(&str, &str)]) -> String {
 
 /// A valid message without the given fields.
 pub(crate) fn message_without(missing: &[&str]) -> String {
-    let fields: Vec<(&str, String)> = valid_fields()
-        .into_iter()
-        .filter(|(name, _)| !missing.contains(name))
-        .collect();
+    let fields: Vec<(&str, String)> =
+        valid_fields().into_iter().filter(|(name, _)| !missing.contains(name)).collect();
     object(&fields)
 }
 
@@ -135,10 +124,7 @@ pub(crate) fn pad_to(text: &str, len: usize) -> String {
     format!("{text}{}", " ".repeat(len - text.len()))
 }
 
-pub(crate) fn check(
-    payload: impl AsRef<[u8]>,
-    rules: &ValidationRules,
-) -> Result<Telemetry, Rejection> {
+pub(crate) fn check(payload: impl AsRef<[u8]>, rules: &ValidationRules) -> Result<Telemetry, Rejection> {
     validate(payload.as_ref(), now(), rules)
 }
 
@@ -170,15 +156,8 @@ pub(crate) fn assert_rejected(
         Ok(telemetry) => panic!("expected {shown:?} to be rejected as {reason}, got {telemetry:?}"),
         Err(rejection) => rejection,
     };
-    assert_eq!(
-        rejection.reason, reason,
-        "payload {shown:?}: detail {:?}",
-        rejection.detail
-    );
-    assert!(
-        !rejection.detail.trim().is_empty(),
-        "payload {shown:?}: empty detail"
-    );
+    assert_eq!(rejection.reason, reason, "payload {shown:?}: detail {:?}", rejection.detail);
+    assert!(!rejection.detail.trim().is_empty(), "payload {shown:?}: empty detail");
     for mention in detail_mentions {
         assert!(
             rejection.detail.contains(mention),
@@ -195,11 +174,7 @@ pub(crate) fn accepted_ts(payload: impl AsRef<[u8]>, rules: &ValidationRules) ->
 }
 
 pub(crate) fn sample(micros: i64, load_rate: f64, mileage: f64) -> Sample {
-    Sample {
-        ts: Timestamp::from_micros(micros),
-        load_rate,
-        mileage,
-    }
+    Sample { ts: Timestamp::from_micros(micros), load_rate, mileage }
 }
 
 /// Aggregates samples one by one, the reference every merge is compared with.

@@ -24,11 +24,7 @@ fn rfc3339_offsets_are_normalised_to_utc() {
         let ts = accepted_ts(message_at(text), &rules());
         assert_eq!(ts, expected, "{text}");
         // An offset wins over the default zone.
-        assert_eq!(
-            accepted_ts(message_at(text), &rules_in(chrono_tz::Asia::Tokyo)),
-            expected,
-            "{text}"
-        );
+        assert_eq!(accepted_ts(message_at(text), &rules_in(chrono_tz::Asia::Tokyo)), expected, "{text}");
     }
 }
 
@@ -48,11 +44,7 @@ fn fractional_seconds_keep_microseconds_and_truncate_nanoseconds() {
         ("2026-03-01T13:59:30.654321+02:00", 654_321),
         ("2026-03-01T08:29:30.5-03:30", 500_000),
     ] {
-        assert_eq!(
-            accepted_ts(message_at(text), &rules()).micros(),
-            base + micros,
-            "{text}"
-        );
+        assert_eq!(accepted_ts(message_at(text), &rules()).micros(), base + micros, "{text}");
     }
     // Truncation, not rounding: the last nanosecond of a minute stays in that minute.
     let last = accepted_ts(message_at("2026-03-01T11:59:59.999999999Z"), &rules());
@@ -82,19 +74,11 @@ fn local_times_are_read_in_the_default_zone() {
         // New York: UTC-5 in winter, UTC-4 in summer.
         (new_york, "2026-01-15T12:00:00", "2026-01-15T17:00:00Z"),
         (new_york, "2026-07-15T12:00:00", "2026-07-15T16:00:00Z"),
-        (
-            new_york,
-            "2026-12-31T20:00:00.123456",
-            "2027-01-01T01:00:00.123456Z",
-        ),
+        (new_york, "2026-12-31T20:00:00.123456", "2027-01-01T01:00:00.123456Z"),
         // A fractional-hour zone.
         (kathmandu, "2026-03-01T17:44:30", "2026-03-01T11:59:30Z"),
     ] {
-        assert_eq!(
-            accepted_ts(message_at(local), &any(zone)),
-            utc(expected),
-            "{local} in {zone}"
-        );
+        assert_eq!(accepted_ts(message_at(local), &any(zone)), utc(expected), "{local} in {zone}");
     }
 }
 
@@ -104,10 +88,7 @@ fn local_times_use_the_zone_rules_at_that_date_not_today() {
     // maps to exactly one instant (and is accepted as that instant) or is refused.
     let paris = chrono_tz::Europe::Paris;
     let rules = timeless_rules(paris, EpochUnit::S);
-    let start = NaiveDate::from_ymd_opt(2026, 1, 1)
-        .unwrap()
-        .and_hms_opt(0, 30, 0)
-        .unwrap();
+    let start = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(0, 30, 0).unwrap();
     let (mut single, mut refused) = (0, 0);
     for hour in 0..(365 * 24) {
         let local = start + chrono::Duration::hours(hour);
@@ -145,10 +126,7 @@ fn epoch_seconds_and_milliseconds_are_read() {
         (format!("{whole}.25"), 250_000),
         (format!("{whole}.5"), 500_000),
         (format!("{whole}.123456"), 123_456),
-        (
-            format!("{}e3", whole / 1000),
-            -(whole % 1000) * MICROS_PER_SECOND,
-        ),
+        (format!("{}e3", whole / 1000), -(whole % 1000) * MICROS_PER_SECOND),
     ] {
         assert_eq!(
             accepted_ts(message_with(&[("ts", &raw)]), &seconds).micros(),
@@ -171,18 +149,8 @@ fn epoch_seconds_and_milliseconds_are_read() {
     }
     // The same number means different instants in the two units.
     let as_seconds = whole_ms.to_string();
-    assert_rejected(
-        message_with(&[("ts", &as_seconds)]),
-        &seconds,
-        RejectReason::BadTimestamp,
-        &[],
-    );
-    assert_rejected(
-        message_with(&[("ts", &whole.to_string())]),
-        &millis,
-        RejectReason::TooLate,
-        &[],
-    );
+    assert_rejected(message_with(&[("ts", &as_seconds)]), &seconds, RejectReason::BadTimestamp, &[]);
+    assert_rejected(message_with(&[("ts", &whole.to_string())]), &millis, RejectReason::TooLate, &[]);
 }
 
 #[test]
@@ -198,11 +166,7 @@ fn epochs_before_1970_and_zero_are_read() {
         ("-1.5", &millis, "1969-12-31T23:59:59.9985Z"),
         ("1000", &millis, "1970-01-01T00:00:01Z"),
     ] {
-        assert_eq!(
-            accepted_ts(message_with(&[("ts", raw)]), rules),
-            utc(expected),
-            "{raw}"
-        );
+        assert_eq!(accepted_ts(message_with(&[("ts", raw)]), rules), utc(expected), "{raw}");
     }
 }
 
@@ -212,19 +176,13 @@ fn unknown_extra_fields_are_ignored_and_order_does_not_matter() {
         ("site", r#""lyon""#),
         ("temperature", "NaN"),
         ("tags", r#"["a", "b", {"c": [1, 2, {"d": null}]}]"#),
-        (
-            "meta",
-            r#"{"machine": 5, "ts": true, "load_rate": "x", "mileage": null}"#,
-        ),
+        ("meta", r#"{"machine": 5, "ts": true, "load_rate": "x", "mileage": null}"#),
         ("flag", "false"),
         ("nothing", "null"),
         ("big", "1e999"),
         (r#"escaped \"key\""#, r#""\ud83d\ude00""#),
     ];
-    let mut fields: Vec<(&str, String)> = extras
-        .iter()
-        .map(|(key, raw)| (*key, (*raw).to_owned()))
-        .collect();
+    let mut fields: Vec<(&str, String)> = extras.iter().map(|(key, raw)| (*key, (*raw).to_owned())).collect();
     // Telemetry fields last, in reverse order, interleaved with the extras.
     for (i, field) in valid_fields().into_iter().rev().enumerate() {
         fields.insert(i * 2, field);
@@ -235,30 +193,21 @@ fn unknown_extra_fields_are_ignored_and_order_does_not_matter() {
     // Compact and pretty-printed forms read the same.
     let compact: String = message_with(&[]).replace(": ", ":").replace(", ", ",");
     assert_eq!(accepted(&compact, &rules()), reference);
-    let pretty = message_with(&[])
-        .replace("{", "{\n\t")
-        .replace(", ", ",\r\n  ");
+    let pretty = message_with(&[]).replace("{", "{\n\t").replace(", ", ",\r\n  ");
     assert_eq!(accepted(&pretty, &rules()), reference);
 }
 
 #[test]
 fn parse_telemetry_exposes_the_four_fields_only() {
-    let fields = parse_telemetry(
-        r#"{"machine": "m", "ts": 17.5, "load_rate": NaN, "mileage": -Infinity, "x": 1}"#,
-    )
-    .unwrap();
+    let fields =
+        parse_telemetry(r#"{"machine": "m", "ts": 17.5, "load_rate": NaN, "mileage": -Infinity, "x": 1}"#)
+            .unwrap();
     assert_eq!(fields.machine, Some(JsonValue::String("m".into())));
     assert_eq!(fields.ts, Some(JsonValue::Number(17.5)));
     assert!(matches!(fields.load_rate, Some(JsonValue::NonFinite(v)) if v.is_nan()));
-    assert_eq!(
-        fields.mileage,
-        Some(JsonValue::NonFinite(f64::NEG_INFINITY))
-    );
+    assert_eq!(fields.mileage, Some(JsonValue::NonFinite(f64::NEG_INFINITY)));
     let empty = parse_telemetry("{}").unwrap();
-    assert_eq!(
-        (empty.machine, empty.ts, empty.load_rate, empty.mileage),
-        (None, None, None, None)
-    );
+    assert_eq!((empty.machine, empty.ts, empty.load_rate, empty.mileage), (None, None, None, None));
     assert!(parse_telemetry("[]").is_err());
 }
 
@@ -272,20 +221,11 @@ fn a_minute_is_start_inclusive_and_end_exclusive() {
     let minute = start.minute();
     assert_eq!(minute.start(), start);
     assert_eq!(minute.end(), utc("2026-03-01T12:00:00Z"));
-    assert_eq!(
-        minute.end().micros() - minute.start().micros(),
-        MICROS_PER_MINUTE
-    );
+    assert_eq!(minute.end().micros() - minute.start().micros(), MICROS_PER_MINUTE);
     assert_eq!(utc("2026-03-01T11:59:59.999999Z").minute(), minute);
     assert_eq!(utc("2026-03-01T11:59:30Z").minute(), minute);
-    assert_eq!(
-        utc("2026-03-01T12:00:00Z").minute().index(),
-        minute.index() + 1
-    );
-    assert_eq!(
-        utc("2026-03-01T11:58:59.999999Z").minute().index(),
-        minute.index() - 1
-    );
+    assert_eq!(utc("2026-03-01T12:00:00Z").minute().index(), minute.index() + 1);
+    assert_eq!(utc("2026-03-01T11:58:59.999999Z").minute().index(), minute.index() - 1);
     assert_eq!(minute.index() * MICROS_PER_MINUTE, start.micros());
     assert_eq!(Minute::from_index(minute.index()), minute);
 }
@@ -305,11 +245,7 @@ fn validated_timestamps_bucket_at_boundaries() {
         ("2026-03-01T17:44:00+05:45", minute.index()),
         ("2026-03-01T08:28:59.999999-03:30", minute.index() - 1),
     ] {
-        assert_eq!(
-            accepted_ts(message_at(text), &rules()).minute().index(),
-            expected,
-            "{text}"
-        );
+        assert_eq!(accepted_ts(message_at(text), &rules()).minute().index(), expected, "{text}");
     }
 }
 
@@ -333,38 +269,16 @@ fn minutes_before_the_epoch_floor_downwards() {
     assert_eq!(Minute::from_index(-1).end().micros(), 0);
     // Epoch numbers before 1970 bucket the same way.
     let any = timeless_rules(Tz::UTC, EpochUnit::S);
-    for (raw, index) in [
-        ("-0.000001", -1),
-        ("-60", -1),
-        ("-60.000001", -2),
-        ("-59.999999", -1),
-    ] {
-        assert_eq!(
-            accepted_ts(message_with(&[("ts", raw)]), &any)
-                .minute()
-                .index(),
-            index,
-            "{raw}"
-        );
+    for (raw, index) in [("-0.000001", -1), ("-60", -1), ("-60.000001", -2), ("-59.999999", -1)] {
+        assert_eq!(accepted_ts(message_with(&[("ts", raw)]), &any).minute().index(), index, "{raw}");
     }
-    assert_eq!(
-        accepted_ts(message_at("1969-12-31T23:59:59.999999Z"), &any)
-            .minute()
-            .index(),
-        -1
-    );
+    assert_eq!(accepted_ts(message_at("1969-12-31T23:59:59.999999Z"), &any).minute().index(), -1);
 }
 
 #[test]
 fn timestamps_display_as_utc_rfc3339() {
-    assert_eq!(
-        utc("2026-03-01T13:59:30.5+02:00").to_string(),
-        "2026-03-01T11:59:30.500Z"
-    );
-    assert_eq!(
-        utc("2026-03-01T11:59:30Z").to_string(),
-        "2026-03-01T11:59:30Z"
-    );
+    assert_eq!(utc("2026-03-01T13:59:30.5+02:00").to_string(), "2026-03-01T11:59:30.500Z");
+    assert_eq!(utc("2026-03-01T11:59:30Z").to_string(), "2026-03-01T11:59:30Z");
     let instant = utc("2026-03-01T11:59:30.123456Z");
     assert_eq!(Timestamp::from_chrono(instant.to_chrono()), instant);
 }
@@ -386,10 +300,6 @@ fn epoch_fractions_are_exact_to_the_microsecond() {
         ("1088594442.943528", &seconds, 1_088_594_442_943_528),
         ("2235121607577.279", &millis, 2_235_121_607_577_279),
     ] {
-        assert_eq!(
-            accepted_ts(message_with(&[("ts", raw)]), rules).micros(),
-            expected,
-            "{raw}"
-        );
+        assert_eq!(accepted_ts(message_with(&[("ts", raw)]), rules).micros(), expected, "{raw}");
     }
 }
