@@ -153,6 +153,7 @@ impl Service {
         let settings = WriterSettings {
             batch_max_rows: config.database.batch_max_rows,
             flush_interval: config.database.flush_interval,
+            max_buffered_rows: config.database.max_buffered_rows,
         };
         let writer_arbiter = Arbiter::new();
         let credentials = match &config.database.password {
@@ -180,7 +181,9 @@ impl Service {
             current: current.clone(),
             keeper: keeper.clone().recipient(),
         });
-        let writer = Writer::start_in_arbiter(&writer_arbiter.handle(), move |_| {
+        // Supervised: a writer that stops on a broken connection is restarted with its
+        // state (the buffered rows) and its mailbox intact.
+        let writer = Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |_| {
             Writer::new(connector, writer_credentials, settings, writer_stats)
         });
         if let Some((keeper, _)) = &credentials {

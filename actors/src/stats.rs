@@ -24,6 +24,16 @@ pub struct PipelineStats {
     pub secret_fetches: AtomicU64,
     pub secret_failures: AtomicU64,
     pub secret_changes: AtomicU64,
+    /// Batches whose retry the ledger recognised as already applied.
+    pub batches_replayed: AtomicU64,
+    /// Minute rows PostgreSQL refused (stored in rejected_message as `db_refused`).
+    pub minutes_refused: AtomicU64,
+    /// Rejected messages PostgreSQL refused to store.
+    pub rejections_dropped: AtomicU64,
+    /// Minutes held by the writer, not yet written (a gauge).
+    pub rows_buffered: AtomicU64,
+    /// Times the supervisor restarted the writer after a broken connection.
+    pub writer_restarts: AtomicU64,
 }
 
 impl PipelineStats {

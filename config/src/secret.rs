@@ -61,8 +61,9 @@ impl PasswordConfig {
         self.version_stage.as_deref().unwrap_or(AWS_CURRENT)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("database.password.{field}");
+    /// Checks the fields against the source; `section` names it in errors.
+    pub(crate) fn validate_as(&self, section: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("{section}.{field}");
         let given = [
             ("secret_id", self.secret_id.is_some()),
             ("region", self.region.is_some()),

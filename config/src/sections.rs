@@ -7,6 +7,7 @@ use crate::duration::{human, human_or_off};
 use crate::{ConfigError, PasswordConfig};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The whole configuration of one fleetagg process.
@@ -39,6 +40,33 @@ pub struct MqttConfig {
     pub inbound_capacity: usize,
     #[serde(with = "human")]
     pub keep_alive: Duration,
+    /// Subscribe as `$share/<group>/<topic>`: instances with the same group split the
+    /// stream between them (minute parts merge exactly in the database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_group: Option<String>,
+    /// TLS: the CA bundle that signs the broker's certificate (for `ssl://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// TLS client authentication: certificate and private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The broker password comes from a secret source, like the database's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<PasswordConfig>,
+}
+
+impl MqttConfig {
+    /// The topic filters as subscribed: prefixed with `$share/<group>/` when shared.
+    pub fn subscriptions(&self) -> Vec<String> {
+        match &self.shared_group {
+            Some(group) => self.topics.iter().map(|topic| format!("$share/{group}/{topic}")).collect(),
+            None => self.topics.clone(),
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -51,6 +79,12 @@ impl Default for MqttConfig {
             max_payload_bytes: 65_536,
             inbound_capacity: 8_192,
             keep_alive: Duration::from_secs(60),
+            shared_group: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -123,6 +157,10 @@ pub struct DatabaseConfig {
     pub batch_max_rows: usize,
     #[serde(with = "human")]
     pub flush_interval: Duration,
+    /// Closed minutes held while PostgreSQL is unavailable. When full, the writer stops
+    /// taking more, and back-pressure reaches the MQTT connection (the broker keeps
+    /// queuing for the persistent session): nothing is dropped.
+    pub max_buffered_rows: usize,
     /// Where the password comes from; absent means none (trust or peer authentication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<PasswordConfig>,
@@ -134,6 +172,7 @@ impl Default for DatabaseConfig {
             url: "postgres://fleetagg@127.0.0.1:5432/fleetagg".into(),
             batch_max_rows: 5_000,
             flush_interval: Duration::from_secs(1),
+            max_buffered_rows: 1_000_000,
             password: None,
         }
     }
@@ -199,6 +238,23 @@ impl Config {
             return Err(ConfigError::key("mqtt.qos", format!("{} is not 0, 1 or 2", mqtt.qos)));
         }
         positive("mqtt.max_payload_bytes", mqtt.max_payload_bytes)?;
+        if let Some(group) = &mqtt.shared_group {
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                return Err(ConfigError::key(
+                    "mqtt.shared_group",
+                    "must be a non-empty name without '/', '+' or '#'",
+                ));
+            }
+        }
+        if mqtt.cert_file.is_some() != mqtt.key_file.is_some() {
+            return Err(ConfigError::key("mqtt.cert_file", "and mqtt.key_file go together"));
+        }
+        if mqtt.password.is_some() && mqtt.username.is_none() {
+            return Err(ConfigError::key("mqtt.password", "needs mqtt.username"));
+        }
+        if let Some(password) = &mqtt.password {
+            password.validate_as("mqtt.password")?;
+        }
         positive("mqtt.inbound_capacity", mqtt.inbound_capacity)?;
 
         let aggregation = &self.aggregation;
@@ -207,12 +263,18 @@ impl Config {
         }
 
         positive("database.batch_max_rows", self.database.batch_max_rows)?;
+        if self.database.max_buffered_rows < self.database.batch_max_rows {
+            return Err(ConfigError::key(
+                "database.max_buffered_rows",
+                "must be at least database.batch_max_rows",
+            ));
+        }
         if self.database.flush_interval.is_zero() {
             return Err(ConfigError::key("database.flush_interval", "must be longer than zero"));
         }
         check_database_url(&self.database.url)?;
         match &self.database.password {
-            Some(password) => password.validate(),
+            Some(password) => password.validate_as("database.password"),
             None => Ok(()),
         }
     }

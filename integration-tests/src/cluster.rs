@@ -64,6 +64,16 @@ impl PgCluster {
     /// Panics with the reason (and `initdb`'s or the server's output) when it cannot:
     /// a test that needs a password-checking server must fail, never skip.
     pub async fn start_scram() -> PgCluster {
+        Self::start_with_host_auth("scram-sha-256").await
+    }
+
+    /// A cluster that trusts TCP logins on 127.0.0.1: for fault tests (restarts, outages)
+    /// that need a server of their own but no passwords.
+    pub async fn start_trust() -> PgCluster {
+        Self::start_with_host_auth("trust").await
+    }
+
+    async fn start_with_host_auth(host_auth: &str) -> PgCluster {
         let bindir = postgres_bindir();
         let as_postgres = running_as_root();
         reap_abandoned_clusters(&bindir, as_postgres);
@@ -80,7 +90,7 @@ impl PgCluster {
                 "chown the cluster directory to the postgres user",
             );
         }
-        cluster.initdb();
+        cluster.initdb(host_auth);
 
         // A free port can be taken by someone else before the server binds it: retry.
         let mut last_error = String::new();
@@ -177,15 +187,15 @@ impl PgCluster {
         output
     }
 
-    fn initdb(&self) {
+    fn initdb(&self, host_auth: &str) {
         let mut command = self.program("initdb");
         command.arg("-D").arg(self.data_dir()).args([
             "-U",
             "postgres",
             // The admin helper connects over the unix socket without a password;
-            // everything over TCP must authenticate with SCRAM.
+            // TCP logins use `host_auth` (scram-sha-256, or trust for fault tests).
             "--auth-local=trust",
-            "--auth-host=scram-sha-256",
+            &format!("--auth-host={host_auth}"),
             // Independent of the machine's locales; no fsync of a throwaway cluster.
             "--locale=C",
             "--encoding=UTF8",

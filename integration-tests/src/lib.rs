@@ -6,6 +6,7 @@
 //! a failure with a clear message, never a skipped test.
 
 pub mod cluster;
+pub mod mosquitto;
 pub mod moto;
 
 use std::path::{Path, PathBuf};
@@ -286,6 +287,27 @@ impl Publisher {
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         let message = paho_mqtt::Message::new(topic, payload.into(), 1);
         self.client.publish(message).await.expect("publish (QoS 1)");
+    }
+
+    /// Publishes until the broker acknowledges, reconnecting while it is away (a broker
+    /// restart). A message may so reach the broker twice: the service drops duplicates.
+    pub async fn publish_until_acked(&self, topic: &str, payload: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "the broker did not take a message within 60 s");
+            if !self.client.is_connected() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.client.reconnect()).await;
+                if !self.client.is_connected() {
+                    actix_rt::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            let message = paho_mqtt::Message::new(topic, payload, 1);
+            match tokio::time::timeout(Duration::from_secs(2), self.client.publish(message)).await {
+                Ok(Ok(())) => return,
+                _ => actix_rt::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// 2026-03-01T10:00:00Z as a minute index.
-const MINUTE: i64 = 29_536_200;
+const MINUTE: i64 = 29_539_320;
 
 fn part(machine: &str, minute: i64, samples: u32, sum: f64, min: f64, max: f64) -> ClosedMinute {
     ClosedMinute {
@@ -33,7 +33,11 @@ fn part(machine: &str, minute: i64, samples: u32, sum: f64, min: f64, max: f64) 
 fn start_writer(db: &TestDatabase, batch_max_rows: usize) -> (Addr<Writer>, Arc<PipelineStats>) {
     let stats = Arc::new(PipelineStats::default());
     let connector = Connector::new(&db.url).expect("test database URL");
-    let settings = WriterSettings { batch_max_rows, flush_interval: Duration::from_secs(3600) };
+    let settings = WriterSettings {
+        batch_max_rows,
+        flush_interval: Duration::from_secs(3600),
+        max_buffered_rows: 1_000_000,
+    };
     let writer = Writer::new(connector, None, settings, stats.clone()).start();
     (writer, stats)
 }

@@ -22,10 +22,13 @@ pub enum RejectReason {
     OutOfRange,
     FutureTs,
     TooLate,
+    /// Not a validation reason: PostgreSQL refused the minute row itself (for example a
+    /// `CHECK` constraint added by an operator). Stored so the row is not lost silently.
+    DbRefused,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::TooLarge,
         RejectReason::Malformed,
         RejectReason::MissingField,
@@ -36,6 +39,7 @@ impl RejectReason {
         RejectReason::OutOfRange,
         RejectReason::FutureTs,
         RejectReason::TooLate,
+        RejectReason::DbRefused,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -50,6 +54,7 @@ impl RejectReason {
             RejectReason::OutOfRange => "out_of_range",
             RejectReason::FutureTs => "future_ts",
             RejectReason::TooLate => "too_late",
+            RejectReason::DbRefused => "db_refused",
         }
     }
 

@@ -11,6 +11,7 @@ use fleetagg_config::MqttConfig;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use paho_mqtt as mqtt;
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
@@ -68,7 +69,7 @@ impl MessageSource for MqttSource {
                 }
             }
         });
-        let topics = config.topics.clone();
+        let topics = config.subscriptions();
         let qos = vec![config.qos; topics.len()];
         client.set_connected_callback(move |client| {
             // paho does not re-subscribe after an automatic reconnect; when the broker
@@ -104,6 +105,41 @@ impl MessageSource for MqttSource {
     }
 }
 
+/// Persistent session, automatic reconnection, and TLS and credentials when configured
+/// (the broker password is read from its secret source once, at start-up).
+fn connect_options(
+    config: &MqttConfig,
+    url: &str,
+    password: Option<&secrecy::SecretString>,
+) -> Result<mqtt::ConnectOptions, SourceError> {
+    let client_error = |message: String| SourceError::Client { url: url.to_owned(), message };
+    let mut builder = mqtt::ConnectOptionsBuilder::new();
+    builder
+        .keep_alive_interval(config.keep_alive)
+        .clean_session(false)
+        .automatic_reconnect(RECONNECT_MIN, RECONNECT_MAX)
+        .connect_timeout(Duration::from_secs(10));
+    let tls = url.starts_with("ssl://") || url.starts_with("wss://") || config.ca_file.is_some();
+    if tls {
+        let mut ssl = mqtt::SslOptionsBuilder::new();
+        if let Some(ca) = &config.ca_file {
+            ssl.trust_store(ca).map_err(|err| client_error(format!("mqtt.ca_file: {err}")))?;
+        }
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            ssl.key_store(cert).map_err(|err| client_error(format!("mqtt.cert_file: {err}")))?;
+            ssl.private_key(key).map_err(|err| client_error(format!("mqtt.key_file: {err}")))?;
+        }
+        builder.ssl_options(ssl.finalize());
+    }
+    if let Some(user) = &config.username {
+        builder.user_name(user);
+    }
+    if let Some(password) = password {
+        builder.password(password.expose_secret());
+    }
+    Ok(builder.finalize())
+}
+
 /// Connects with a persistent session, retrying with capped back-off while the broker is
 /// unreachable, then subscribes.
 async fn connect_and_subscribe(
@@ -111,12 +147,17 @@ async fn connect_and_subscribe(
     config: &MqttConfig,
     url: &str,
 ) -> Result<(), SourceError> {
-    let options = mqtt::ConnectOptionsBuilder::new()
-        .keep_alive_interval(config.keep_alive)
-        .clean_session(false)
-        .automatic_reconnect(RECONNECT_MIN, RECONNECT_MAX)
-        .connect_timeout(Duration::from_secs(10))
-        .finalize();
+    let password = match &config.password {
+        Some(password) => {
+            let source = crate::secrets::build_source(password).await;
+            let credentials = crate::secrets::fetch_at_start(source.as_ref(), 5).await.map_err(|err| {
+                SourceError::Client { url: url.to_owned(), message: format!("broker password: {err}") }
+            })?;
+            Some(credentials.password)
+        }
+        None => None,
+    };
+    let options = connect_options(config, url, password.as_ref())?;
     let mut delay = RECONNECT_MIN;
     let mut warned = false;
     loop {
@@ -136,11 +177,12 @@ async fn connect_and_subscribe(
             }
         }
     }
-    let qos = vec![config.qos; config.topics.len()];
+    let topics = config.subscriptions();
+    let qos = vec![config.qos; topics.len()];
     client
-        .subscribe_many(&config.topics, &qos)
+        .subscribe_many(&topics, &qos)
         .await
-        .map_err(|err| SourceError::Subscribe { topics: config.topics.clone(), message: err.to_string() })?;
-    tracing::info!(topics = ?config.topics, qos = config.qos, "subscribed");
+        .map_err(|err| SourceError::Subscribe { topics: topics.clone(), message: err.to_string() })?;
+    tracing::info!(topics = ?topics, qos = config.qos, "subscribed");
     Ok(())
 }

@@ -51,6 +51,12 @@ impl DbError {
         }
     }
 
+    /// An established connection broke (as opposed to a new one that could not be opened).
+    pub fn broke_connection(&self) -> bool {
+        matches!(self, DbError::Statement { .. })
+            && self.class() == (ErrorClass::Retriable { reconnect: true })
+    }
+
     /// A refused login: the password may just have been rotated.
     pub fn is_auth_failure(&self) -> bool {
         let code = match self {

@@ -1,11 +1,12 @@
-//! One flush: everything the writer had buffered, moved out of the actor while it is
-//! written, and handed back with whatever could not be written.
+//! One flush: the batches the writer had, moved out of the actor while they are written,
+//! and handed back with whatever could not be written.
 
+use super::batch::{refused_minute, Batch, BatchIds, Rows};
 use super::error::{DbError, ErrorClass};
 use super::session::{Connector, Session};
-use crate::logic::{ClosedMinute, RejectedMessage};
 use crate::secrets::Credentials;
 use crate::stats::{bump, PipelineStats};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,9 +17,10 @@ pub(super) struct FlushJob {
     /// works: the secret was rotated, and the old password may stop working any time.
     pub(super) reconnect: bool,
     pub(super) session: Option<Session>,
-    pub(super) minutes: Vec<ClosedMinute>,
-    pub(super) rejections: Vec<RejectedMessage>,
-    pub(super) batch_max_rows: usize,
+    /// Batches to write, in order; on return, the ones not written.
+    pub(super) batches: VecDeque<Batch>,
+    pub(super) prune_ledger: bool,
+    pub(super) ids: Arc<BatchIds>,
     pub(super) stats: Arc<PipelineStats>,
 }
 
@@ -35,36 +37,77 @@ impl FlushJob {
             Ok(session) => session,
             Err(err) => return FlushOutcome { job: self, error: Some(err) },
         };
-        let step = self.batch_max_rows.max(1);
-        while !self.minutes.is_empty() {
-            let rest = self.minutes.split_off(step.min(self.minutes.len()));
-            let batch = std::mem::replace(&mut self.minutes, rest);
+        while let Some(batch) = self.batches.pop_front() {
             let started = Instant::now();
-            match session.upsert_minutes(&batch).await {
-                Ok(_) => {
-                    bump(&self.stats.rows_written, batch.len() as u64);
-                    bump(&self.stats.write_batches, 1);
-                    tracing::debug!(rows = batch.len(), elapsed = ?started.elapsed(), "minutes upserted");
-                }
+            let written = match &batch.rows {
+                Rows::Minutes(rows) => session.upsert_minutes(&batch.id, rows).await,
+                Rows::Rejections(rows) => session.insert_rejections(&batch.id, rows).await,
+            };
+            match written {
+                Ok(applied) => self.count(&batch, applied, started),
+                Err(err) if err.class() == ErrorClass::Poison => self.isolate(batch, &err),
                 Err(err) => {
-                    self.minutes.extend(batch);
+                    self.batches.push_front(batch);
                     return self.fail(session, err);
                 }
             }
         }
-        while !self.rejections.is_empty() {
-            let rest = self.rejections.split_off(step.min(self.rejections.len()));
-            let batch = std::mem::replace(&mut self.rejections, rest);
-            match session.insert_rejections(&batch).await {
-                Ok(_) => bump(&self.stats.rejects_written, batch.len() as u64),
+        if self.prune_ledger {
+            match session.prune_ledger().await {
+                Ok(pruned) => tracing::debug!(pruned, "old batch ids pruned from the ledger"),
                 Err(err) => {
-                    self.rejections.extend(batch);
-                    return self.fail(session, err);
+                    tracing::warn!(error = %err, "pruning the batch ledger failed; trying again later");
                 }
             }
+            self.prune_ledger = false;
         }
         self.session = Some(session);
         FlushOutcome { job: self, error: None }
+    }
+
+    fn count(&self, batch: &Batch, applied: bool, started: Instant) {
+        let stats = &self.stats;
+        if !applied {
+            // Its commit was lost with a connection; the ledger recognised the retry.
+            bump(&stats.batches_replayed, 1);
+            tracing::info!(batch = %batch.id, "batch was already applied; retry skipped");
+            return;
+        }
+        match &batch.rows {
+            Rows::Minutes(rows) => {
+                bump(&stats.rows_written, rows.len() as u64);
+                bump(&stats.write_batches, 1);
+                tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "minutes upserted");
+            }
+            Rows::Rejections(rows) => bump(&stats.rejects_written, rows.len() as u64),
+        }
+    }
+
+    /// PostgreSQL refused a batch because of its data: halve it until the refused rows
+    /// are alone, then store each refused minute as a rejected message with the
+    /// database's error. The rest is written as usual.
+    fn isolate(&mut self, batch: Batch, err: &DbError) {
+        if batch.len() > 1 {
+            tracing::warn!(batch = %batch.id, rows = batch.len(), error = %err, "PostgreSQL refused a batch; splitting it");
+            let (left, right) = batch.split();
+            self.batches.push_front(right);
+            self.batches.push_front(left);
+            return;
+        }
+        match batch.rows {
+            Rows::Minutes(rows) => {
+                let refused: Vec<_> = rows.iter().map(|row| refused_minute(row, &err.to_string())).collect();
+                for row in &rows {
+                    tracing::error!(machine = %row.machine, minute = %row.minute.start(), error = %err, "minute refused by PostgreSQL; stored in rejected_message");
+                }
+                bump(&self.stats.minutes_refused, rows.len() as u64);
+                self.batches.push_back(Batch { id: self.ids.next(), rows: Rows::Rejections(refused) });
+            }
+            Rows::Rejections(rows) => {
+                bump(&self.stats.rejections_dropped, rows.len() as u64);
+                tracing::error!(error = %err, "PostgreSQL refused a rejected message; it cannot be stored");
+            }
+        }
     }
 
     /// The session to write on: the current one, or a new connection when there is none,
@@ -95,7 +138,7 @@ impl FlushJob {
                     tracing::warn!(error = %err, "cannot connect with the new credentials; keeping the current connection");
                     Ok(old)
                 }
-                _ => Err(err),
+                None => Err(err),
             },
         }
     }

@@ -10,11 +10,13 @@
 //! The password comes from the secret keeper. A refused login asks it to fetch the secret
 //! at once; a changed secret makes the next flush open a new connection with it first.
 
+mod batch;
 mod error;
 mod flush;
 pub mod schema;
 mod session;
 
+pub use batch::DB_REFUSED;
 pub use error::{DbError, ErrorClass};
 pub use session::{Connector, Session};
 
@@ -23,17 +25,24 @@ use crate::messages::{CredentialsChanged, Drain, DrainReport, RefreshSecret, Sto
 use crate::secrets::Credentials;
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
+use batch::{Batch, BatchIds, Rows};
 use flush::{FlushJob, FlushOutcome};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How often old ids are removed from the batch ledger.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
     pub batch_max_rows: usize,
     pub flush_interval: Duration,
+    /// Minutes held while writes fail; beyond it the writer stops taking more.
+    pub max_buffered_rows: usize,
 }
 
 /// How the writer logs in: the current credentials, and whom to ask for fresh ones.
@@ -53,6 +62,13 @@ pub struct Writer {
     session: Option<Session>,
     pending: PendingMinutes,
     rejections: Vec<RejectedMessage>,
+    /// Batches cut but not yet written. They keep their ids (and so their rows) until
+    /// written, which is what lets the ledger recognise a retry of a lost commit.
+    unwritten: VecDeque<Batch>,
+    ids: Arc<BatchIds>,
+    last_prune: Instant,
+    /// The buffer is full: the mailbox is held (`ctx.wait`) until writes make room.
+    holding: bool,
     settings: WriterSettings,
     stats: Arc<PipelineStats>,
     /// Set while writes fail: when to try again, and for how many attempts it has failed
@@ -83,6 +99,11 @@ impl Writer {
             session: None,
             pending: PendingMinutes::default(),
             rejections: Vec::new(),
+            unwritten: VecDeque::new(),
+            ids: Arc::new(BatchIds::new()),
+            // Prune once soon after start, then every PRUNE_EVERY.
+            last_prune: Instant::now().checked_sub(PRUNE_EVERY).unwrap_or_else(Instant::now),
+            holding: false,
             settings,
             stats,
             retry: None,
@@ -92,36 +113,114 @@ impl Writer {
 
     fn take_job(&mut self) -> FlushJob {
         self.flushing = true;
+        let mut batches = std::mem::take(&mut self.unwritten);
+        let max = self.settings.batch_max_rows;
+        batches.extend(self.ids.cut(self.pending.take_all(), max, Rows::Minutes));
+        batches.extend(self.ids.cut(std::mem::take(&mut self.rejections), max, Rows::Rejections));
+        let prune_ledger = self.last_prune.elapsed() >= PRUNE_EVERY;
+        if prune_ledger {
+            self.last_prune = Instant::now();
+        }
         FlushJob {
             connector: self.connector.clone(),
             credentials: self.credentials.as_ref().map(|credentials| credentials.current.clone()),
             reconnect: self.reconnect,
             session: self.session.take(),
-            minutes: self.pending.take_all(),
-            rejections: std::mem::take(&mut self.rejections),
-            batch_max_rows: self.settings.batch_max_rows,
+            batches,
+            prune_ledger,
+            ids: self.ids.clone(),
             stats: self.stats.clone(),
         }
     }
 
+    /// Minutes held and not yet written.
+    fn buffered_minutes(&self) -> usize {
+        self.pending.len() + self.unwritten.iter().map(Batch::minutes).sum::<usize>()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.rejections.is_empty() && self.unwritten.is_empty()
+    }
+
     /// Starts a flush unless one is running, there is nothing to do, or a retry is not due.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let idle = self.pending.is_empty() && self.rejections.is_empty() && self.session.is_some();
+        if !self.flushing && self.session.as_ref().is_some_and(Session::is_closed) {
+            // The server closed the connection between writes (restart, admin kill):
+            // the supervisor restarts the writer, which reconnects.
+            tracing::warn!("PostgreSQL connection closed");
+            self.session = None;
+            ctx.stop();
+            return;
+        }
+        let idle = self.is_idle() && self.session.is_some();
         let waiting = self.retry.is_some_and(|retry| Instant::now() < retry.at);
-        if self.flushing || (idle && !self.reconnect) || waiting {
+        if self.flushing || self.holding || (idle && !self.reconnect) || waiting {
             return;
         }
         let job = self.take_job();
-        ctx.wait(job.run().into_actor(self).map(|outcome, writer, ctx| writer.absorb(outcome, ctx)));
+        ctx.wait(job.run().into_actor(self).map(|outcome, writer, ctx| {
+            writer.absorb(outcome, ctx, true);
+            writer.hold_while_full(ctx);
+        }));
     }
 
-    /// Takes back what a flush did not write and updates the retry state.
-    fn absorb(&mut self, outcome: FlushOutcome, ctx: &mut Context<Self>) {
+    /// Back-pressure: while the buffer is full, the mailbox is held (a chain of
+    /// `ctx.wait`: wait for the retry, write, check again), so aggregators' sends wait and
+    /// the MQTT connection slows down. Nothing is dropped.
+    fn hold_while_full(&mut self, ctx: &mut Context<Self>) {
+        if self.holding || self.buffered_minutes() < self.settings.max_buffered_rows {
+            return;
+        }
+        self.holding = true;
+        tracing::warn!(
+            buffered_minutes = self.buffered_minutes(),
+            max_buffered_rows = self.settings.max_buffered_rows,
+            "writer buffer full: holding back the aggregators until PostgreSQL takes rows"
+        );
+        self.hold_step(ctx);
+    }
+
+    fn hold_step(&mut self, ctx: &mut Context<Self>) {
+        let wait =
+            self.retry.map_or(Duration::ZERO, |retry| retry.at.saturating_duration_since(Instant::now()));
+        ctx.wait(actix_rt::time::sleep(wait).into_actor(self).map(|(), writer, ctx| {
+            if writer.flushing {
+                // A drain owns the rows: look again after the back-off.
+                writer.retry_later();
+                writer.hold_step(ctx);
+                return;
+            }
+            let job = writer.take_job();
+            ctx.wait(job.run().into_actor(writer).map(|outcome, writer, ctx| {
+                writer.absorb(outcome, ctx, false);
+                if writer.buffered_minutes() >= writer.settings.max_buffered_rows {
+                    writer.hold_step(ctx);
+                } else {
+                    writer.holding = false;
+                    tracing::info!(
+                        buffered_minutes = writer.buffered_minutes(),
+                        "writer buffer has room again"
+                    );
+                }
+            }));
+        }));
+    }
+
+    fn retry_later(&mut self) {
+        let delay = self.retry.map_or(RETRY_MIN, |retry| retry.delay);
+        let failures = self.retry.map_or(0, |retry| retry.failures);
+        self.retry = Some(Retry { at: Instant::now() + delay, delay, failures });
+    }
+
+    /// Takes back what a flush did not write and updates the retry state. With
+    /// `may_restart`, a broken connection stops the actor so that its supervisor restarts
+    /// it (keeping every row: a supervised actor keeps its state).
+    fn absorb(&mut self, outcome: FlushOutcome, ctx: &mut Context<Self>, may_restart: bool) {
         let FlushOutcome { job, error } = outcome;
         self.flushing = false;
         self.session = job.session;
-        self.pending.extend(job.minutes);
-        self.rejections.extend(job.rejections);
+        self.unwritten = job.batches;
+        self.stats.rows_buffered.store(self.buffered_minutes() as u64, Ordering::Relaxed);
         // Cleared only if no newer secret arrived while the flush ran.
         let credentials_unchanged = match (&self.credentials, &job.credentials) {
             (Some(now), Some(used)) => now.current.same_as(used),
@@ -152,6 +251,9 @@ impl Writer {
                     tracing::debug!(error = %err, failures, "database write failed again");
                 }
                 self.retry = Some(Retry { at: Instant::now() + delay, delay, failures });
+                if may_restart && err.broke_connection() {
+                    ctx.stop();
+                }
             }
         }
     }
@@ -172,7 +274,9 @@ impl Writer {
     }
 
     fn report(&self) -> DrainReport {
-        DrainReport { unwritten_minutes: self.pending.len(), unwritten_rejections: self.rejections.len() }
+        let unwritten_rejections = self.rejections.len()
+            + self.unwritten.iter().map(|batch| batch.len() - batch.minutes()).sum::<usize>();
+        DrainReport { unwritten_minutes: self.buffered_minutes(), unwritten_rejections }
     }
 }
 
@@ -186,6 +290,23 @@ impl Actor for Writer {
     }
 }
 
+impl actix::Supervised for Writer {
+    /// Called by the supervisor after the writer stopped on a broken connection. The rows
+    /// and the retry state stay (they are this actor's fields); only the connection and
+    /// the in-flight bookkeeping are reset. `started` runs again afterwards.
+    fn restarting(&mut self, _: &mut Self::Context) {
+        bump(&self.stats.writer_restarts, 1);
+        self.session = None;
+        self.flushing = false;
+        self.holding = false;
+        tracing::warn!(
+            restarts = self.stats.writer_restarts.load(Ordering::Relaxed),
+            buffered_minutes = self.buffered_minutes(),
+            "writer restarted by its supervisor after a broken connection; rows kept"
+        );
+    }
+}
+
 impl Handler<WriteMinutes> for Writer {
     type Result = ();
 
@@ -194,6 +315,7 @@ impl Handler<WriteMinutes> for Writer {
         if self.pending.len() >= self.settings.batch_max_rows {
             self.flush(ctx);
         }
+        self.hold_while_full(ctx);
     }
 }
 
@@ -243,7 +365,7 @@ impl Handler<Drain> for Writer {
             outcome
         };
         Box::pin(drained.into_actor(self).map(|outcome, writer, ctx| {
-            writer.absorb(outcome, ctx);
+            writer.absorb(outcome, ctx, false);
             writer.report()
         }))
     }

@@ -5,10 +5,11 @@ use super::error::DbError;
 use tokio_postgres::Client;
 
 /// `(version, description, SQL)`. Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "loading_rate and rejected_message",
-    r"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "loading_rate and rejected_message",
+        r"
     CREATE TABLE loading_rate (
         machine       text             NOT NULL,
         ts            timestamptz      NOT NULL,
@@ -33,7 +34,20 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     );
     CREATE INDEX rejected_message_received_at ON rejected_message USING brin (received_at);
     ",
-)];
+    ),
+    (
+        2,
+        "ledger of applied write batches",
+        r"
+    -- A batch's id is recorded in the same statement as its rows: a batch retried after
+    -- its commit was lost with the connection is recognised and not applied twice.
+    CREATE TABLE fleetagg_applied_batch (
+        id         text        PRIMARY KEY,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    );
+    ",
+    ),
+];
 
 /// Brings the schema up to date; returns the versions it applied (empty when current).
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {

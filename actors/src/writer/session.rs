@@ -16,8 +16,13 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// One statement for a whole batch: arrays in, `unnest` out, and the upsert merges each
-/// part into its row exactly (counts and sums add, minima and maxima combine).
+/// part into its row exactly (counts and sums add, minima and maxima combine). The batch
+/// id goes into the ledger in the same statement; when it is already there, no row is
+/// touched (see `batch.rs`).
 pub(crate) const UPSERT_MINUTES: &str = "
+    WITH ledger AS (
+        INSERT INTO fleetagg_applied_batch (id) VALUES ($9) ON CONFLICT DO NOTHING RETURNING id
+    )
     INSERT INTO loading_rate AS t
         (machine, ts, samples, load_rate_avg, load_rate_min, load_rate_max, load_rate_sum, mileage_min, mileage_max)
     SELECT machine, ts, samples, load_rate_sum / samples, load_rate_min, load_rate_max, load_rate_sum,
@@ -25,6 +30,7 @@ pub(crate) const UPSERT_MINUTES: &str = "
     FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::float8[], $5::float8[], $6::float8[],
                 $7::float8[], $8::float8[])
         AS u(machine, ts, samples, load_rate_sum, load_rate_min, load_rate_max, mileage_min, mileage_max)
+    WHERE EXISTS (SELECT 1 FROM ledger)
     ON CONFLICT (machine, ts) DO UPDATE SET
         samples       = t.samples + EXCLUDED.samples,
         load_rate_sum = t.load_rate_sum + EXCLUDED.load_rate_sum,
@@ -43,14 +49,23 @@ const UPSERT_MINUTES_TYPES: &[Type] = &[
     Type::FLOAT8_ARRAY,
     Type::FLOAT8_ARRAY,
     Type::FLOAT8_ARRAY,
+    Type::TEXT,
 ];
 
 pub(crate) const INSERT_REJECTIONS: &str = "
+    WITH ledger AS (
+        INSERT INTO fleetagg_applied_batch (id) VALUES ($5) ON CONFLICT DO NOTHING RETURNING id
+    )
     INSERT INTO rejected_message (topic, reason, detail, payload)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])";
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+    WHERE EXISTS (SELECT 1 FROM ledger)";
 
 const INSERT_REJECTIONS_TYPES: &[Type] =
-    &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::BYTEA_ARRAY];
+    &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::BYTEA_ARRAY, Type::TEXT];
+
+/// Ledger entries older than this are deleted: a batch is retried within the outage it
+/// failed in, and a day covers any outage the buffer can ride through.
+const PRUNE_LEDGER: &str = "DELETE FROM fleetagg_applied_batch WHERE applied_at < now() - interval '1 day'";
 
 /// How to open a connection. Cloned into each connection attempt.
 #[derive(Debug, Clone)]
@@ -152,8 +167,9 @@ impl Session {
         Ok(statement)
     }
 
-    /// Upserts one batch of minutes (each (machine, minute) at most once).
-    pub async fn upsert_minutes(&mut self, rows: &[ClosedMinute]) -> Result<u64, DbError> {
+    /// Upserts one batch of minutes (each (machine, minute) at most once). False when the
+    /// ledger shows the batch was already applied.
+    pub async fn upsert_minutes(&mut self, batch_id: &str, rows: &[ClosedMinute]) -> Result<bool, DbError> {
         let statement = self.statement(UPSERT_MINUTES, UPSERT_MINUTES_TYPES).await?;
         let machines: Vec<&str> = rows.iter().map(|row| &*row.machine).collect();
         let starts: Vec<DateTime<Utc>> = rows.iter().map(|row| row.minute.start().to_chrono()).collect();
@@ -165,24 +181,48 @@ impl Session {
         let load_max = column(|row| row.aggregate.load_rate_max);
         let mileage_min = column(|row| row.aggregate.mileage_min);
         let mileage_max = column(|row| row.aggregate.mileage_max);
-        self.client
+        let touched = self
+            .client
             .execute(
                 &statement,
-                &[&machines, &starts, &samples, &sums, &load_min, &load_max, &mileage_min, &mileage_max],
+                &[
+                    &machines,
+                    &starts,
+                    &samples,
+                    &sums,
+                    &load_min,
+                    &load_max,
+                    &mileage_min,
+                    &mileage_max,
+                    &batch_id,
+                ],
             )
             .await
-            .map_err(|err| DbError::statement("upsert into loading_rate", &err))
+            .map_err(|err| DbError::statement("upsert into loading_rate", &err))?;
+        Ok(touched > 0 || rows.is_empty())
     }
 
-    pub async fn insert_rejections(&mut self, rows: &[RejectedMessage]) -> Result<u64, DbError> {
+    /// Stores one batch of rejected messages; false when it was already applied.
+    pub async fn insert_rejections(
+        &mut self,
+        batch_id: &str,
+        rows: &[RejectedMessage],
+    ) -> Result<bool, DbError> {
         let statement = self.statement(INSERT_REJECTIONS, INSERT_REJECTIONS_TYPES).await?;
         let topics: Vec<&str> = rows.iter().map(|row| row.topic.as_str()).collect();
         let reasons: Vec<&str> = rows.iter().map(|row| row.reason.as_str()).collect();
         let details: Vec<&str> = rows.iter().map(|row| row.detail.as_str()).collect();
         let payloads: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_slice()).collect();
-        self.client
-            .execute(&statement, &[&topics, &reasons, &details, &payloads])
+        let touched = self
+            .client
+            .execute(&statement, &[&topics, &reasons, &details, &payloads, &batch_id])
             .await
-            .map_err(|err| DbError::statement("insert into rejected_message", &err))
+            .map_err(|err| DbError::statement("insert into rejected_message", &err))?;
+        Ok(touched > 0 || rows.is_empty())
+    }
+
+    /// Forgets ledger entries old enough that no retry can refer to them.
+    pub async fn prune_ledger(&mut self) -> Result<u64, DbError> {
+        self.client.execute(PRUNE_LEDGER, &[]).await.map_err(|err| DbError::statement("ledger pruning", &err))
     }
 }
