@@ -47,9 +47,19 @@ impl Aggregator {
         if self.open.is_empty() {
             return;
         }
+        let before = self.open.len();
         let closed = self.open.take_closed(self.clock.now(), self.settings.grace);
+        self.track_open_minutes(before);
         if !closed.is_empty() {
             ctx.wait(self.hand_over(closed).into_actor(self));
+        }
+    }
+
+    /// Keeps the fleet-wide open-minutes gauge in step with this machine's minutes.
+    fn track_open_minutes(&self, before: usize) {
+        let delta = self.open.len() as i64 - before as i64;
+        if delta != 0 {
+            self.stats.open_minutes.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -86,11 +96,13 @@ impl Handler<AcceptSamples> for Aggregator {
 
     fn handle(&mut self, AcceptSamples(samples): AcceptSamples, _: &mut Self::Context) {
         let mut duplicates = 0;
+        let before = self.open.len();
         for sample in &samples {
             if self.open.accept(sample) == Accepted::Duplicate {
                 duplicates += 1;
             }
         }
+        self.track_open_minutes(before);
         bump(&self.stats.accepted, samples.len() as u64 - duplicates);
         bump(&self.stats.duplicates, duplicates);
     }
@@ -100,7 +112,9 @@ impl Handler<FlushOpenMinutes> for Aggregator {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: FlushOpenMinutes, _: &mut Self::Context) -> Self::Result {
+        let before = self.open.len();
         let open = self.open.take_all();
+        self.track_open_minutes(before);
         Box::pin(self.hand_over(open))
     }
 }

@@ -9,9 +9,12 @@
 use crate::aggregator::{Aggregator, AggregatorSettings};
 use crate::clock::Clock;
 use crate::logic::{validate, RejectLimiter, RejectedMessage, Sample, ValidationRules};
+use crate::messages::Ping;
 use crate::messages::{AcceptSamples, FlushOpenMinutes, StopIntake, StoreRejections, WriteMinutes};
+use crate::monitoring::health_silence as silence;
+use crate::monitoring::ReadinessSettings;
 use crate::source::{InboundMessage, MessageSource};
-use crate::stats::{bump, PipelineStats};
+use crate::stats::{bump, mark_now, PipelineStats};
 use actix::prelude::*;
 use futures_util::future::join_all;
 use rustc_hash::{FxBuildHasher, FxHashMap};
@@ -48,6 +51,9 @@ pub struct Broker {
     /// Who waits for the intake to be drained (see [`StopIntake`]).
     on_drained: Vec<oneshot::Sender<()>>,
     drained: bool,
+    idle_alert: Option<std::time::Duration>,
+    /// The watchdog warned about silence; it says so again when messages resume.
+    silence_reported: bool,
 }
 
 /// What a broker needs besides its source and channel.
@@ -56,6 +62,8 @@ pub struct BrokerSettings {
     pub rules: ValidationRules,
     pub rejects_per_second: u32,
     pub aggregator: AggregatorSettings,
+    /// `mqtt.idle_alert`: warn when connected but silent for this long.
+    pub idle_alert: Option<std::time::Duration>,
 }
 
 impl Broker {
@@ -81,6 +89,26 @@ impl Broker {
             stats,
             on_drained: Vec::new(),
             drained: false,
+            idle_alert: settings.idle_alert,
+            silence_reported: false,
+        }
+    }
+
+    /// The "connected but silently stopped" failure: warn once when it starts, and once
+    /// when messages flow again (`/readyz` reports it too).
+    fn watch_silence(&mut self) {
+        let settings = ReadinessSettings { idle_alert: self.idle_alert };
+        let now = chrono::Utc::now().timestamp_micros();
+        match (silence(&self.stats, &settings, now), self.silence_reported) {
+            (Some(silent), false) => {
+                self.silence_reported = true;
+                tracing::warn!(silent_for = ?silent, "connected to the MQTT broker but no message arrives");
+            }
+            (None, true) => {
+                self.silence_reported = false;
+                tracing::info!("messages arrive again");
+            }
+            _ => {}
         }
     }
 
@@ -114,6 +142,11 @@ impl Actor for Broker {
         if let Some(receiver) = self.inbound.take() {
             ctx.add_stream(Batches { receiver, max: BATCH_MESSAGES });
         }
+        if let Some(limit) = self.idle_alert {
+            let every =
+                (limit / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(15));
+            ctx.run_interval(every, |broker, _| broker.watch_silence());
+        }
     }
 }
 
@@ -121,6 +154,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
     fn handle(&mut self, batch: Vec<InboundMessage>, ctx: &mut Self::Context) {
         let now = self.clock.now();
         bump(&self.stats.received, batch.len() as u64);
+        mark_now(&self.stats.last_message_micros);
         let mut by_machine: FxHashMap<String, Vec<Sample>> = FxHashMap::default();
         let mut rejections = Vec::new();
         for message in batch {
@@ -205,6 +239,12 @@ impl Handler<StopIntake> for Broker {
             let _ = waiting.await;
         })
     }
+}
+
+impl Handler<Ping> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
 }
 
 /// The inbound channel as a stream of batches of whatever is ready, up to `max`.

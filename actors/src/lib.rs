@@ -14,6 +14,7 @@ pub mod broker;
 pub mod clock;
 pub mod logic;
 pub mod messages;
+pub mod monitoring;
 pub mod secrets;
 pub mod service;
 pub mod source;

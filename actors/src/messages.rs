@@ -71,3 +71,8 @@ pub struct CredentialsChanged(pub Credentials);
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct SubscribeCredentials(pub actix::Recipient<CredentialsChanged>);
+
+/// Monitor → broker, writer: `/healthz` asks whether the actor answers. Control path.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Ping;

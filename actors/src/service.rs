@@ -11,12 +11,14 @@ use crate::clock::Clock;
 use crate::logic::{TimestampRules, ValidationRules};
 use crate::messages::SubscribeCredentials;
 use crate::messages::{Drain, DrainReport, StopIntake};
+use crate::monitoring::{self, MonitorState, ReadinessSettings};
 use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
-use crate::stats::PipelineStats;
+use crate::stats::{mark_now, PipelineStats};
 use crate::writer::{Connector, DbError, Writer, WriterCredentials, WriterSettings};
 use actix::prelude::*;
 use fleetagg_config::Config;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,8 @@ pub enum ServiceError {
     Database(#[from] DbError),
     #[error("the database password could not be fetched at start-up: {0}")]
     Secret(#[from] SecretError),
+    #[error("metrics listener: {0}")]
+    Monitor(String),
 }
 
 impl ServiceError {
@@ -36,6 +40,7 @@ impl ServiceError {
             ServiceError::Source(err) => err.is_retriable(),
             ServiceError::Database(err) => err.is_retriable(),
             ServiceError::Secret(_) => true,
+            ServiceError::Monitor(_) => false,
         }
     }
 }
@@ -69,6 +74,7 @@ impl PipelineSettings {
                 rules,
                 rejects_per_second: config.rejects.max_per_second,
                 aggregator: AggregatorSettings { grace: aggregation.grace, tick: aggregation.tick },
+                idle_alert: config.mqtt.idle_alert,
             },
             inbound_capacity: config.mqtt.inbound_capacity,
             shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
@@ -79,7 +85,7 @@ impl PipelineSettings {
 /// Source, broker and aggregators: everything up to the writer's mailbox.
 #[derive(Debug)]
 pub struct Pipeline {
-    broker: Addr<Broker>,
+    pub(crate) broker: Addr<Broker>,
     shards: Vec<Arbiter>,
 }
 
@@ -95,7 +101,7 @@ impl Pipeline {
         let shards: Vec<Arbiter> = (0..settings.shards.max(1)).map(|_| Arbiter::new()).collect();
         let handles = shards.iter().map(Arbiter::handle).collect();
         let (sink, inbound) = InboundSink::channel(settings.inbound_capacity);
-        if let Err(err) = source.start(sink).await {
+        if let Err(err) = source.start(sink, stats.clone()).await {
             stop_arbiters(shards);
             return Err(err);
         }
@@ -140,6 +146,34 @@ pub struct Service {
     writer: Addr<Writer>,
     writer_arbiter: Arbiter,
     stats: Arc<PipelineStats>,
+    monitor: Option<Monitor>,
+}
+
+/// The HTTP listener: its address, what it reads, and its task.
+type Monitor = (std::net::SocketAddr, Arc<MonitorState>, actix_rt::task::JoinHandle<()>);
+
+async fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<Monitor>, ServiceError> {
+    let Some(address) = config.metrics.address() else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|err| ServiceError::Monitor(format!("cannot listen on {address}: {err}")))?;
+    let bound = listener.local_addr().map_err(|err| ServiceError::Monitor(err.to_string()))?;
+    let state = Arc::new(MonitorState {
+        stats: stats.clone(),
+        readiness: ReadinessSettings { idle_alert: config.mqtt.idle_alert },
+        actors: std::sync::Mutex::new(Vec::new()),
+    });
+    let task = actix_rt::spawn(monitoring::serve(listener, state.clone()));
+    tracing::info!(address = %bound, "metrics listening (/metrics, /healthz, /readyz)");
+    Ok(Some((bound, state, task)))
+}
+
+fn stop_monitor(monitor: Option<Monitor>) {
+    if let Some((_, _, task)) = monitor {
+        task.abort();
+    }
 }
 
 impl Service {
@@ -150,6 +184,8 @@ impl Service {
     ) -> Result<Service, ServiceError> {
         let stats = Arc::new(PipelineStats::default());
         let connector = Connector::new(&config.database.url)?;
+        // First, so that /readyz can say what start-up is waiting for.
+        let monitor = start_monitor(config, &stats).await?;
         let settings = WriterSettings {
             batch_max_rows: config.database.batch_max_rows,
             flush_interval: config.database.flush_interval,
@@ -163,10 +199,16 @@ impl Service {
                     Ok(current) => current,
                     Err(err) => {
                         stop_arbiters(vec![writer_arbiter]);
+                        stop_monitor(monitor);
                         return Err(err.into());
                     }
                 };
                 tracing::info!(source = %source.describe(), user = ?current.user, "database secret fetched");
+                stats.secret_configured.store(true, Ordering::Relaxed);
+                mark_now(&stats.secret_last_ok_micros);
+                // Stale after two missed refreshes (failed fetches retry faster meanwhile).
+                let max_age = password.refresh_interval.as_secs().saturating_mul(2).saturating_add(60);
+                stats.secret_max_age_seconds.store(max_age, Ordering::Relaxed);
                 let (refresh, keeper_stats, initial) =
                     (password.refresh_interval, stats.clone(), current.clone());
                 let keeper = SecretKeeper::start_in_arbiter(&writer_arbiter.handle(), move |_| {
@@ -190,6 +232,9 @@ impl Service {
             // Control path, once at start-up.
             let _ = keeper.send(SubscribeCredentials(writer.clone().recipient())).await;
         }
+        if let Some((_, state, _)) = &monitor {
+            state.add_actor("writer", writer.clone().recipient());
+        }
         let outputs =
             BrokerOutputs { minutes: writer.clone().recipient(), rejections: writer.clone().recipient() };
         let pipeline = match Pipeline::start(
@@ -204,10 +249,19 @@ impl Service {
             Ok(pipeline) => pipeline,
             Err(err) => {
                 stop_arbiters(vec![writer_arbiter]);
+                stop_monitor(monitor);
                 return Err(err.into());
             }
         };
-        Ok(Service { pipeline, writer, writer_arbiter, stats })
+        if let Some((_, state, _)) = &monitor {
+            state.add_actor("broker", pipeline.broker.clone().recipient());
+        }
+        Ok(Service { pipeline, writer, writer_arbiter, stats, monitor })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
+    pub fn monitor_address(&self) -> Option<std::net::SocketAddr> {
+        self.monitor.as_ref().map(|(address, _, _)| *address)
     }
 
     pub fn stats(&self) -> Arc<PipelineStats> {
@@ -224,6 +278,7 @@ impl Service {
             .await
             .unwrap_or(DrainReport { unwritten_minutes: usize::MAX, unwritten_rejections: usize::MAX });
         stop_arbiters(vec![self.writer_arbiter]);
+        stop_monitor(self.monitor);
         ShutdownReport { intake_drained, writer }
     }
 }

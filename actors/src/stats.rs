@@ -1,9 +1,11 @@
-//! Counters shared by the actors: what came in, what was rejected and why, what was
-//! written. Plain atomics so that counting never takes a lock on the data path; the
-//! metrics endpoint and the shutdown summary read them.
+//! Counters, gauges and histograms shared by the actors: what came in, what was rejected
+//! and why, what was written, and the state health checks look at. Plain atomics (and
+//! prometheus-client's lock-free histograms) so that counting never takes a lock on the
+//! data path; `/metrics`, `/readyz` and the shutdown summary read them.
 
 use crate::logic::RejectReason;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -34,6 +36,48 @@ pub struct PipelineStats {
     pub rows_buffered: AtomicU64,
     /// Times the supervisor restarted the writer after a broken connection.
     pub writer_restarts: AtomicU64,
+    /// Minutes held by aggregators (a gauge).
+    pub open_minutes: AtomicI64,
+    pub mqtt_connected: AtomicBool,
+    pub mqtt_subscribed: AtomicBool,
+    pub mqtt_reconnects: AtomicU64,
+    /// When the MQTT connection was last established (µs since the epoch).
+    pub mqtt_connected_at_micros: AtomicI64,
+    /// When the last message arrived (µs since the epoch; 0: none yet).
+    pub last_message_micros: AtomicI64,
+    /// Whether the last database operation (write, connect or ping) succeeded, and when
+    /// one last did.
+    pub db_healthy: AtomicBool,
+    pub db_last_ok_micros: AtomicI64,
+    /// Set when a secret source is configured; then `/readyz` checks its freshness.
+    pub secret_configured: AtomicBool,
+    pub secret_last_ok_micros: AtomicI64,
+    /// Seconds the secret may go without a successful fetch before it counts as stale.
+    pub secret_max_age_seconds: AtomicU64,
+    pub latencies: Latencies,
+}
+
+/// Histograms, in seconds.
+#[derive(Debug)]
+pub struct Latencies {
+    /// One upsert statement.
+    pub write_batch: Histogram,
+    /// From a minute's end to the commit of its row (grace + tick + flush + write).
+    pub commit_lag: Histogram,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            write_batch: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            commit_lag: Histogram::new(exponential_buckets(0.25, 2.0, 14)),
+        }
+    }
+}
+
+/// Stores "now" in a timestamp gauge.
+pub fn mark_now(gauge: &AtomicI64) {
+    gauge.store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
 }
 
 impl PipelineStats {

@@ -19,6 +19,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub rejects: RejectsConfig,
     pub service: ServiceConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,10 @@ pub struct MqttConfig {
     pub inbound_capacity: usize,
     #[serde(with = "human")]
     pub keep_alive: Duration,
+    /// Connected but no message for this long: logged as a warning and reported by
+    /// `/readyz` (the "connected but silently stopped" failure). `"off"` disables.
+    #[serde(with = "human_or_off")]
+    pub idle_alert: Option<Duration>,
     /// Subscribe as `$share/<group>/<topic>`: instances with the same group split the
     /// stream between them (minute parts merge exactly in the database).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +84,7 @@ impl Default for MqttConfig {
             max_payload_bytes: 65_536,
             inbound_capacity: 8_192,
             keep_alive: Duration::from_secs(60),
+            idle_alert: Some(Duration::from_secs(300)),
             shared_group: None,
             ca_file: None,
             cert_file: None,
@@ -207,6 +213,30 @@ impl Default for ServiceConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener for `/metrics`, `/healthz` and `/readyz`; `"off"`
+    /// disables it. Loopback by default: expose it deliberately.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+impl MetricsConfig {
+    /// The socket address to listen on, or `None` when disabled.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        if self.listen.trim().eq_ignore_ascii_case("off") {
+            return None;
+        }
+        self.listen.trim().parse().ok()
+    }
+}
+
 impl Config {
     /// The effective configuration as TOML, for `check-config`. Secrets never sit in a
     /// `Config` (passwords come from secret sources), so there is nothing to redact yet;
@@ -257,6 +287,13 @@ impl Config {
         }
         positive("mqtt.inbound_capacity", mqtt.inbound_capacity)?;
 
+        let listen = self.metrics.listen.trim();
+        if !listen.eq_ignore_ascii_case("off") && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::key(
+                "metrics.listen",
+                format!("{listen:?} is neither host:port nor \"off\""),
+            ));
+        }
         let aggregation = &self.aggregation;
         if aggregation.tick.is_zero() {
             return Err(ConfigError::key("aggregation.tick", "must be longer than zero"));

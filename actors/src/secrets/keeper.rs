@@ -8,7 +8,7 @@
 
 use super::{Credentials, SecretError, SecretSource};
 use crate::messages::{CredentialsChanged, RefreshSecret, SubscribeCredentials};
-use crate::stats::{bump, PipelineStats};
+use crate::stats::{bump, mark_now, PipelineStats};
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +74,7 @@ impl SecretKeeper {
         bump(&self.stats.secret_fetches, 1);
         match result {
             Ok(credentials) => {
+                mark_now(&self.stats.secret_last_ok_micros);
                 if let Some((failures, _)) = self.failing.take() {
                     tracing::info!(source = %self.source.describe(), failures, "database secret readable again");
                 }

@@ -3,8 +3,10 @@
 //! network.
 
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
+use crate::stats::{mark_now, PipelineStats};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The publishing side, kept by the test.
@@ -40,8 +42,15 @@ impl FakeBroker {
 }
 
 impl MessageSource for FakeSource {
-    fn start(&mut self, sink: InboundSink) -> BoxFuture<'static, Result<(), SourceError>> {
+    fn start(
+        &mut self,
+        sink: InboundSink,
+        stats: Arc<PipelineStats>,
+    ) -> BoxFuture<'static, Result<(), SourceError>> {
         *self.sink.lock().unwrap_or_else(PoisonError::into_inner) = Some(sink);
+        stats.mqtt_connected.store(true, Ordering::Relaxed);
+        stats.mqtt_subscribed.store(true, Ordering::Relaxed);
+        mark_now(&stats.mqtt_connected_at_micros);
         async { Ok(()) }.boxed()
     }
 

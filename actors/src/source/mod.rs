@@ -8,6 +8,7 @@ mod mqtt;
 pub use fake::{FakeBroker, FakeSource};
 pub use mqtt::MqttSource;
 
+use crate::stats::PipelineStats;
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
@@ -81,8 +82,13 @@ impl SourceError {
 
 /// A producer of inbound messages.
 pub trait MessageSource: Send + std::fmt::Debug {
-    /// Connects and subscribes; from then on messages flow into `sink`.
-    fn start(&mut self, sink: InboundSink) -> BoxFuture<'static, Result<(), SourceError>>;
+    /// Connects and subscribes; from then on messages flow into `sink`. The source keeps
+    /// `stats`' connection state (connected, subscribed, reconnects) up to date.
+    fn start(
+        &mut self,
+        sink: InboundSink,
+        stats: Arc<PipelineStats>,
+    ) -> BoxFuture<'static, Result<(), SourceError>>;
 
     /// Stops delivering and closes the sink. After it resolves no new message arrives.
     fn stop(&mut self) -> BoxFuture<'static, ()>;

@@ -7,11 +7,14 @@
 //! callback, stops reading the socket, and the broker keeps queuing for the session.
 
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
+use crate::stats::{bump, mark_now, PipelineStats};
 use fleetagg_config::MqttConfig;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use paho_mqtt as mqtt;
 use secrecy::ExposeSecret;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
@@ -40,7 +43,11 @@ impl MqttSource {
 }
 
 impl MessageSource for MqttSource {
-    fn start(&mut self, sink: InboundSink) -> BoxFuture<'static, Result<(), SourceError>> {
+    fn start(
+        &mut self,
+        sink: InboundSink,
+        stats: Arc<PipelineStats>,
+    ) -> BoxFuture<'static, Result<(), SourceError>> {
         let config = self.config.clone();
         let url = config.paho_url();
         let client = mqtt::CreateOptionsBuilder::new()
@@ -71,19 +78,36 @@ impl MessageSource for MqttSource {
         });
         let topics = config.subscriptions();
         let qos = vec![config.qos; topics.len()];
+        let connected_stats = stats.clone();
         client.set_connected_callback(move |client| {
             // paho does not re-subscribe after an automatic reconnect; when the broker
             // lost the session, the subscription is gone. Subscribing again is harmless.
             tracing::info!("connected to the MQTT broker; subscribing");
+            let stats = &connected_stats;
+            if stats.mqtt_connected_at_micros.load(Ordering::Relaxed) != 0 {
+                bump(&stats.mqtt_reconnects, 1);
+            }
+            mark_now(&stats.mqtt_connected_at_micros);
+            stats.mqtt_connected.store(true, Ordering::Relaxed);
             drop(client.subscribe_many(&topics, &qos));
+            // Requested, not confirmed: a refused subscription shows in the broker's log.
+            stats.mqtt_subscribed.store(true, Ordering::Relaxed);
         });
-        client.set_connection_lost_callback(|_| {
+        let lost_stats = stats.clone();
+        client.set_connection_lost_callback(move |_| {
+            lost_stats.mqtt_connected.store(false, Ordering::Relaxed);
+            lost_stats.mqtt_subscribed.store(false, Ordering::Relaxed);
             tracing::warn!("connection to the MQTT broker lost; reconnecting");
         });
 
         self.client = Some(client.clone());
         self.sink = Some(sink);
-        async move { connect_and_subscribe(&client, &config, &url).await }.boxed()
+        async move {
+            connect_and_subscribe(&client, &config, &url).await?;
+            stats.mqtt_subscribed.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        .boxed()
     }
 
     fn stop(&mut self) -> BoxFuture<'static, ()> {

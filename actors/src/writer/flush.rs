@@ -20,6 +20,8 @@ pub(super) struct FlushJob {
     /// Batches to write, in order; on return, the ones not written.
     pub(super) batches: VecDeque<Batch>,
     pub(super) prune_ledger: bool,
+    /// Nothing to write, but `/readyz` wants to know the database answers.
+    pub(super) ping: bool,
     pub(super) ids: Arc<BatchIds>,
     pub(super) stats: Arc<PipelineStats>,
 }
@@ -52,6 +54,11 @@ impl FlushJob {
                 }
             }
         }
+        if self.ping {
+            if let Err(err) = session.ping().await {
+                return self.fail(session, err);
+            }
+        }
         if self.prune_ledger {
             match session.prune_ledger().await {
                 Ok(pruned) => tracing::debug!(pruned, "old batch ids pruned from the ledger"),
@@ -77,6 +84,12 @@ impl FlushJob {
             Rows::Minutes(rows) => {
                 bump(&stats.rows_written, rows.len() as u64);
                 bump(&stats.write_batches, 1);
+                stats.latencies.write_batch.observe(started.elapsed().as_secs_f64());
+                let now = chrono::Utc::now().timestamp_micros();
+                for row in rows {
+                    let lag = now.saturating_sub(row.minute.end().micros()) as f64 / 1e6;
+                    stats.latencies.commit_lag.observe(lag);
+                }
                 tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "minutes upserted");
             }
             Rows::Rejections(rows) => bump(&stats.rejects_written, rows.len() as u64),

@@ -21,9 +21,11 @@ pub use error::{DbError, ErrorClass};
 pub use session::{Connector, Session};
 
 use crate::logic::{PendingMinutes, RejectedMessage};
-use crate::messages::{CredentialsChanged, Drain, DrainReport, RefreshSecret, StoreRejections, WriteMinutes};
+use crate::messages::{
+    CredentialsChanged, Drain, DrainReport, Ping, RefreshSecret, StoreRejections, WriteMinutes,
+};
 use crate::secrets::Credentials;
-use crate::stats::{bump, PipelineStats};
+use crate::stats::{bump, mark_now, PipelineStats};
 use actix::prelude::*;
 use batch::{Batch, BatchIds, Rows};
 use flush::{FlushJob, FlushOutcome};
@@ -34,6 +36,8 @@ use std::time::{Duration, Instant};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// An idle connection is pinged this often, so `/readyz` knows the database answers.
+const PING_EVERY: Duration = Duration::from_secs(5);
 /// How often old ids are removed from the batch ledger.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -69,6 +73,8 @@ pub struct Writer {
     last_prune: Instant,
     /// The buffer is full: the mailbox is held (`ctx.wait`) until writes make room.
     holding: bool,
+    /// When a write, connect or ping last succeeded (pings are due after PING_EVERY).
+    last_db_success: Instant,
     settings: WriterSettings,
     stats: Arc<PipelineStats>,
     /// Set while writes fail: when to try again, and for how many attempts it has failed
@@ -104,6 +110,7 @@ impl Writer {
             // Prune once soon after start, then every PRUNE_EVERY.
             last_prune: Instant::now().checked_sub(PRUNE_EVERY).unwrap_or_else(Instant::now),
             holding: false,
+            last_db_success: Instant::now(),
             settings,
             stats,
             retry: None,
@@ -128,6 +135,7 @@ impl Writer {
             session: self.session.take(),
             batches,
             prune_ledger,
+            ping: false,
             ids: self.ids.clone(),
             stats: self.stats.clone(),
         }
@@ -154,10 +162,12 @@ impl Writer {
         }
         let idle = self.is_idle() && self.session.is_some();
         let waiting = self.retry.is_some_and(|retry| Instant::now() < retry.at);
-        if self.flushing || self.holding || (idle && !self.reconnect) || waiting {
+        let ping_due = self.last_db_success.elapsed() >= PING_EVERY;
+        if self.flushing || self.holding || (idle && !self.reconnect && !ping_due) || waiting {
             return;
         }
-        let job = self.take_job();
+        let mut job = self.take_job();
+        job.ping = idle;
         ctx.wait(job.run().into_actor(self).map(|outcome, writer, ctx| {
             writer.absorb(outcome, ctx, true);
             writer.hold_while_full(ctx);
@@ -228,6 +238,13 @@ impl Writer {
         };
         if !job.reconnect && credentials_unchanged {
             self.reconnect = false;
+        }
+        if error.is_none() {
+            self.last_db_success = Instant::now();
+            self.stats.db_healthy.store(true, Ordering::Relaxed);
+            mark_now(&self.stats.db_last_ok_micros);
+        } else {
+            self.stats.db_healthy.store(false, Ordering::Relaxed);
         }
         match (error, self.retry) {
             (None, Some(retry)) => {
@@ -341,6 +358,12 @@ impl Handler<CredentialsChanged> for Writer {
             self.flush(ctx);
         }
     }
+}
+
+impl Handler<Ping> for Writer {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
 }
 
 impl Handler<Drain> for Writer {

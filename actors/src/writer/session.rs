@@ -221,6 +221,11 @@ impl Session {
         Ok(touched > 0 || rows.is_empty())
     }
 
+    /// A round trip, to know an idle connection still works.
+    pub async fn ping(&mut self) -> Result<(), DbError> {
+        self.client.simple_query("SELECT 1").await.map(drop).map_err(|err| DbError::statement("ping", &err))
+    }
+
     /// Forgets ledger entries old enough that no retry can refer to them.
     pub async fn prune_ledger(&mut self) -> Result<u64, DbError> {
         self.client.execute(PRUNE_LEDGER, &[]).await.map_err(|err| DbError::statement("ledger pruning", &err))
