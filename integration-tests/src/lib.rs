@@ -220,22 +220,11 @@ impl ServiceProcess {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub async fn terminate(mut self, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().to_string();
+    pub async fn terminate(self, timeout: Duration) -> ExitStatus {
+        let pid = self.child.as_ref().expect("running").id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         assert!(sent.success(), "could not signal fleetagg");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("fleetagg did not stop within {timeout:?}; log:\n{}", self.log());
-            }
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_exit(timeout).await
     }
 }
 
@@ -455,6 +444,10 @@ default_timezone = "Europe/Paris"
 [database]
 url = "{database_url}"
 flush_interval = "200ms"
+
+[metrics]
+# An ephemeral port: tests run many services at once.
+listen = "127.0.0.1:0"
 "#,
         broker = broker_url()
     )

@@ -12,7 +12,8 @@ use fleetagg_integration_tests::{
 use std::time::Duration;
 
 fn with_metrics(config: &str, port: u16, idle_alert: &str) -> String {
-    format!("{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n", config)
+    config
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
         .replace("max_payload_bytes", &format!("idle_alert = \"{idle_alert}\"\nmax_payload_bytes"))
 }
 
