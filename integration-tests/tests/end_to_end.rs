@@ -213,20 +213,24 @@ async fn sigterm_mid_minute_writes_the_partial_minute() {
 async fn messages_queued_while_stopped_are_consumed_after_restart() {
     let f = Fixture::new().await;
     let client_id = unique("fleetagg");
-    let first = ServiceProcess::start(&f.config(&client_id, "2m")).await;
+    // A backlog far larger than the inbound channel: start-up must not wait for a SUBACK
+    // that paho cannot read while it is blocked delivering the backlog.
+    let config =
+        f.config(&client_id, "2m").replace("max_payload_bytes", "inbound_capacity = 4\nmax_payload_bytes");
+    let first = ServiceProcess::start(&config).await;
     let status = first.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "first run exited with {status}");
 
     // The service is down; its persistent session makes the broker queue these.
     let a = current_minute() - TimeDelta::minutes(5);
-    let samples: Vec<Sample> = (0..4)
-        .map(|n| ("m7".to_owned(), a + TimeDelta::seconds(10 * n), 25.0 * n as f64, 50.0 + n as f64))
+    let samples: Vec<Sample> = (0..200)
+        .map(|n| ("m7".to_owned(), a + TimeDelta::milliseconds(250 * n), (n % 101) as f64, 50.0 + n as f64))
         .collect();
     for (machine, ts, load, mileage) in &samples {
         f.publish(machine, payload(machine, &ts.to_rfc3339(), *load, *mileage)).await;
     }
 
-    let second = first_restart(&f, &client_id).await;
+    let second = ServiceProcess::start(&config).await;
     let client = f.db.client().await;
     let expected = expected_rows(&samples);
     eventually(Duration::from_secs(30), "queued messages written after restart", || {
@@ -237,8 +241,4 @@ async fn messages_queued_while_stopped_are_consumed_after_restart() {
     assert!(second.log().contains("resumed_session=true"), "the broker should resume the session");
     let status = second.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "second run exited with {status}");
-}
-
-async fn first_restart(f: &Fixture, client_id: &str) -> ServiceProcess {
-    ServiceProcess::start(&f.config(client_id, "2m")).await
 }

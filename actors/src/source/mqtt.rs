@@ -114,16 +114,21 @@ impl MessageSource for MqttSource {
         let client = self.client.take();
         let sink = self.sink.take();
         async move {
-            if let Some(client) = client {
-                let options =
-                    mqtt::DisconnectOptionsBuilder::new().timeout(Duration::from_secs(5)).finalize();
-                if let Err(err) = client.disconnect(options).await {
-                    tracing::warn!(error = %err, "MQTT disconnect did not complete cleanly");
+            // Off the runtime for the reason given at `off_runtime`: the broker actor must
+            // keep draining while paho disconnects.
+            off_runtime(move || {
+                if let Some(client) = client {
+                    let options =
+                        mqtt::DisconnectOptionsBuilder::new().timeout(Duration::from_secs(5)).finalize();
+                    if let Err(err) = client.disconnect(options).wait() {
+                        tracing::warn!(error = %err, "MQTT disconnect did not complete cleanly");
+                    }
                 }
-            }
-            if let Some(sink) = sink {
-                sink.close();
-            }
+                if let Some(sink) = sink {
+                    sink.close();
+                }
+            })
+            .await;
         }
         .boxed()
     }
@@ -181,11 +186,38 @@ async fn connect_and_subscribe(
         }
         None => None,
     };
-    let options = connect_options(config, url, password.as_ref())?;
+    let (client, config, url) = (client.clone(), config.clone(), url.to_owned());
+    off_runtime(move || connect_blocking(&client, &config, &url, password.as_ref())).await.unwrap_or_else(
+        || Err(SourceError::Client { url: String::new(), message: "MQTT control thread failed".into() }),
+    )
+}
+
+/// Runs paho calls on a thread of their own. paho's API takes its global mutex, which its
+/// receive thread holds while our message callback waits for room in the inbound channel:
+/// called from the thread that drains that channel (the System arbiter, where the broker
+/// actor runs), a paho call would wait for itself.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fleetagg-mqtt-ctl".into())
+        .spawn(move || {
+            let _ = done.send(work());
+        })
+        .ok()?;
+    result.await.ok()
+}
+
+fn connect_blocking(
+    client: &mqtt::AsyncClient,
+    config: &MqttConfig,
+    url: &str,
+    password: Option<&secrecy::SecretString>,
+) -> Result<(), SourceError> {
+    let options = connect_options(config, url, password)?;
     let mut delay = RECONNECT_MIN;
     let mut warned = false;
     loop {
-        match client.connect(options.clone()).await {
+        match client.connect(options.clone()).wait() {
             Ok(response) => {
                 let resumed = response.connect_response().is_some_and(|r| r.session_present);
                 tracing::info!(url, client_id = %config.client_id, resumed_session = resumed, "MQTT connected");
@@ -196,7 +228,7 @@ async fn connect_and_subscribe(
                     tracing::warn!(url, error = %err, "MQTT broker unreachable; retrying with back-off");
                     warned = true;
                 }
-                tokio::time::sleep(delay).await;
+                std::thread::sleep(delay);
                 delay = (delay * 2).min(RECONNECT_MAX);
             }
         }
@@ -205,7 +237,7 @@ async fn connect_and_subscribe(
     let qos = vec![config.qos; topics.len()];
     client
         .subscribe_many(&topics, &qos)
-        .await
+        .wait()
         .map_err(|err| SourceError::Subscribe { topics: topics.clone(), message: err.to_string() })?;
     tracing::info!(topics = ?topics, qos = config.qos, "subscribed");
     Ok(())
