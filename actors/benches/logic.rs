@@ -1,0 +1,123 @@
+//! The per-message hot paths, without actors: parsing and validating one payload, and
+//! adding one sample to a machine's minute accumulator.
+//!
+//! `cargo bench -p fleetagg-actors --bench logic`; docs/benchmarks.md has the results.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use fleetagg_actors::logic::{validate, MinuteAggregate, OpenMinutes, Sample, Timestamp, ValidationRules};
+use fleetagg_actors::service::PipelineSettings;
+use fleetagg_config::Config;
+use std::time::Duration;
+
+/// 2026-03-01T10:00:00Z.
+const BASE_MICROS: i64 = 1_772_359_200_000_000;
+
+fn rules() -> ValidationRules {
+    PipelineSettings::from_config(&Config::default()).broker.rules
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_micros(BASE_MICROS + 90_000_000)
+}
+
+fn bench_validate(c: &mut Criterion) {
+    let rules = rules();
+    let now = now();
+    let epoch_seconds = BASE_MICROS / 1_000_000 + 10;
+    // What `fleetagg simulate` publishes, and the other accepted timestamp forms.
+    let payloads: [(&str, String); 4] = [
+        (
+            "rfc3339_utc",
+            r#"{"machine":"machine-0042","ts":"2026-03-01T10:00:10.123Z","load_rate":42.17,"mileage":12345.678}"#
+                .to_owned(),
+        ),
+        (
+            "rfc3339_offset",
+            r#"{"machine":"machine-0042","ts":"2026-03-01T11:00:10.123456+01:00","load_rate":42.17,"mileage":12345.678}"#
+                .to_owned(),
+        ),
+        (
+            "epoch_seconds",
+            format!(r#"{{"machine":"machine-0042","ts":{epoch_seconds},"load_rate":42.17,"mileage":12345.678}}"#),
+        ),
+        ("rejected_malformed", r#"{"machine":"machine-0042","ts":"2026-03-01T10:00:10Z","load_rate":4"#.to_owned()),
+    ];
+    let mut group = c.benchmark_group("validate");
+    group.throughput(Throughput::Elements(1));
+    for (name, payload) in &payloads {
+        let payload = payload.as_bytes();
+        // Sanity: the accepted forms are accepted, the broken one is not.
+        assert_eq!(validate(payload, now, &rules).is_ok(), !name.starts_with("rejected"), "{name}");
+        group.bench_function(*name, |b| b.iter(|| validate(black_box(payload), now, &rules)));
+    }
+    group.finish();
+}
+
+/// `count` samples of one machine, one per `step_micros`, from BASE.
+fn samples(count: usize, step_micros: i64) -> Vec<Sample> {
+    (0..count)
+        .map(|n| {
+            let n = i64::try_from(n).expect("sample index fits i64");
+            Sample {
+                ts: Timestamp::from_micros(BASE_MICROS + n * step_micros),
+                load_rate: (n % 100) as f64,
+                mileage: 1_000.0 + n as f64 * 0.01,
+            }
+        })
+        .collect()
+}
+
+fn bench_accumulate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("accumulate");
+
+    let sample = samples(1, 1)[0];
+    let mut aggregate = MinuteAggregate::of(&sample);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("minute_aggregate_add", |b| b.iter(|| aggregate.add(black_box(&sample))));
+
+    // What an aggregator does per sample: find the open minute, check for a duplicate,
+    // add. 1,000 samples a second apart: about 17 minutes, 60 samples each.
+    const SAMPLES: usize = 1_000;
+    let stream = samples(SAMPLES, 1_000_000);
+    group.throughput(Throughput::Elements(SAMPLES as u64));
+    group.bench_function("open_minutes_accept", |b| {
+        b.iter_batched_ref(
+            OpenMinutes::default,
+            |open| {
+                for sample in &stream {
+                    black_box(open.accept(sample));
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    // The same, then every minute closed (the tick's work), as in steady state.
+    group.bench_function("open_minutes_accept_then_close", |b| {
+        let end = Timestamp::from_micros(BASE_MICROS + 3_600_000_000);
+        b.iter_batched_ref(
+            OpenMinutes::default,
+            |open| {
+                for sample in &stream {
+                    black_box(open.accept(sample));
+                }
+                black_box(open.take_closed(end, Duration::from_secs(5)))
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_validate, bench_accumulate
+}
+criterion_main!(benches);

@@ -1,0 +1,52 @@
+//! The end-to-end benchmark command runs: `scripts/bench --tiny` (its own Mosquitto on a
+//! free port, its own database on the local PostgreSQL, tiny sizes) exits 0 and prints its
+//! results table with a number in every row. Benchmarks are not timed tests: the numbers
+//! themselves are not checked (docs/benchmarks.md).
+//!
+//! The script is given the binary the other integration tests run (`FLEETAGG_BIN`, the
+//! debug build `scripts/test` makes), so it never invokes cargo from inside `cargo test`.
+
+use fleetagg_integration_tests::fleetagg_bin;
+use std::path::Path;
+use std::process::Command;
+
+/// Rows every tiny run prints, by the start of their label.
+const ROWS: &[&str] = &[
+    "mosquitto_sub drain, N=",
+    "fleetagg drain, N=",
+    "drain ratio, N=",
+    "writer upsert, R=",
+    "writer COPY, R=",
+    "upsert/COPY ratio",
+    "peak RSS, ",
+    "RSS per machine (peak - idle)",
+    "RSS per machine (peak / machines)",
+    "fleetagg start-up hangs",
+];
+
+#[test]
+fn the_benchmark_command_runs_on_a_tiny_size_and_prints_its_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+    let output = Command::new(root.join("scripts/bench"))
+        .arg("--tiny")
+        .env("FLEETAGG_BIN", fleetagg_bin())
+        .env_remove("BENCH_SIZE")
+        .current_dir(root)
+        .output()
+        .expect("scripts/bench could not be started");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "scripts/bench --tiny failed ({}):\n{stdout}\n{stderr}", output.status);
+    assert!(
+        stdout.contains("| measurement | value | unit | target | verdict |"),
+        "no results table header:\n{stdout}"
+    );
+    for label in ROWS {
+        let row = stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("| {label}")))
+            .unwrap_or_else(|| panic!("no row {label:?} in the table:\n{stdout}"));
+        let value = row.split('|').nth(2).map(|cell| cell.trim().replace(',', "")).unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "row {label:?} has no number: {row:?}");
+    }
+}

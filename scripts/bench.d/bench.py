@@ -1,0 +1,886 @@
+#!/usr/bin/env python3
+"""The end-to-end benchmark of fleetagg, run by `scripts/bench` (see docs/benchmarks.md).
+
+Starts its own Mosquitto (free port, benchmark config) and its own PostgreSQL database,
+then measures, side by side in one run:
+
+  drain     for each backlog size N: `mosquitto_sub` draining N queued QoS 1 messages
+            (the ceiling), then `fleetagg run` draining the same backlog until PostgreSQL
+            holds every sample; both rates and their ratio;
+  writer    the service's upsert statement (read from actors/src/writer/session.rs) over
+            R aggregate rows, in batches of batch_max_rows, versus COPY of the same rows
+            into the same table;
+  memory    peak RSS (VmHWM) of fleetagg with K machines active, per machine;
+  latency   (not in tiny mode) live traffic: how long after a minute's end its row is
+            committed (p50, p99), measured with a statement-level trigger.
+
+Prints a results table, writes a chart (SVG) of the drain rates and a JSON file of
+everything measured. Python 3 standard library only; psql, mosquitto and mosquitto_sub
+must be installed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import pwd
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SESSION_RS = ROOT / "actors/src/writer/session.rs"
+
+CEILING_PREFIX = "ceiling"
+SERVICE_PREFIX = "service"
+SUB_CLIENT_ID = "bench-mosquitto-sub"
+SERVICE_CLIENT_ID = "bench-fleetagg"
+# The service's defaults the measurements depend on (config/fleetagg.example.toml).
+GRACE_SECONDS = 5.0
+BATCH_MAX_ROWS = 5000
+
+
+def env_int(name, default):
+    value = os.environ.get(name)
+    return int(value.replace("_", "")) if value else default
+
+
+def env_list(name, default):
+    value = os.environ.get(name)
+    if not value:
+        return default
+    return [int(item.replace("_", "")) for item in value.split(",") if item.strip()]
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.tiny = args.tiny
+        self.bin = str(Path(args.bin).resolve())
+        self.workdir = Path(args.workdir)
+        self.pids_file = self.workdir / "pids"
+        self.children = []
+        tiny = self.tiny
+        self.sizes = env_list("BENCH_SIZES", [2_000] if tiny else [50_000, 100_000, 200_000])
+        self.machines = env_int("BENCH_MACHINES", 50 if tiny else 1_000)
+        self.writer_rows = env_int("BENCH_WRITER_ROWS", 5_000 if tiny else 200_000)
+        self.writer_repeat = env_int("BENCH_WRITER_REPEAT", 1 if tiny else 2)
+        self.rss_machines = env_int("BENCH_RSS_MACHINES", 2_000 if tiny else 100_000)
+        self.rss_messages = env_int("BENCH_RSS_MESSAGES", 2 * self.rss_machines)
+        self.latency_seconds = env_int("BENCH_LATENCY_SECONDS", 0 if tiny else 150)
+        self.latency_rate = env_int("BENCH_LATENCY_RATE", 10_000)
+        self.latency_machines = env_int("BENCH_LATENCY_MACHINES", 10_000)
+        self.max_inflight = env_int("BENCH_MAX_INFLIGHT", 100)
+        # An experiment, not the default: the service's --log-level (RUST_LOG still wins).
+        self.service_log_level = os.environ.get("BENCH_SERVICE_LOG_LEVEL")
+        default_chart = self.workdir / "drain.svg" if tiny else ROOT / "docs/benchmarks-drain.svg"
+        self.chart = Path(os.environ.get("BENCH_CHART") or default_chart)
+        default_json = self.workdir / "results.json" if tiny else ROOT / "target/bench/results.json"
+        self.results_json = Path(os.environ.get("BENCH_RESULTS") or default_json)
+        self.admin_url = os.environ.get("BENCH_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        self.database = f"fleetagg_bench_{os.getpid()}"
+        self.db_url = urllib.parse.urlsplit(self.admin_url)._replace(path=f"/{self.database}").geturl()
+        self.port = None
+        self.mosquitto = None
+        self.rows = []  # (label, value, unit, target, verdict)
+        self.startup_hangs = 0
+        self.results = {"tiny": tiny, "binary": self.bin, "machine": machine_description(),
+                        "service_log_level": self.service_log_level}
+
+    # --- processes ---------------------------------------------------------------------
+
+    def spawn(self, argv, **kwargs):
+        process = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        self.children.append(process)
+        self.write_pids()
+        return process
+
+    def write_pids(self):
+        """The processes still running, for scripts/bench's backstop cleanup."""
+        self.children = [child for child in self.children if child.returncode is None]
+        self.pids_file.write_text("".join(f"{child.pid}\n" for child in self.children))
+
+    def stop(self, process, sig=signal.SIGTERM, timeout=60):
+        """Signals a child and waits for it; returns its exit code."""
+        if process.poll() is None:
+            try:
+                process.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"pid {process.pid} ignored {sig.name} for {timeout}s; killing it")
+                process.kill()
+                process.wait()
+        self.write_pids()
+        return process.returncode
+
+    def cleanup(self):
+        for process in reversed(self.children):
+            if process.poll() is None:
+                self.stop(process, timeout=30)
+        self.write_pids()
+        if (self.workdir / "database").exists():
+            self.psql_admin(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)", check=False)
+            (self.workdir / "database").unlink()
+
+    # --- PostgreSQL ----------------------------------------------------------------------
+
+    def psql_admin(self, sql, check=True):
+        return run_psql(self.admin_url, sql, check=check)
+
+    def psql(self, sql, check=True):
+        return run_psql(self.db_url, sql, check=check)
+
+    def create_database(self):
+        self.psql_admin(f"CREATE DATABASE {self.database}")
+        (self.workdir / "database").write_text(self.database)
+        log(f"database {self.database} created")
+
+    # --- Mosquitto -----------------------------------------------------------------------
+
+    def start_mosquitto(self):
+        self.port = free_port()
+        config = self.workdir / "mosquitto.conf"
+        # max_queued_messages 0: no limit on a persistent session's queue (the default,
+        # 1000, would drop most of a backlog). No persistence: the queue lives in memory.
+        user = pwd.getpwuid(os.getuid()).pw_name
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            f"max_inflight_messages {self.max_inflight}\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+            f"user {user}\n"
+        )
+        with open(self.workdir / "mosquitto.log", "wb") as stderr:
+            self.mosquitto = self.spawn(["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if self.mosquitto.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("mosquitto did not start:\n" + (self.workdir / "mosquitto.log").read_text())
+            time.sleep(0.05)
+        log(f"mosquitto {self.mosquitto.pid} on 127.0.0.1:{self.port} (max_inflight_messages {self.max_inflight})")
+
+    def mosquitto_sub(self, extra, stdout=subprocess.DEVNULL):
+        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-c", "-i", SUB_CLIENT_ID, "-q", "1"]
+        argv += ["-t", f"{CEILING_PREFIX}/+/telemetry"] + extra
+        return self.spawn(argv, stdout=stdout, stderr=subprocess.PIPE)
+
+    # --- fleetagg ------------------------------------------------------------------------
+
+    def write_service_config(self):
+        self.config = self.workdir / "fleetagg.toml"
+        # The service's defaults, except where the benchmark must point (broker, topics,
+        # database, a free port for /metrics) and max_lateness, which leaves room for a
+        # slow machine between queuing a backlog with past timestamps and draining it.
+        self.config.write_text(
+            "[mqtt]\n"
+            f'url = "tcp://127.0.0.1:{self.port}"\n'
+            f'client_id = "{SERVICE_CLIENT_ID}"\n'
+            f'topics = ["{SERVICE_PREFIX}/+/telemetry"]\n'
+            "[aggregation]\n"
+            'max_lateness = "30m"\n'
+            "[database]\n"
+            f'url = "{self.db_url}"\n'
+            "[metrics]\n"
+            'listen = "127.0.0.1:0"\n'
+        )
+        self.service_runs = 0
+
+    def start_service(self):
+        self.service_runs += 1
+        self.service_log = self.workdir / f"fleetagg-{self.service_runs}.log"
+        stderr = open(self.service_log, "wb")
+        argv = [self.bin, "run", "--config", str(self.config)]
+        if self.service_log_level:
+            argv += ["--log-level", self.service_log_level]
+        process = self.spawn(argv, stdout=subprocess.DEVNULL, stderr=stderr)
+        stderr.close()
+        return process
+
+    def attach_profiler(self, pid):
+        """With BENCH_PERF=<perf record options> (e.g. "-F 499 --call-graph dwarf,16384"),
+        records each drain of fleetagg into the work directory (keep it with BENCH_KEEP=1)."""
+        options = os.environ.get("BENCH_PERF")
+        if not options:
+            return None
+        output = self.workdir / f"perf-{self.service_runs}.data"
+        argv = ["perf", "record", "-o", str(output), "-p", str(pid)] + options.split()
+        log(f"  profiling: {' '.join(argv)}")
+        return self.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_service(self, process):
+        code = self.stop(process, signal.SIGTERM, timeout=120)
+        if code != 0:
+            raise SystemExit(f"fleetagg exited {code}; log: {self.service_log}\n{tail(self.service_log)}")
+
+    def wait_for_log(self, process, text, timeout=60):
+        deadline = time.monotonic() + timeout
+        while text not in self.service_log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"fleetagg did not log {text!r}:\n{tail(self.service_log)}")
+            time.sleep(0.05)
+
+    def simulate(self, prefix, count, machines, extra=()):
+        """Queues a backlog (QoS 1, every PUBACK awaited) and returns the publish rate."""
+        # --log-level warn: at info, paho's C library traces every call (see docs/benchmarks.md).
+        argv = [self.bin, "--log-level", "warn", "simulate", "--url", f"tcp://127.0.0.1:{self.port}"]
+        argv += ["--topic-prefix", prefix]
+        argv += ["--machines", str(machines), "--count", str(count), "--quiet", "--backlog"] + list(extra)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
+        match = re.search(r"\(([0-9.]+) messages/s\)", result.stdout)
+        return float(match.group(1)) if match else float("nan")
+
+    def queue_backlog(self, prefix, count, machines):
+        # Every minute of the window [now-6m, now-2m) is closable at once, and stays
+        # within max_lateness while it is drained.
+        return self.simulate(prefix, count, machines, ["--ts-start", "now-6m", "--ts-span", "4m"])
+
+    # --- phases --------------------------------------------------------------------------
+
+    def create_sessions(self):
+        """Both persistent sessions must exist (and be offline) before a backlog is queued."""
+        sub = self.mosquitto_sub(["-E"])
+        if sub.wait(30) != 0:
+            raise SystemExit(f"mosquitto_sub could not create its session: {sub.stderr.read()}")
+        result = subprocess.run([self.bin, "migrate", "--config", str(self.config)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"fleetagg migrate failed:\n{result.stdout}{result.stderr}")
+        service = self.start_service()
+        self.wait_for_log(service, "subscribed")
+        time.sleep(0.5)
+        self.idle = proc_status(service.pid)
+        self.stop_service(service)
+        log(f"sessions created; idle fleetagg: VmRSS {self.idle['VmRSS'] / 1024:.1f} MiB")
+
+    def drain_ceiling(self, count):
+        publish_rate = self.queue_backlog(CEILING_PREFIX, count, self.machines)
+        cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
+        started = time.monotonic()
+        # -W: give up (exit 27) rather than wait for ever if messages went missing.
+        sub = self.mosquitto_sub(["-C", str(count), "-W", str(max(60, count // 1_000))])
+        _, status, usage = os.wait4(sub.pid, 0)
+        elapsed = time.monotonic() - started
+        sub.returncode = os.waitstatus_to_exitcode(status)
+        self.write_pids()
+        if sub.returncode != 0:
+            raise SystemExit(f"mosquitto_sub exited {sub.returncode}: {sub.stderr.read()}")
+        return {
+            "messages": count,
+            "seconds": elapsed,
+            "rate": count / elapsed,
+            "publish_rate": publish_rate,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "broker_cpu_seconds": proc_cpu_seconds(self.mosquitto.pid) - cpu_broker,
+        }
+
+    def drain_service(self, count, machines, idle_seconds=0.0):
+        """Queues `count` messages from `machines` machines, then times `fleetagg run` from
+        start until PostgreSQL holds every sample. A start-up that hangs (see
+        `StartupHang`) is counted, cleared up and tried again, at most three times."""
+        for attempt in range(1, 4):
+            try:
+                return self.try_drain_service(count, machines, idle_seconds)
+            except StartupHang as hang:
+                self.startup_hangs += 1
+                log(f"  fleetagg hung at start-up ({hang}); attempt {attempt} of 3 abandoned")
+                self.clear_service_session()
+        raise SystemExit("fleetagg hung at start-up three times in a row")
+
+    def clear_service_session(self):
+        """Empties the service's persistent session (what the hung run had not taken)."""
+        drained = 1
+        while drained:
+            sub = subprocess.run(
+                ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-c", "-i", SERVICE_CLIENT_ID,
+                 "-q", "1", "-t", f"{SERVICE_PREFIX}/+/telemetry", "-W", "2"],
+                capture_output=True, text=True, check=False,
+            )
+            drained = sub.stdout.count("\n")
+            log(f"  cleared {drained} messages left in the service's session")
+
+    def try_drain_service(self, count, machines, idle_seconds):
+        self.psql("TRUNCATE loading_rate, rejected_message")
+        publish_rate = self.queue_backlog(SERVICE_PREFIX, count, machines)
+        poller = Poller(self.db_url)
+        service = None
+        try:
+            cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
+            started = time.monotonic()
+            service = self.start_service()
+            profiler = self.attach_profiler(service.pid)
+            first_row = None
+            running = False
+            # (seconds, samples in PostgreSQL, fleetagg CPU s, mosquitto CPU s), every poll.
+            timeline = []
+            deadline = started + max(120, count / 2_000)
+            while True:
+                samples = poller.samples()
+                now = time.monotonic()
+                timeline.append((now - started, samples, proc_cpu_seconds(service.pid),
+                                 proc_cpu_seconds(self.mosquitto.pid) - cpu_broker))
+                if samples and first_row is None:
+                    first_row = now - started
+                if samples >= count:
+                    break
+                if service.poll() is not None:
+                    raise SystemExit(f"fleetagg exited {service.returncode}:\n{tail(self.service_log)}")
+                running = running or "fleetagg running" in self.service_log.read_text(errors="replace")
+                if not running and now - started > STARTUP_LIMIT_SECONDS:
+                    raise StartupHang(f"not running after {STARTUP_LIMIT_SECONDS}s, {samples} samples written")
+                if now > deadline:
+                    raise SystemExit(f"only {samples} of {count} samples after {now - started:.0f}s")
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+            if profiler:
+                self.stop(profiler, signal.SIGINT)
+            status = proc_status(service.pid)
+            cpu = proc_cpu_seconds(service.pid)
+            broker_cpu = proc_cpu_seconds(self.mosquitto.pid) - cpu_broker
+            # What the service costs once the backlog is written and nothing arrives.
+            idle_cpu = None
+            if idle_seconds > 0:
+                time.sleep(1.5)  # the last ticks and flush
+                before = proc_cpu_seconds(service.pid)
+                time.sleep(idle_seconds)
+                idle_cpu = (proc_cpu_seconds(service.pid) - before) / idle_seconds
+                status = proc_status(service.pid)
+            self.stop_service(service)
+            final, rejected = poller.samples(), poller.value("SELECT count(*) FROM rejected_message")
+        except StartupHang:
+            # SIGKILL: a SIGTERM now would only drop what the hung process holds.
+            self.stop(service, signal.SIGKILL)
+            raise
+        finally:
+            poller.close()
+        if final != count or rejected != 0:
+            raise SystemExit(f"after the stop: {final} samples (expected {count}), {rejected} rejected")
+        return {
+            "messages": count,
+            "machines": machines,
+            "seconds": elapsed,
+            "rate": count / elapsed,
+            "first_row_seconds": first_row,
+            "publish_rate": publish_rate,
+            "cpu_seconds": cpu,
+            "broker_cpu_seconds": broker_cpu,
+            "vm_hwm_kib": status["VmHWM"],
+            "vm_rss_kib": status["VmRSS"],
+            "broker_done_seconds": broker_done(timeline),
+            "idle_cpu_cores": idle_cpu,
+            "timeline": timeline,
+        }
+
+    def phase_drain(self):
+        self.results["drain"] = []
+        for count in self.sizes:
+            log(f"drain N={count} from {self.machines} machines: mosquitto_sub (ceiling)")
+            ceiling = self.drain_ceiling(count)
+            log(f"  {ceiling['rate']:,.0f} messages/s in {ceiling['seconds']:.2f}s; now fleetagg")
+            service = self.drain_service(count, self.machines)
+            ratio = service["rate"] / ceiling["rate"]
+            log(f"  {service['rate']:,.0f} messages/s in {service['seconds']:.2f}s: {ratio:.2f} x ceiling")
+            self.results["drain"].append({"ceiling": ceiling, "service": service, "ratio": ratio})
+            self.rows.append((f"mosquitto_sub drain, N={count}", ceiling["rate"], "msg/s", "ceiling", ""))
+            self.rows.append((f"fleetagg drain, N={count}", service["rate"], "msg/s", "", ""))
+            self.rows.append((f"drain ratio, N={count}", ratio, "x ceiling", ">= 0.90", verdict(ratio >= 0.9)))
+
+    def phase_writer(self):
+        rows = self.writer_rows
+        log(f"writer: {rows} rows, upsert (batches of {BATCH_MAX_ROWS}) vs COPY, best of {self.writer_repeat}")
+        statement = upsert_statement()
+        best = {"upsert_new": 0.0, "upsert_merge": 0.0, "copy": 0.0}
+        for _ in range(self.writer_repeat):
+            # Written anew each time: batch ids (if the statement takes one) never repeat.
+            files = write_writer_inputs(self.workdir, rows, statement)
+            self.empty_table()
+            best["upsert_new"] = max(best["upsert_new"], rows / timed_psql(self.db_url, files["upsert_new"]))
+            self.check_rows(rows, 1)
+            best["upsert_merge"] = max(best["upsert_merge"], rows / timed_psql(self.db_url, files["upsert_merge"]))
+            self.check_rows(rows, 2)
+            self.empty_table()
+            best["copy"] = max(best["copy"], rows / timed_psql(self.db_url, files["copy"]))
+            self.check_rows(rows, 1)
+        self.psql("TRUNCATE loading_rate")
+        ratio = best["upsert_new"] / best["copy"]
+        self.results["writer"] = dict(best, rows=rows, ratio=ratio, batch_rows=BATCH_MAX_ROWS)
+        log(f"  upsert {best['upsert_new']:,.0f} rows/s, COPY {best['copy']:,.0f} rows/s: {ratio:.2f}")
+        self.rows.append((f"writer upsert, R={rows} (new rows)", best["upsert_new"], "rows/s", "", ""))
+        self.rows.append((f"writer upsert, R={rows} (merging)", best["upsert_merge"], "rows/s", "info", ""))
+        self.rows.append((f"writer COPY, R={rows}", best["copy"], "rows/s", "", ""))
+        self.rows.append(("upsert/COPY ratio", ratio, "x COPY", ">= 0.50", verdict(ratio >= 0.5)))
+
+    def empty_table(self):
+        self.psql("TRUNCATE loading_rate")
+        self.psql("VACUUM ANALYZE loading_rate")
+        self.psql("CHECKPOINT")
+
+    def check_rows(self, rows, times):
+        """`rows` rows, each written `times` times (the samples of a merge add up)."""
+        got = [int(x) for x in self.psql("SELECT count(*), coalesce(sum(samples), 0) FROM loading_rate").split("|")]
+        expected = [rows, times * sum(1 + n % 60 for n in range(rows))]
+        if got != expected:
+            raise SystemExit(f"writer phase: loading_rate holds {got} (rows, samples), expected {expected}")
+
+    def phase_memory(self):
+        machines, messages = self.rss_machines, self.rss_messages
+        log(f"memory: {messages} messages from {machines} machines")
+        service = self.drain_service(messages, machines, idle_seconds=3.0)
+        idle = self.idle["VmHWM"]
+        peak = service["vm_hwm_kib"]
+        marginal = (peak - idle) / machines
+        total = peak / machines
+        self.results["memory"] = dict(service, idle_vm_hwm_kib=idle, kib_per_machine=marginal,
+                                      kib_per_machine_total=total)
+        log(f"  peak {peak / 1024:.1f} MiB (idle {idle / 1024:.1f} MiB): {marginal:.2f} KiB per machine; "
+            f"{service['vm_rss_kib'] / 1024:.1f} MiB and {service['idle_cpu_cores']:.2f} cores once idle")
+        self.rows.append((f"fleetagg drain, {machines} machines", service["rate"], "msg/s", "info", ""))
+        self.rows.append((f"peak RSS, {machines} machines", peak / 1024, "MiB", "", ""))
+        self.rows.append(("RSS per machine (peak - idle)", marginal, "KiB", "<= 1.5", verdict(marginal <= 1.5)))
+        self.rows.append(("RSS per machine (peak / machines)", total, "KiB", "info", ""))
+        self.rows.append((f"RSS once written, {machines} machines", service["vm_rss_kib"] / 1024, "MiB", "info", ""))
+        self.rows.append((f"CPU when idle, {machines} machines", service["idle_cpu_cores"], "cores", "info", ""))
+
+    def phase_startup(self):
+        """Start-ups of `fleetagg run` that hung, over every drain of this run."""
+        self.results["startup_hangs"] = self.startup_hangs
+        self.rows.append(("fleetagg start-up hangs (backlog drains)", self.startup_hangs, "count", "0",
+                          verdict(self.startup_hangs == 0)))
+
+    def phase_latency(self):
+        if self.latency_seconds <= 0:
+            log("latency: skipped (tiny mode or BENCH_LATENCY_SECONDS=0)")
+            return
+        rate, machines, seconds = self.latency_rate, self.latency_machines, self.latency_seconds
+        log(f"latency: live traffic, {machines} machines at {rate} messages/s for {seconds}s")
+        self.psql("TRUNCATE loading_rate, rejected_message")
+        self.psql(LATENCY_TRIGGER)
+        service = self.start_service()
+        try:
+            self.wait_for_log(service, "subscribed")
+            sim_start = time.time()
+            argv = [self.bin, "--log-level", "warn", "simulate", "--url", f"tcp://127.0.0.1:{self.port}", "--topic-prefix",
+                    SERVICE_PREFIX, "--machines", str(machines), "--rate", str(rate), "--duration",
+                    f"{seconds}s", "--quiet"]
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+            sim_end = time.time()
+            if result.returncode != 0:
+                raise SystemExit(f"simulate failed:\n{result.stdout}{result.stderr}")
+            achieved = re.search(r"\(([0-9.]+) messages/s\)", result.stdout)
+            # The last minute that ended while traffic flowed closes at end + grace.
+            time.sleep(GRACE_SECONDS + 4)
+            status = proc_status(service.pid)
+        finally:
+            self.stop_service(service)
+        stats = self.psql(
+            "SELECT count(*), "
+            "percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), "
+            "percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag) FROM ("
+            "  SELECT extract(epoch FROM seen - (ts + interval '1 minute')) AS lag FROM bench_first_seen"
+            f"  WHERE ts + interval '1 minute' > to_timestamp({sim_start})"
+            f"    AND ts + interval '1 minute' <= to_timestamp({sim_end})) AS lags"
+        ).split("|")
+        self.psql(LATENCY_TRIGGER_DROP)
+        count = int(stats[0])
+        if count == 0:
+            log("  no minute ended while traffic flowed: no latency figures")
+            return
+        p50, p99, worst = (float(x) for x in stats[1:])
+        target = GRACE_SECONDS + 1
+        self.results["latency"] = {
+            "rows": count, "p50": p50, "p99": p99, "max": worst, "target": target,
+            "rate": rate, "achieved_rate": float(achieved.group(1)) if achieved else None,
+            "machines": machines, "seconds": seconds, "vm_hwm_kib": status["VmHWM"],
+        }
+        log(f"  {count} minutes: lag p50 {p50:.2f}s, p99 {p99:.2f}s, max {worst:.2f}s")
+        self.rows.append(("minute end to commit, p50", p50, "s", "info", ""))
+        self.rows.append(("minute end to commit, p99", p99, "s", f"<= {target:.1f} (grace + 1 s)",
+                          verdict(p99 <= target)))
+
+    # --- output --------------------------------------------------------------------------
+
+    def report(self):
+        print()
+        print("| measurement | value | unit | target | verdict |")
+        print("|---|---:|---|---|---|")
+        for label, value, unit, target, outcome in self.rows:
+            print(f"| {label} | {format_value(value)} | {unit} | {target} | {outcome} |")
+        print()
+        for entry in self.results.get("drain", []):
+            c, s = entry["ceiling"], entry["service"]
+            print(
+                f"N={c['messages']}: mosquitto_sub {c['seconds']:.2f}s (its CPU {c['cpu_seconds']:.2f}s, "
+                f"mosquitto {c['broker_cpu_seconds']:.2f}s); fleetagg {s['seconds']:.2f}s (its CPU "
+                f"{s['cpu_seconds']:.2f}s, mosquitto {s['broker_cpu_seconds']:.2f}s, mosquitto busy until "
+                f"{s['broker_done_seconds']:.2f}s, first row after {s['first_row_seconds'] or 0:.2f}s); "
+                f"backlog queued at {c['publish_rate']:,.0f} msg/s"
+            )
+        self.results["table"] = [list(row) for row in self.rows]
+        self.results_json.parent.mkdir(parents=True, exist_ok=True)
+        self.results_json.write_text(json.dumps(self.results, indent=2) + "\n")
+        if self.results.get("drain"):
+            self.chart.parent.mkdir(parents=True, exist_ok=True)
+            self.chart.write_text(drain_chart(self.results["drain"], self.results["machine"]))
+            print(f"chart: {self.chart}")
+        print(f"results: {self.results_json}")
+        if self.workdir in self.chart.parents or self.workdir in self.results_json.parents:
+            print("(in the work directory, which is removed at the end unless BENCH_KEEP=1)")
+
+    def run(self):
+        self.start_mosquitto()
+        self.create_database()
+        self.write_service_config()
+        self.create_sessions()
+        self.phase_drain()
+        self.phase_writer()
+        self.phase_memory()
+        self.phase_startup()
+        self.phase_latency()
+        self.report()
+
+
+# `fleetagg run` logs "fleetagg running" well within a second. When its persistent
+# session holds more than mqtt.inbound_capacity messages it can hang before that: paho's
+# receive thread blocks on the full inbound channel before it has read the SUBACK that
+# start-up waits for, and the broker actor that would empty the channel is only started
+# after that (docs/benchmarks.md).
+STARTUP_LIMIT_SECONDS = 20
+
+
+class StartupHang(Exception):
+    pass
+
+
+LATENCY_TRIGGER = """
+CREATE TABLE IF NOT EXISTS bench_first_seen (machine text, ts timestamptz, seen timestamptz);
+TRUNCATE bench_first_seen;
+CREATE OR REPLACE FUNCTION bench_note_inserts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench_first_seen SELECT machine, ts, clock_timestamp() FROM inserted;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS bench_first_seen ON loading_rate;
+CREATE TRIGGER bench_first_seen AFTER INSERT ON loading_rate REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_note_inserts();
+"""
+
+LATENCY_TRIGGER_DROP = "DROP TRIGGER IF EXISTS bench_first_seen ON loading_rate"
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def run_psql(url, sql, check=True):
+    result = subprocess.run(
+        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql], capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise SystemExit(f"psql failed on {sql!r}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+class Poller:
+    """One psql session, asked for the stored sample count as often as needed."""
+
+    def __init__(self, url):
+        self.process = subprocess.Popen(
+            ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+
+    def value(self, sql):
+        self.process.stdin.write(sql.rstrip(";") + ";\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit("the polling psql session ended")
+        return int(line.strip() or 0)
+
+    def samples(self):
+        return self.value("SELECT coalesce(sum(samples), 0) FROM loading_rate")
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(10)
+
+
+SQL_TYPES = {
+    "TEXT_ARRAY": "text[]", "TIMESTAMPTZ_ARRAY": "timestamptz[]", "INT4_ARRAY": "int4[]",
+    "INT8_ARRAY": "int8[]", "FLOAT8_ARRAY": "float8[]", "TEXT": "text", "INT8": "int8", "INT4": "int4",
+}
+# The statement's first eight parameters are the row columns, as arrays, in this order.
+ROW_ARRAYS = ["text[]", "timestamptz[]", "int4[]", "float8[]", "float8[]", "float8[]", "float8[]", "float8[]"]
+
+
+def upsert_statement():
+    """UPSERT_MINUTES and its parameter types as the service has them in
+    actors/src/writer/session.rs, so this measures the very statement the service runs."""
+    source = SESSION_RS.read_text()
+    sql = re.search(r'const UPSERT_MINUTES: &str = "(.*?)";', source, re.S)
+    types = re.search(r"const UPSERT_MINUTES_TYPES: &\[Type\] = &\[(.*?)\];", source, re.S)
+    if not sql or not types:
+        raise SystemExit(f"UPSERT_MINUTES(_TYPES) not found in {SESSION_RS}: update scripts/bench.d/bench.py")
+    names = re.findall(r"Type::(\w+)", types.group(1))
+    unknown = [name for name in names if name not in SQL_TYPES]
+    sql_types = [SQL_TYPES.get(name) for name in names]
+    if unknown or sql_types[:8] != ROW_ARRAYS or any(t.endswith("[]") for t in sql_types[8:]):
+        raise SystemExit(f"UPSERT_MINUTES takes {names}; scripts/bench.d/bench.py knows the row arrays "
+                         "followed by scalar text/integer parameters only: update it")
+    return sql.group(1), sql_types
+
+
+def extra_parameters(sql_types, batch):
+    """Values of the parameters after the row arrays (a batch id in the ledger): unique
+    per batch and per run."""
+    values = []
+    for index, sql_type in enumerate(sql_types[8:]):
+        if sql_type == "text":
+            values.append(f"'bench-{os.getpid()}-{time.time_ns()}-{batch}-{index}'")
+        else:
+            values.append(str(time.time_ns() // 1000 + batch * 10 + index))
+    return values
+
+
+def write_writer_inputs(workdir, rows, upsert):
+    """R aggregate rows (machines × consecutive minutes) as the upsert's batches and as CSV."""
+    machines = max(1, min(1_000, rows))
+    records = []
+    base = 1_772_359_200  # 2026-03-01T10:00:00Z
+    for n in range(rows):
+        minute = base + 60 * (n // machines)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(minute))
+        samples = 1 + n % 60
+        lo = float(n % 50)
+        hi = lo + 40.5
+        total = (lo + hi) / 2 * samples
+        mileage = 1_000.0 + n / 7
+        records.append((f"machine-{n % machines:05d}", stamp, samples, total, lo, hi, mileage, mileage + 1.25))
+    upsert_sql, sql_types = upsert
+    scripts = {}
+    for run in ("new", "merge"):
+        scripts[run] = workdir / f"writer-upsert-{run}.sql"
+        write_upsert_script(scripts[run], records, upsert_sql, sql_types)
+    csv = workdir / "writer-rows.csv"
+    with open(csv, "w") as out:
+        for machine, stamp, samples, total, lo, hi, mlo, mhi in records:
+            out.write(f"{machine},{stamp},{samples},{total / samples!r},{lo!r},{hi!r},{total!r},{mlo!r},{mhi!r}\n")
+    copy = workdir / "writer-copy.sql"
+    copy.write_text(
+        "\\timing on\n"
+        "\\copy loading_rate (machine, ts, samples, load_rate_avg, load_rate_min, load_rate_max, "
+        f"load_rate_sum, mileage_min, mileage_max) FROM '{csv}' WITH (FORMAT csv)\n"
+    )
+    return {"upsert_new": scripts["new"], "upsert_merge": scripts["merge"], "copy": copy}
+
+
+def write_upsert_script(path, records, upsert_sql, sql_types):
+    """PREPARE the statement once, then one EXECUTE per batch of BATCH_MAX_ROWS rows."""
+    with open(path, "w") as out:
+        out.write("\\timing off\n")
+        out.write(f"PREPARE upsert_minutes ({', '.join(sql_types)}) AS {upsert_sql};\n")
+        out.write("\\timing on\n")
+        for number, start in enumerate(range(0, len(records), BATCH_MAX_ROWS)):
+            batch = records[start:start + BATCH_MAX_ROWS]
+            columns = list(zip(*batch))
+            literals = [
+                "'{" + ",".join(f'"{m}"' for m in columns[0]) + "}'",
+                "'{" + ",".join(f'"{t}"' for t in columns[1]) + "}'",
+            ] + ["'{" + ",".join(repr(v) for v in column) + "}'" for column in columns[2:]]
+            literals += extra_parameters(sql_types, number)
+            out.write(f"EXECUTE upsert_minutes({', '.join(literals)});\n")
+
+
+def timed_psql(url, script):
+    """Runs a psql script with \\timing on; returns the summed statement times in seconds."""
+    result = subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-f", str(script)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"psql -f {script} failed: {result.stderr.strip()[-2000:]}")
+    times = [float(ms) for ms in re.findall(r"^Time: ([0-9.]+) ms", result.stdout, re.M)]
+    if not times:
+        raise SystemExit(f"no timings from psql -f {script}: {result.stdout[-500:]}")
+    return sum(times) / 1000
+
+
+def broker_done(timeline):
+    """When Mosquitto stopped working for fleetagg: the end of the last poll interval in
+    which it used more than 10% of a core. The rest of the run is fleetagg closing minutes
+    (tick) and writing them (flush interval)."""
+    done = 0.0
+    for before, after in zip(timeline, timeline[1:]):
+        if after[0] > before[0] and (after[3] - before[3]) / (after[0] - before[0]) > 0.10:
+            done = after[0]
+    return done
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def proc_status(pid):
+    """VmHWM and VmRSS in KiB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def proc_cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tail(path, lines=30):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def verdict(met):
+    return "met" if met else "MISSED"
+
+
+def format_value(value):
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def machine_description():
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "memory": memory, "kernel": platform.release()}
+
+
+def drain_chart(drains, machine):
+    """A grouped bar chart (SVG): messages/s of mosquitto_sub and fleetagg per backlog size."""
+    width, height = 720, 440
+    left, right, top, bottom = 90, 30, 60, 90
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max(max(d["ceiling"]["rate"], d["service"]["rate"]) for d in drains)
+    step = nice_step(peak / 5)
+    ymax = step * (int(peak / step) + 1)
+    y = lambda value: top + plot_h * (1 - value / ymax)  # noqa: E731
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">'
+        "Draining a queued QoS 1 backlog: fleetagg vs mosquitto_sub</text>",
+        f'<text x="{width / 2}" y="42" text-anchor="middle" fill="#555">'
+        f"{machine['cpus']} CPUs ({escape(machine['cpu'])}), broker, service and PostgreSQL on one machine"
+        "</text>",
+    ]
+    tick = 0.0
+    while tick <= ymax + 1e-9:
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+                     'stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:,.0f}</text>')
+        tick += step
+    parts.append(f'<text transform="translate(20 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
+                 "messages/s</text>")
+    group_w = plot_w / len(drains)
+    bar_w = min(70, group_w / 3)
+    colors = {"ceiling": "#9aa5b1", "service": "#2f6fb3"}
+    for index, drain in enumerate(drains):
+        center = left + group_w * (index + 0.5)
+        for offset, key in ((-1, "ceiling"), (0, "service")):
+            rate = drain[key]["rate"]
+            x0 = center + offset * bar_w
+            parts.append(f'<rect x="{x0:.1f}" y="{y(rate):.1f}" width="{bar_w:.1f}" '
+                         f'height="{top + plot_h - y(rate):.1f}" fill="{colors[key]}"/>')
+            parts.append(f'<text x="{x0 + bar_w / 2:.1f}" y="{y(rate) - 5:.1f}" text-anchor="middle">'
+                         f"{rate / 1000:,.0f}k</text>")
+        parts.append(f'<text x="{center:.1f}" y="{top + plot_h + 18}" text-anchor="middle">'
+                     f"N = {drain['ceiling']['messages']:,}</text>")
+        parts.append(f'<text x="{center:.1f}" y="{top + plot_h + 34}" text-anchor="middle" fill="#555">'
+                     f"ratio {drain['ratio']:.2f}</text>")
+    parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#333"/>')
+    legend_y = height - 18
+    for i, (key, label) in enumerate((("ceiling", "mosquitto_sub (ceiling)"),
+                                      ("service", "fleetagg run, until every sample is in PostgreSQL"))):
+        x0 = left + i * 230
+        parts.append(f'<rect x="{x0}" y="{legend_y - 10}" width="12" height="12" fill="{colors[key]}"/>')
+        parts.append(f'<text x="{x0 + 18}" y="{legend_y}">{label}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def nice_step(raw):
+    magnitude = 10 ** len(str(int(max(raw, 1)))) / 10
+    for factor in (1, 2, 2.5, 5, 10):
+        if magnitude * factor >= raw:
+            return magnitude * factor
+    return magnitude * 10
+
+
+def escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--bin", required=True, help="the fleetagg binary")
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    bench = Bench(args)
+    # SIGTERM ends the run like Ctrl-C: through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        bench.run()
+    finally:
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    main()
