@@ -15,8 +15,10 @@ pub(crate) struct Cli {
     /// Log format: human-readable text, or one JSON object per line for log shippers.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
-    /// Log filter (tracing's EnvFilter syntax); RUST_LOG wins when set.
-    #[arg(long, global = true, default_value = "info,tokio_postgres=warn")]
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG wins when set. paho's C library
+    /// traces every call it makes when its target is enabled at info (a third of the CPU
+    /// per message in docs/benchmarks.md), so it is held at warn.
+    #[arg(long, global = true, default_value = "info,tokio_postgres=warn,paho_mqtt_c=warn")]
     pub(crate) log_level: String,
 }
 
