@@ -3,6 +3,10 @@
 //!
 //! `cargo bench -p fleetagg-actors --bench logic`; docs/benchmarks.md has the results.
 
+/// The service's allocator (src/main.rs), so that these numbers are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fleetagg_actors::logic::{validate, MinuteAggregate, OpenMinutes, Sample, Timestamp, ValidationRules};
 use fleetagg_actors::service::PipelineSettings;

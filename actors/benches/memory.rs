@@ -12,6 +12,10 @@
 //! `cargo bench -p fleetagg-actors --bench memory` (MACHINES=… to change the fleet, 100,000
 //! by default). Not a criterion benchmark: it measures bytes, not time.
 
+/// The service's allocator (src/main.rs), so that these numbers are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use actix::prelude::*;
 use fleetagg_actors::broker::BrokerOutputs;
 use fleetagg_actors::clock::{Clock, ManualClock};

@@ -10,6 +10,10 @@
 //!
 //! `cargo bench -p fleetagg-actors --bench pipeline`; docs/benchmarks.md has the results.
 
+/// The service's allocator (src/main.rs), so that these numbers are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use actix::prelude::*;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fleetagg_actors::broker::BrokerOutputs;

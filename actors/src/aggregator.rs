@@ -1,9 +1,15 @@
 //! The aggregator actor: one per machine, holding that machine's open minutes.
 //!
 //! It accumulates the samples the broker routes to it, drops redelivered duplicates, and
-//! at each tick hands the minutes whose end + grace has passed to the writer. Handing
-//! over is an awaited send inside `ctx.wait`, so while the writer is full this actor
-//! takes no new samples and the broker, in turn, slows down.
+//! hands each minute to the writer at its end + grace: a timer is set for exactly that
+//! moment, and only while the machine has open minutes, so an idle machine costs no
+//! wake-ups. Handing over is an awaited send inside `ctx.wait`, so while the writer is
+//! full this actor takes no new samples and the broker, in turn, slows down.
+//!
+//! A sample for a minute that is already due (a late message, or a backlog drained after
+//! an outage) reopens that minute. It is not closed at once, which would make every late
+//! message a row of its own: it closes once no late sample has arrived for
+//! [`LATE_QUIET`], or [`LATE_HOLD`] after the first one, whichever comes first.
 
 use crate::clock::Clock;
 use crate::logic::{Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes};
@@ -12,13 +18,54 @@ use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a reopened (late) minute waits for more late samples before it closes.
+pub const LATE_QUIET: Duration = Duration::from_millis(200);
+/// The longest a reopened minute is held while late samples keep coming.
+pub const LATE_HOLD: Duration = Duration::from_secs(2);
 
 /// The timing of minute closing.
 #[derive(Debug, Clone, Copy)]
 pub struct AggregatorSettings {
     pub grace: Duration,
+    /// The longest the aggregator sleeps between looks at its open minutes. Closing is
+    /// timed to end + grace; this only bounds how late a close can be when the wall
+    /// clock is stepped forward (or, in tests, moved by hand). It also caps
+    /// [`LATE_QUIET`] and [`LATE_HOLD`], so a test with a tiny tick closes late minutes
+    /// quickly.
     pub tick: Duration,
+}
+
+impl AggregatorSettings {
+    fn late_quiet(&self) -> Duration {
+        LATE_QUIET.min(self.tick)
+    }
+
+    fn late_hold(&self) -> Duration {
+        LATE_HOLD.min(self.tick)
+    }
+}
+
+/// Late samples arriving for already-due minutes (see the module comment).
+#[derive(Debug, Clone, Copy)]
+struct LateArrivals {
+    first: Instant,
+    last: Instant,
+}
+
+/// What every aggregator has in common, held once: at 100,000 machines each byte per
+/// aggregator is 100 kB.
+#[derive(Debug)]
+pub struct AggregatorShared {
+    pub settings: AggregatorSettings,
+    pub clock: Arc<dyn Clock>,
+    /// One sender for every aggregator: each `Recipient` clone allocates its own sender
+    /// state (about 100 bytes). Sharing is safe: a send through a sender parked on a full
+    /// mailbox goes out through a fresh clone of it (actix's `Request`), so no aggregator
+    /// waits for another's wake-up.
+    pub writer: Recipient<WriteMinutes>,
+    pub stats: Arc<PipelineStats>,
 }
 
 #[derive(Debug)]
@@ -26,40 +73,82 @@ pub struct Aggregator {
     /// Shared with every row this actor emits, so a closed minute costs no string copy.
     machine: Arc<str>,
     open: OpenMinutes,
-    settings: AggregatorSettings,
-    clock: Arc<dyn Clock>,
-    writer: Recipient<WriteMinutes>,
-    stats: Arc<PipelineStats>,
+    shared: Arc<AggregatorShared>,
+    /// The pending look at the open minutes, and when it fires: at most one timer per
+    /// machine, and none while nothing is open.
+    check: Option<(Instant, SpawnHandle)>,
+    /// Set while reopened minutes wait for the late samples to settle.
+    late: Option<LateArrivals>,
 }
 
 impl Aggregator {
-    pub fn new(
-        machine: Arc<str>,
-        settings: AggregatorSettings,
-        clock: Arc<dyn Clock>,
-        writer: Recipient<WriteMinutes>,
-        stats: Arc<PipelineStats>,
-    ) -> Self {
-        Aggregator { machine, open: OpenMinutes::default(), settings, clock, writer, stats }
+    pub fn new(machine: Arc<str>, shared: Arc<AggregatorShared>) -> Self {
+        Aggregator { machine, open: OpenMinutes::default(), shared, check: None, late: None }
+    }
+
+    /// When the open minutes next need a look: when late samples have settled, or when
+    /// the oldest minute is due (capped by `tick`); `None` when nothing is open.
+    fn next_check(&self) -> Option<Instant> {
+        let due = self.open.earliest_due(self.shared.settings.grace)?;
+        let now = Instant::now();
+        if let Some(late) = self.late {
+            return Some(
+                (late.last + self.shared.settings.late_quiet())
+                    .min(late.first + self.shared.settings.late_hold()),
+            );
+        }
+        let wait = u64::try_from(due.micros().saturating_sub(self.shared.clock.now().micros())).unwrap_or(0);
+        Some(now + Duration::from_micros(wait).min(self.shared.settings.tick))
+    }
+
+    /// Makes sure a look is scheduled no later than [`Aggregator::next_check`]. A timer
+    /// that fires too early is harmless (it looks and schedules again), so an earlier one
+    /// is kept: late samples arriving one batch after another cost no timer each.
+    fn schedule_check(&mut self, ctx: &mut Context<Self>) {
+        let Some(at) = self.next_check() else {
+            if let Some((_, handle)) = self.check.take() {
+                ctx.cancel_future(handle);
+            }
+            return;
+        };
+        if self.check.is_some_and(|(pending, _)| pending <= at) {
+            return;
+        }
+        if let Some((_, handle)) = self.check.take() {
+            ctx.cancel_future(handle);
+        }
+        let delay = at.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(delay, |aggregator, ctx| {
+            aggregator.check = None;
+            aggregator.close_due(ctx);
+        });
+        self.check = Some((at, handle));
     }
 
     fn close_due(&mut self, ctx: &mut Context<Self>) {
-        if self.open.is_empty() {
-            return;
+        if let Some(late) = self.late {
+            let settled = (late.last + self.shared.settings.late_quiet())
+                .min(late.first + self.shared.settings.late_hold());
+            if Instant::now() < settled {
+                self.schedule_check(ctx);
+                return;
+            }
+            self.late = None;
         }
         let before = self.open.len();
-        let closed = self.open.take_closed(self.clock.now(), self.settings.grace);
+        let closed = self.open.take_closed(self.shared.clock.now(), self.shared.settings.grace);
         self.track_open_minutes(before);
         if !closed.is_empty() {
             ctx.wait(self.hand_over(closed).into_actor(self));
         }
+        self.schedule_check(ctx);
     }
 
     /// Keeps the fleet-wide open-minutes gauge in step with this machine's minutes.
     fn track_open_minutes(&self, before: usize) {
         let delta = self.open.len() as i64 - before as i64;
         if delta != 0 {
-            self.stats.open_minutes.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+            self.shared.stats.open_minutes.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -68,13 +157,12 @@ impl Aggregator {
             .into_iter()
             .map(|(minute, aggregate)| ClosedMinute { machine: self.machine.clone(), minute, aggregate })
             .collect();
-        let writer = self.writer.clone();
-        let stats = self.stats.clone();
+        let shared = self.shared.clone();
         let machine = self.machine.clone();
         async move {
             let count = rows.len() as u64;
-            match writer.send(WriteMinutes(rows)).await {
-                Ok(()) => bump(&stats.minutes_closed, count),
+            match shared.writer.send(WriteMinutes(rows)).await {
+                Ok(()) => bump(&shared.stats.minutes_closed, count),
                 Err(err) => {
                     tracing::error!(machine = %machine, minutes = count, error = %err, "writer unavailable; closed minutes lost");
                 }
@@ -85,33 +173,43 @@ impl Aggregator {
 
 impl Actor for Aggregator {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.settings.tick, Self::close_due);
-    }
 }
 
 impl Handler<AcceptSamples> for Aggregator {
     type Result = ();
 
-    fn handle(&mut self, AcceptSamples(samples): AcceptSamples, _: &mut Self::Context) {
+    fn handle(&mut self, AcceptSamples(samples): AcceptSamples, ctx: &mut Self::Context) {
         let mut duplicates = 0;
+        let mut late = false;
         let before = self.open.len();
+        let now = self.shared.clock.now();
+        let grace = crate::logic::time::duration_micros(self.shared.settings.grace);
         for sample in &samples {
             if self.open.accept(sample) == Accepted::Duplicate {
                 duplicates += 1;
             }
+            late |= sample.ts.minute().end().saturating_add_micros(grace) <= now;
+        }
+        if late {
+            let arrived = Instant::now();
+            let first = self.late.map_or(arrived, |late| late.first);
+            self.late = Some(LateArrivals { first, last: arrived });
         }
         self.track_open_minutes(before);
-        bump(&self.stats.accepted, samples.len() as u64 - duplicates);
-        bump(&self.stats.duplicates, duplicates);
+        bump(&self.shared.stats.accepted, samples.len() as u64 - duplicates);
+        bump(&self.shared.stats.duplicates, duplicates);
+        self.schedule_check(ctx);
     }
 }
 
 impl Handler<FlushOpenMinutes> for Aggregator {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: FlushOpenMinutes, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: FlushOpenMinutes, ctx: &mut Self::Context) -> Self::Result {
+        if let Some((_, handle)) = self.check.take() {
+            ctx.cancel_future(handle);
+        }
+        self.late = None;
         let before = self.open.len();
         let open = self.open.take_all();
         self.track_open_minutes(before);

@@ -1,12 +1,21 @@
 //! The broker actor: owns the message source, checks every message and routes accepted
 //! samples to the aggregator of their machine.
 //!
-//! Messages are read from the inbound channel in batches; each batch is validated,
-//! grouped by machine and delivered with awaited sends inside `ctx.wait`, so the next
-//! batch is read only once the aggregators took the previous one. That is where
-//! back-pressure turns into a full inbound channel, and then into a blocked MQTT client.
+//! Messages are read from the inbound channel in batches; each batch is validated and
+//! grouped by machine, and each machine's samples go to its aggregator in one message.
+//!
+//! Delivery policy: `try_send`, which costs no reply channel and no wait while the
+//! aggregator keeps up. When an aggregator's mailbox is full, that delivery is awaited
+//! (`send().await` inside `ctx.wait`) and the broker reads no further batch until it is
+//! taken: that is where back-pressure turns into a full inbound channel, and then into a
+//! blocked MQTT client. Nothing is dropped.
+//!
+//! A batch smaller than [`BATCH_MESSAGES`] means the broker is ahead of the source; it
+//! then lingers for [`BATCH_LINGER`] before reading again, so that at tens of thousands
+//! of messages per second it wakes once per batch instead of once per message (each wake
+//! is a system call on the delivering thread and on this one).
 
-use crate::aggregator::{Aggregator, AggregatorSettings};
+use crate::aggregator::{Aggregator, AggregatorSettings, AggregatorShared};
 use crate::clock::Clock;
 use crate::logic::{validate, RejectLimiter, RejectedMessage, Sample, ValidationRules};
 use crate::messages::Ping;
@@ -25,7 +34,9 @@ use std::task::{Context as TaskContext, Poll};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most messages validated and routed per batch.
-const BATCH_MESSAGES: usize = 1024;
+pub const BATCH_MESSAGES: usize = 1024;
+/// How long the broker waits after a partial batch before reading the next one.
+pub const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Where the broker sends what it does not keep.
 #[derive(Debug, Clone)]
@@ -41,11 +52,16 @@ pub struct Broker {
     inbound: Option<mpsc::Receiver<InboundMessage>>,
     rules: ValidationRules,
     limiter: RejectLimiter,
-    aggregator_settings: AggregatorSettings,
     /// One arbiter per core; a machine always lands on the same one.
     shards: Vec<ArbiterHandle>,
-    aggregators: FxHashMap<Arc<str>, Addr<Aggregator>>,
+    /// Index into `routes` by machine id.
+    routes_by_machine: FxHashMap<Arc<str>, usize>,
+    routes: Vec<Route>,
+    /// Routes given samples in the batch being routed (reused between batches).
+    touched: Vec<usize>,
     outputs: BrokerOutputs,
+    /// Handed to every aggregator.
+    aggregators: Arc<AggregatorShared>,
     clock: Arc<dyn Clock>,
     stats: Arc<PipelineStats>,
     /// Who waits for the intake to be drained (see [`StopIntake`]).
@@ -54,6 +70,13 @@ pub struct Broker {
     idle_alert: Option<std::time::Duration>,
     /// The watchdog warned about silence; it says so again when messages resume.
     silence_reported: bool,
+}
+
+/// One machine's aggregator and the samples of the current batch for it.
+#[derive(Debug)]
+struct Route {
+    aggregator: Addr<Aggregator>,
+    samples: Vec<Sample>,
 }
 
 /// What a broker needs besides its source and channel.
@@ -81,9 +104,16 @@ impl Broker {
             inbound: Some(inbound),
             rules: settings.rules,
             limiter: RejectLimiter::new(settings.rejects_per_second),
-            aggregator_settings: settings.aggregator,
             shards,
-            aggregators: FxHashMap::default(),
+            routes_by_machine: FxHashMap::default(),
+            routes: Vec::new(),
+            touched: Vec::new(),
+            aggregators: Arc::new(AggregatorShared {
+                settings: settings.aggregator,
+                clock: clock.clone(),
+                writer: outputs.minutes.clone(),
+                stats: stats.clone(),
+            }),
             outputs,
             clock,
             stats,
@@ -112,26 +142,49 @@ impl Broker {
         }
     }
 
-    fn aggregator_for(&mut self, machine: String) -> Addr<Aggregator> {
-        if let Some(address) = self.aggregators.get(machine.as_str()) {
-            return address.clone();
+    /// The route of `machine`, starting its aggregator on first sight.
+    fn route_for(&mut self, machine: &str) -> usize {
+        if let Some(&route) = self.routes_by_machine.get(machine) {
+            return route;
         }
         let machine: Arc<str> = machine.into();
         let shard = FxBuildHasher.hash_one(&machine) as usize % self.shards.len().max(1);
-        let (settings, clock, writer, stats, name) = (
-            self.aggregator_settings,
-            self.clock.clone(),
-            self.outputs.minutes.clone(),
-            self.stats.clone(),
-            machine.clone(),
-        );
-        let create = move |_: &mut Context<Aggregator>| Aggregator::new(name, settings, clock, writer, stats);
-        let address = match self.shards.get(shard) {
+        let (name, shared) = (machine.clone(), self.aggregators.clone());
+        let create = move |_: &mut Context<Aggregator>| Aggregator::new(name, shared);
+        let aggregator = match self.shards.get(shard) {
             Some(arbiter) => Aggregator::start_in_arbiter(arbiter, create),
             None => Aggregator::create(create),
         };
-        self.aggregators.insert(machine, address.clone());
-        address
+        self.routes.push(Route { aggregator, samples: Vec::new() });
+        self.routes_by_machine.insert(machine, self.routes.len() - 1);
+        self.routes.len() - 1
+    }
+
+    /// Hands each touched route's samples to its aggregator (see the module comment for
+    /// the policy); returns the deliveries that have to wait for a full mailbox, each
+    /// failing with the number of samples it carried.
+    fn deliver_routed(&mut self) -> Vec<impl std::future::Future<Output = Result<(), u64>> + 'static> {
+        let mut touched = std::mem::take(&mut self.touched);
+        let mut waiting = Vec::new();
+        for &index in &touched {
+            let route = &mut self.routes[index];
+            let samples = AcceptSamples(std::mem::take(&mut route.samples));
+            match route.aggregator.try_send(samples) {
+                Ok(()) => {}
+                Err(SendError::Full(samples)) => {
+                    let count = samples.0.len() as u64;
+                    let request = route.aggregator.send(samples);
+                    waiting.push(async move { request.await.map_err(|_| count) });
+                }
+                Err(SendError::Closed(AcceptSamples(samples))) => {
+                    bump(&self.stats.samples_lost, samples.len() as u64);
+                    tracing::error!(samples = samples.len(), "aggregator unavailable; samples lost");
+                }
+            }
+        }
+        touched.clear();
+        self.touched = touched;
+        waiting
     }
 }
 
@@ -155,11 +208,18 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         let now = self.clock.now();
         bump(&self.stats.received, batch.len() as u64);
         mark_now(&self.stats.last_message_micros);
-        let mut by_machine: FxHashMap<String, Vec<Sample>> = FxHashMap::default();
+        let lingering = batch.len() < BATCH_MESSAGES;
         let mut rejections = Vec::new();
         for message in batch {
             match validate(&message.payload, now, &self.rules) {
-                Ok(telemetry) => by_machine.entry(telemetry.machine).or_default().push(telemetry.sample),
+                Ok(telemetry) => {
+                    let index = self.route_for(&telemetry.machine);
+                    let route = &mut self.routes[index];
+                    if route.samples.is_empty() {
+                        self.touched.push(index);
+                    }
+                    route.samples.push(telemetry.sample);
+                }
                 Err(rejection) => {
                     self.stats.count_rejected(rejection.reason);
                     tracing::debug!(topic = %message.topic, reason = %rejection.reason, detail = %rejection.detail, "message rejected");
@@ -177,20 +237,16 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
             }
         }
 
-        let deliveries: Vec<_> = by_machine
-            .into_iter()
-            .map(|(machine, samples)| {
-                let aggregator = self.aggregator_for(machine);
-                let count = samples.len() as u64;
-                async move { aggregator.send(AcceptSamples(samples)).await.map_err(|_| count) }
-            })
-            .collect();
+        let waiting = self.deliver_routed();
+        if waiting.is_empty() && rejections.is_empty() && !lingering {
+            return;
+        }
         let stored =
             (!rejections.is_empty()).then(|| self.outputs.rejections.send(StoreRejections(rejections)));
         let stats = self.stats.clone();
         ctx.wait(
             async move {
-                for lost in join_all(deliveries).await.into_iter().filter_map(Result::err) {
+                for lost in join_all(waiting).await.into_iter().filter_map(Result::err) {
                     bump(&stats.samples_lost, lost);
                     tracing::error!(samples = lost, "aggregator unavailable; samples lost");
                 }
@@ -198,6 +254,9 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
                     if stored.await.is_err() {
                         tracing::error!("writer unavailable; rejected messages not stored");
                     }
+                }
+                if lingering {
+                    actix_rt::time::sleep(BATCH_LINGER).await;
                 }
             }
             .into_actor(self),
@@ -207,7 +266,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
     /// The source closed the channel: every received message has been routed. Now
     /// every aggregator hands its open minutes to the writer.
     fn finished(&mut self, ctx: &mut Self::Context) {
-        let flushes = join_all(self.aggregators.values().map(|aggregator| aggregator.send(FlushOpenMinutes)));
+        let flushes = join_all(self.routes.iter().map(|route| route.aggregator.send(FlushOpenMinutes)));
         ctx.wait(flushes.into_actor(self).map(|results, broker, ctx| {
             let failed = results.iter().filter(|result| result.is_err()).count();
             if failed > 0 {

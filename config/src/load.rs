@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(config.mqtt.qos, 1);
         assert_eq!(config.mqtt.max_payload_bytes, 65_536);
         assert_eq!(config.aggregation.grace, Duration::from_secs(5));
-        assert_eq!(config.aggregation.tick, Duration::from_secs(1));
+        assert_eq!(config.aggregation.tick, Duration::from_secs(15));
         assert_eq!(config.aggregation.max_lateness, Duration::from_secs(600));
         assert_eq!(config.aggregation.future_tolerance, Some(Duration::from_secs(5)));
         assert_eq!(config.aggregation.default_timezone, chrono_tz::Tz::UTC);

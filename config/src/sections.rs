@@ -126,7 +126,11 @@ pub struct AggregationConfig {
     /// covers clock skew and transport delay between machines and the broker.
     #[serde(with = "human")]
     pub grace: Duration,
-    /// How often each aggregator looks for minutes to close.
+    /// The longest an aggregator sleeps between looks at its open minutes. Each minute
+    /// closes at its end + grace (a timer set for that moment); this only bounds how late
+    /// a close can be when the wall clock is stepped forward. It also caps how long a
+    /// minute reopened by late messages waits for more of them (200 ms of quiet, at most
+    /// 2 s).
     #[serde(with = "human")]
     pub tick: Duration,
     /// Older messages are rejected as `too_late`; newer ones for an already written minute
@@ -145,7 +149,7 @@ impl Default for AggregationConfig {
     fn default() -> Self {
         AggregationConfig {
             grace: Duration::from_secs(5),
-            tick: Duration::from_secs(1),
+            tick: Duration::from_secs(15),
             max_lateness: Duration::from_secs(600),
             future_tolerance: Some(Duration::from_secs(5)),
             default_timezone: Tz::UTC,
@@ -160,7 +164,12 @@ pub struct DatabaseConfig {
     /// libpq-style URL or key/value string, without a password: passwords come from a
     /// secret source so that they never sit in a file that is copied around.
     pub url: String,
+    /// Most minute rows per statement.
     pub batch_max_rows: usize,
+    /// Closed minutes are written 20 ms after they reach an idle writer, or at once when
+    /// `batch_max_rows` are waiting; this is how often the writer looks again besides
+    /// that: retries after a failure (no sooner than their back-off), pings of an idle
+    /// connection, a changed secret.
     #[serde(with = "human")]
     pub flush_interval: Duration,
     /// Closed minutes held while PostgreSQL is unavailable. When full, the writer stops

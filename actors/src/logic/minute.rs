@@ -8,7 +8,6 @@
 use super::time::{duration_micros, Minute, Timestamp};
 use super::validate::Sample;
 use rustc_hash::FxHashSet;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Count, sum, minimum and maximum of one machine's samples in one minute.
@@ -70,14 +69,26 @@ struct OpenMinute {
 }
 
 /// The minutes of one machine that are still open, oldest first.
+///
+/// A sorted `Vec`, not a map: a machine has one or two open minutes (the current one,
+/// and the previous one during its grace period), so a linear scan from the newest end
+/// is the fastest lookup, and an empty or one-entry `Vec` is what keeps the memory per
+/// machine small (a `BTreeMap` allocates a whole 11-slot leaf for its first entry).
 #[derive(Debug, Default)]
 pub struct OpenMinutes {
-    minutes: BTreeMap<Minute, OpenMinute>,
+    minutes: Vec<(Minute, OpenMinute)>,
 }
 
 impl OpenMinutes {
     pub fn accept(&mut self, sample: &Sample) -> Accepted {
-        let open = self.minutes.entry(sample.ts.minute()).or_default();
+        let minute = sample.ts.minute();
+        // Newest first: samples arrive mostly in time order.
+        let slot = match self.minutes.iter().rposition(|(held, _)| *held <= minute) {
+            Some(index) if self.minutes[index].0 == minute => index,
+            Some(index) => self.insert_at(index + 1, minute),
+            None => self.insert_at(0, minute),
+        };
+        let open = &mut self.minutes[slot].1;
         if !open.seen.insert(sample.ts.micros()) {
             return Accepted::Duplicate;
         }
@@ -88,16 +99,32 @@ impl OpenMinutes {
         Accepted::Added
     }
 
+    fn insert_at(&mut self, index: usize, minute: Minute) -> usize {
+        // Grow one entry at a time: `Vec`'s doubling would start at four (384 bytes) for
+        // what is one minute most of the time.
+        self.minutes.reserve_exact(1);
+        self.minutes.insert(index, (minute, OpenMinute::default()));
+        index
+    }
+
+    /// When the oldest open minute is due: its end + `grace`.
+    pub fn earliest_due(&self, grace: Duration) -> Option<Timestamp> {
+        self.minutes.first().map(|(minute, _)| minute.end().saturating_add_micros(duration_micros(grace)))
+    }
+
     /// Removes and returns the minutes whose end + `grace` is at or before `now`.
     pub fn take_closed(&mut self, now: Timestamp, grace: Duration) -> Vec<(Minute, MinuteAggregate)> {
         let grace = duration_micros(grace);
-        let mut closed = Vec::new();
-        while let Some(entry) = self.minutes.first_entry() {
-            if entry.key().end().saturating_add_micros(grace) > now {
-                break;
-            }
-            let (minute, open) = entry.remove_entry();
-            closed.extend(open.aggregate.map(|aggregate| (minute, aggregate)));
+        let due =
+            self.minutes.partition_point(|(minute, _)| minute.end().saturating_add_micros(grace) <= now);
+        let closed = self
+            .minutes
+            .drain(..due)
+            .filter_map(|(minute, open)| open.aggregate.map(|aggregate| (minute, aggregate)))
+            .collect();
+        if self.minutes.is_empty() {
+            // A machine that went quiet keeps no allocation.
+            self.minutes = Vec::new();
         }
         closed
     }

@@ -36,6 +36,10 @@ use std::time::{Duration, Instant};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Closed minutes are written this long after the first of them arrives at an idle
+/// writer: long enough to collect the burst of minutes every aggregator closes at the same
+/// end + grace into one statement, short enough not to matter for latency.
+pub const FLUSH_LINGER: Duration = Duration::from_millis(20);
 /// An idle connection is pinged this often, so `/readyz` knows the database answers.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How often old ids are removed from the batch ledger.
@@ -82,6 +86,8 @@ pub struct Writer {
     retry: Option<Retry>,
     /// A flush owns the session and the rows while it runs.
     flushing: bool,
+    /// A flush is scheduled [`FLUSH_LINGER`] from now.
+    flush_scheduled: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +121,7 @@ impl Writer {
             stats,
             retry: None,
             flushing: false,
+            flush_scheduled: false,
         }
     }
 
@@ -171,7 +178,24 @@ impl Writer {
         ctx.wait(job.run().into_actor(self).map(|outcome, writer, ctx| {
             writer.absorb(outcome, ctx, true);
             writer.hold_while_full(ctx);
+            // Minutes that arrived while this flush ran go out next, not at the next
+            // interval (after a failure, `flush` waits for the retry instead).
+            if !writer.pending.is_empty() {
+                writer.flush_soon(ctx);
+            }
         }));
+    }
+
+    /// Schedules a flush [`FLUSH_LINGER`] from now, unless one is already scheduled.
+    fn flush_soon(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_scheduled {
+            return;
+        }
+        self.flush_scheduled = true;
+        ctx.run_later(FLUSH_LINGER, |writer, ctx| {
+            writer.flush_scheduled = false;
+            writer.flush(ctx);
+        });
     }
 
     /// Back-pressure: while the buffer is full, the mailbox is held (a chain of
@@ -316,6 +340,8 @@ impl actix::Supervised for Writer {
         self.session = None;
         self.flushing = false;
         self.holding = false;
+        // The restart dropped the context and its timers.
+        self.flush_scheduled = false;
         tracing::warn!(
             restarts = self.stats.writer_restarts.load(Ordering::Relaxed),
             buffered_minutes = self.buffered_minutes(),
@@ -331,6 +357,8 @@ impl Handler<WriteMinutes> for Writer {
         self.pending.extend(rows);
         if self.pending.len() >= self.settings.batch_max_rows {
             self.flush(ctx);
+        } else {
+            self.flush_soon(ctx);
         }
         self.hold_while_full(ctx);
     }
