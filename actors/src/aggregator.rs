@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a reopened (late) minute waits for more late samples before it closes.
-pub const LATE_QUIET: Duration = Duration::from_millis(200);
+pub const LATE_QUIET: Duration = Duration::from_millis(100);
 /// The longest a reopened minute is held while late samples keep coming.
 pub const LATE_HOLD: Duration = Duration::from_secs(2);
 

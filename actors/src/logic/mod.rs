@@ -5,6 +5,7 @@
 pub mod json;
 pub mod minute;
 pub mod reject_limit;
+pub mod rfc3339;
 pub mod rows;
 pub mod time;
 pub mod validate;

@@ -87,6 +87,9 @@ pub struct TimestampRules {
 /// Reads an RFC 3339 timestamp with an offset, or a local one in `rules.default_timezone`.
 pub fn parse_text_timestamp(text: &str, rules: &TimestampRules) -> Result<Timestamp, String> {
     let text = text.trim();
+    if let Some(micros) = super::rfc3339::parse_common_rfc3339(text.as_bytes()) {
+        return Ok(Timestamp(micros));
+    }
     if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
         return Ok(truncate(instant.with_timezone(&Utc)));
     }

@@ -18,5 +18,6 @@ mod check_order;
 mod minutes;
 mod properties;
 mod reasons;
+mod rfc3339;
 mod support;
 mod timestamps;
