@@ -3,7 +3,8 @@
 //! Data path: a [`MessageSource`](source::MessageSource) (MQTT or the in-process fake
 //! broker) feeds the [`Broker`](broker::Broker) actor through a bounded channel; the
 //! broker validates each message and routes accepted samples to one
-//! [`Aggregator`](aggregator::Aggregator) per machine, spread over one arbiter per core;
+//! [`Aggregator`](aggregator::Aggregator) per machine, spread over one arbiter per core
+//! (a [`Shard`](shard::Shard) actor on each delivers the broker's batch for that core);
 //! aggregators hand closed minutes to the [`Writer`](writer::Writer), which upserts them
 //! into PostgreSQL in batches. Every hop is a bounded, awaited send, so a slow database
 //! slows the MQTT connection instead of growing a queue. `docs/architecture.md` has the
@@ -17,6 +18,7 @@ pub mod messages;
 pub mod monitoring;
 pub mod secrets;
 pub mod service;
+pub mod shard;
 pub mod source;
 pub mod stats;
 pub mod writer;

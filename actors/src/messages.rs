@@ -5,15 +5,27 @@
 use crate::logic::{ClosedMinute, RejectedMessage, Sample};
 use crate::secrets::Credentials;
 use actix::Message;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// Broker → aggregator: accepted samples of the aggregator's machine, in arrival order.
+/// Shard → aggregator: accepted samples of the aggregator's machine, in arrival order.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct AcceptSamples(pub Vec<Sample>);
 
-/// Broker → aggregator at shutdown: hand every open minute, partial or not, to the writer.
-/// Answers once the writer has taken them.
+/// Broker → shard: one batch's samples for the machines of that shard's core, each under
+/// the number the broker gave the machine within the shard. `new_machines` were first
+/// seen in this batch: the shard starts their aggregators, numbering them in this order
+/// after the ones it has.
+#[derive(Debug, Default, Message)]
+#[rtype(result = "()")]
+pub struct RouteSamples {
+    pub new_machines: Vec<Arc<str>>,
+    pub deliveries: Vec<(u32, Vec<Sample>)>,
+}
+
+/// Broker → shard → aggregator at shutdown: hand every open minute, partial or not, to
+/// the writer. Answers once the writer has taken them.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct FlushOpenMinutes;

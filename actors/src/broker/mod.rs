@@ -2,32 +2,36 @@
 //! samples to the aggregator of their machine.
 //!
 //! Messages are read from the inbound channel in batches; each batch is validated and
-//! grouped by machine, and each machine's samples go to its aggregator in one message.
+//! grouped by core and machine ([`routes`]), and each core's share goes in one message to
+//! the [`Shard`] actor there, which hands each machine's samples to its aggregator.
 //!
-//! Delivery policy: `try_send`, which costs no reply channel and no wait while the
-//! aggregator keeps up. When an aggregator's mailbox is full, that delivery is awaited
-//! (`send().await` inside `ctx.wait`) and the broker reads no further batch until it is
-//! taken: that is where back-pressure turns into a full inbound channel, and then into a
-//! blocked MQTT client. Nothing is dropped.
+//! Delivery policy: `try_send`, which costs no reply channel and no wait while the shard
+//! keeps up. When a shard's mailbox is full, that delivery is awaited (`send().await`
+//! inside `ctx.wait`) and the broker reads no further batch until it is taken: that is
+//! where back-pressure turns into a full inbound channel, and then into a blocked MQTT
+//! client. Nothing is dropped.
 //!
 //! A batch smaller than [`BATCH_MESSAGES`] means the broker is ahead of the source; it
 //! then lingers for [`BATCH_LINGER`] before reading again, so that at tens of thousands
 //! of messages per second it wakes once per batch instead of once per message (each wake
 //! is a system call on the delivering thread and on this one).
 
-use crate::aggregator::{Aggregator, AggregatorSettings, AggregatorShared};
+mod routes;
+
+use crate::aggregator::{AggregatorSettings, AggregatorShared};
 use crate::clock::Clock;
-use crate::logic::{validate, RejectLimiter, RejectedMessage, Sample, ValidationRules};
+use crate::logic::{validate, RejectLimiter, RejectedMessage, ValidationRules};
 use crate::messages::Ping;
-use crate::messages::{AcceptSamples, FlushOpenMinutes, StopIntake, StoreRejections, WriteMinutes};
+use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections, WriteMinutes};
 use crate::monitoring::health_silence as silence;
 use crate::monitoring::ReadinessSettings;
+use crate::shard::Shard;
 use crate::source::{InboundMessage, MessageSource};
 use crate::stats::{bump, mark_now, PipelineStats};
+use actix::dev::SendError;
 use actix::prelude::*;
 use futures_util::future::join_all;
-use rustc_hash::{FxBuildHasher, FxHashMap};
-use std::hash::BuildHasher;
+use routes::RoutingTable;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -52,16 +56,10 @@ pub struct Broker {
     inbound: Option<mpsc::Receiver<InboundMessage>>,
     rules: ValidationRules,
     limiter: RejectLimiter,
-    /// One arbiter per core; a machine always lands on the same one.
-    shards: Vec<ArbiterHandle>,
-    /// Index into `routes` by machine id.
-    routes_by_machine: FxHashMap<Arc<str>, usize>,
-    routes: Vec<Route>,
-    /// Routes given samples in the batch being routed (reused between batches).
-    touched: Vec<usize>,
+    /// One shard actor per aggregator arbiter (core); a machine always lands on the same.
+    shards: Vec<Addr<Shard>>,
+    routes: RoutingTable,
     outputs: BrokerOutputs,
-    /// Handed to every aggregator.
-    aggregators: Arc<AggregatorShared>,
     clock: Arc<dyn Clock>,
     stats: Arc<PipelineStats>,
     /// Who waits for the intake to be drained (see [`StopIntake`]).
@@ -70,13 +68,6 @@ pub struct Broker {
     idle_alert: Option<std::time::Duration>,
     /// The watchdog warned about silence; it says so again when messages resume.
     silence_reported: bool,
-}
-
-/// One machine's aggregator and the samples of the current batch for it.
-#[derive(Debug)]
-struct Route {
-    aggregator: Addr<Aggregator>,
-    samples: Vec<Sample>,
 }
 
 /// What a broker needs besides its source and channel.
@@ -94,26 +85,35 @@ impl Broker {
         source: Box<dyn MessageSource>,
         inbound: mpsc::Receiver<InboundMessage>,
         settings: BrokerSettings,
-        shards: Vec<ArbiterHandle>,
+        arbiters: Vec<ArbiterHandle>,
         outputs: BrokerOutputs,
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
     ) -> Self {
+        let shared = Arc::new(AggregatorShared {
+            settings: settings.aggregator,
+            clock: clock.clone(),
+            writer: outputs.minutes.clone(),
+            stats: stats.clone(),
+        });
+        let shards: Vec<Addr<Shard>> = if arbiters.is_empty() {
+            vec![Shard::new(shared).start()]
+        } else {
+            arbiters
+                .iter()
+                .map(|arbiter| {
+                    let shared = shared.clone();
+                    Shard::start_in_arbiter(arbiter, move |_| Shard::new(shared))
+                })
+                .collect()
+        };
         Broker {
             source,
             inbound: Some(inbound),
             rules: settings.rules,
             limiter: RejectLimiter::new(settings.rejects_per_second),
+            routes: RoutingTable::new(shards.len()),
             shards,
-            routes_by_machine: FxHashMap::default(),
-            routes: Vec::new(),
-            touched: Vec::new(),
-            aggregators: Arc::new(AggregatorShared {
-                settings: settings.aggregator,
-                clock: clock.clone(),
-                writer: outputs.minutes.clone(),
-                stats: stats.clone(),
-            }),
             outputs,
             clock,
             stats,
@@ -142,48 +142,26 @@ impl Broker {
         }
     }
 
-    /// The route of `machine`, starting its aggregator on first sight.
-    fn route_for(&mut self, machine: &str) -> usize {
-        if let Some(&route) = self.routes_by_machine.get(machine) {
-            return route;
-        }
-        let machine: Arc<str> = machine.into();
-        let shard = FxBuildHasher.hash_one(&machine) as usize % self.shards.len().max(1);
-        let (name, shared) = (machine.clone(), self.aggregators.clone());
-        let create = move |_: &mut Context<Aggregator>| Aggregator::new(name, shared);
-        let aggregator = match self.shards.get(shard) {
-            Some(arbiter) => Aggregator::start_in_arbiter(arbiter, create),
-            None => Aggregator::create(create),
-        };
-        self.routes.push(Route { aggregator, samples: Vec::new() });
-        self.routes_by_machine.insert(machine, self.routes.len() - 1);
-        self.routes.len() - 1
-    }
-
-    /// Hands each touched route's samples to its aggregator (see the module comment for
-    /// the policy); returns the deliveries that have to wait for a full mailbox, each
-    /// failing with the number of samples it carried.
-    fn deliver_routed(&mut self) -> Vec<impl std::future::Future<Output = Result<(), u64>> + 'static> {
-        let mut touched = std::mem::take(&mut self.touched);
+    /// Hands each shard its share of the batch (see the module comment for the policy);
+    /// returns the deliveries that have to wait for a full mailbox, each failing with the
+    /// number of samples it carried.
+    fn deliver_batch(&mut self) -> Vec<impl std::future::Future<Output = Result<(), u64>> + 'static> {
         let mut waiting = Vec::new();
-        for &index in &touched {
-            let route = &mut self.routes[index];
-            let samples = AcceptSamples(std::mem::take(&mut route.samples));
-            match route.aggregator.try_send(samples) {
+        for (shard, batch) in self.routes.take_batch() {
+            let samples = batch.deliveries.iter().map(|(_, samples)| samples.len() as u64).sum::<u64>();
+            let Some(address) = self.shards.get(shard) else { continue };
+            match address.try_send(batch) {
                 Ok(()) => {}
-                Err(SendError::Full(samples)) => {
-                    let count = samples.0.len() as u64;
-                    let request = route.aggregator.send(samples);
-                    waiting.push(async move { request.await.map_err(|_| count) });
+                Err(SendError::Full(batch)) => {
+                    let request = address.send(batch);
+                    waiting.push(async move { request.await.map_err(|_| samples) });
                 }
-                Err(SendError::Closed(AcceptSamples(samples))) => {
-                    bump(&self.stats.samples_lost, samples.len() as u64);
-                    tracing::error!(samples = samples.len(), "aggregator unavailable; samples lost");
+                Err(SendError::Closed(_)) => {
+                    bump(&self.stats.samples_lost, samples);
+                    tracing::error!(samples, "aggregator shard unavailable; samples lost");
                 }
             }
         }
-        touched.clear();
-        self.touched = touched;
         waiting
     }
 }
@@ -212,14 +190,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         let mut rejections = Vec::new();
         for message in batch {
             match validate(&message.payload, now, &self.rules) {
-                Ok(telemetry) => {
-                    let index = self.route_for(&telemetry.machine);
-                    let route = &mut self.routes[index];
-                    if route.samples.is_empty() {
-                        self.touched.push(index);
-                    }
-                    route.samples.push(telemetry.sample);
-                }
+                Ok(telemetry) => self.routes.add(&telemetry.machine, telemetry.sample),
                 Err(rejection) => {
                     self.stats.count_rejected(rejection.reason);
                     tracing::debug!(topic = %message.topic, reason = %rejection.reason, detail = %rejection.detail, "message rejected");
@@ -237,7 +208,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
             }
         }
 
-        let waiting = self.deliver_routed();
+        let waiting = self.deliver_batch();
         if waiting.is_empty() && rejections.is_empty() && !lingering {
             return;
         }
@@ -266,7 +237,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
     /// The source closed the channel: every received message has been routed. Now
     /// every aggregator hands its open minutes to the writer.
     fn finished(&mut self, ctx: &mut Self::Context) {
-        let flushes = join_all(self.routes.iter().map(|route| route.aggregator.send(FlushOpenMinutes)));
+        let flushes = join_all(self.shards.iter().map(|shard| shard.send(FlushOpenMinutes)));
         ctx.wait(flushes.into_actor(self).map(|results, broker, ctx| {
             let failed = results.iter().filter(|result| result.is_err()).count();
             if failed > 0 {

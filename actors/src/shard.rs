@@ -1,0 +1,104 @@
+//! The shard actor: one per aggregator arbiter (one per core). It starts the aggregators
+//! of the machines the broker assigns to its core and hands each its samples.
+//!
+//! Why it exists: a message to an actor on another thread costs a wake-up of that thread
+//! (a lock and often a system call), one to an actor on the same thread almost nothing.
+//! With thousands of machines, a batch of 1,024 messages touches nearly as many machines,
+//! and the broker's single thread spent most of its time waking aggregators. Now the
+//! broker sends one [`RouteSamples`] per core per batch and this actor, on the
+//! aggregators' own thread, does the per-machine delivery.
+//!
+//! Delivery policy, as in the broker: `try_send`; a delivery refused because that
+//! aggregator's mailbox is full is awaited inside `ctx.wait`, so this shard takes no
+//! further batch until it is taken and the broker's send to it waits in turn.
+
+use crate::aggregator::{Aggregator, AggregatorShared};
+use crate::messages::{AcceptSamples, FlushOpenMinutes, RouteSamples};
+use crate::stats::bump;
+use actix::dev::SendError;
+use actix::prelude::*;
+use futures_util::future::join_all;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Shard {
+    /// Indexed by the number the broker gave each machine of this shard.
+    aggregators: Vec<Addr<Aggregator>>,
+    shared: Arc<AggregatorShared>,
+}
+
+impl Shard {
+    pub fn new(shared: Arc<AggregatorShared>) -> Self {
+        Shard { aggregators: Vec::new(), shared }
+    }
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+}
+
+impl Handler<RouteSamples> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, RouteSamples { new_machines, deliveries }: RouteSamples, ctx: &mut Self::Context) {
+        for machine in new_machines {
+            let shared = self.shared.clone();
+            self.aggregators.push(Aggregator::new(machine, shared).start());
+        }
+        let mut waiting = Vec::new();
+        for (index, samples) in deliveries {
+            let Some(aggregator) = self.aggregators.get(index as usize) else {
+                // The broker numbers machines in the order it announces them: a gap is a
+                // bug, and the samples must not vanish without a trace.
+                bump(&self.shared.stats.samples_lost, samples.len() as u64);
+                tracing::error!(
+                    index,
+                    samples = samples.len(),
+                    "no aggregator for a routed machine; samples lost"
+                );
+                continue;
+            };
+            match aggregator.try_send(AcceptSamples(samples)) {
+                Ok(()) => {}
+                Err(SendError::Full(samples)) => {
+                    let count = samples.0.len() as u64;
+                    let request = aggregator.send(samples);
+                    waiting.push(async move { request.await.map_err(|_| count) });
+                }
+                Err(SendError::Closed(AcceptSamples(samples))) => {
+                    bump(&self.shared.stats.samples_lost, samples.len() as u64);
+                    tracing::error!(samples = samples.len(), "aggregator unavailable; samples lost");
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        ctx.wait(
+            async move {
+                for lost in join_all(waiting).await.into_iter().filter_map(Result::err) {
+                    bump(&shared.stats.samples_lost, lost);
+                    tracing::error!(samples = lost, "aggregator unavailable; samples lost");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<FlushOpenMinutes> for Shard {
+    type Result = ResponseFuture<()>;
+
+    /// Every aggregator of the shard hands its open minutes to the writer; answers when
+    /// all of them have.
+    fn handle(&mut self, _: FlushOpenMinutes, _: &mut Self::Context) -> Self::Result {
+        let flushes = join_all(self.aggregators.iter().map(|aggregator| aggregator.send(FlushOpenMinutes)));
+        Box::pin(async move {
+            let failed = flushes.await.iter().filter(|result| result.is_err()).count();
+            if failed > 0 {
+                tracing::error!(aggregators = failed, "aggregators did not flush their open minutes");
+            }
+        })
+    }
+}
