@@ -99,14 +99,14 @@ impl Pipeline {
         stats: Arc<PipelineStats>,
     ) -> Result<Pipeline, SourceError> {
         let shards: Vec<Arbiter> = (0..settings.shards.max(1)).map(|_| Arbiter::new()).collect();
-        let handles = shards.iter().map(Arbiter::handle).collect();
+        let handles: Vec<ArbiterHandle> = shards.iter().map(Arbiter::handle).collect();
         let (sink, inbound) = InboundSink::channel(settings.inbound_capacity);
         let starting = source.start(sink, stats.clone());
         // The broker (the channel's consumer) starts before the source has connected: a
         // persistent session's backlog arrives right after CONNACK, and with nobody
         // draining the channel paho's receive thread would block on it before reading the
         // SUBACK that `starting` waits for.
-        let broker = Broker::new(source, inbound, settings.broker, handles, outputs, clock, stats).start();
+        let broker = Broker::new(source, inbound, settings.broker, &handles, outputs, clock, stats).start();
         if let Err(err) = starting.await {
             let _ = broker.send(StopIntake).await;
             stop_arbiters(shards);

@@ -85,7 +85,7 @@ impl Broker {
         source: Box<dyn MessageSource>,
         inbound: mpsc::Receiver<InboundMessage>,
         settings: BrokerSettings,
-        arbiters: Vec<ArbiterHandle>,
+        arbiters: &[ArbiterHandle],
         outputs: BrokerOutputs,
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
