@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a reopened (late) minute waits for more late samples before it closes.
-pub const LATE_QUIET: Duration = Duration::from_millis(100);
+pub const LATE_QUIET: Duration = Duration::from_millis(50);
 /// The longest a reopened minute is held while late samples keep coming.
 pub const LATE_HOLD: Duration = Duration::from_secs(2);
 
@@ -88,9 +88,8 @@ impl Aggregator {
 
     /// When the open minutes next need a look: when late samples have settled, or when
     /// the oldest minute is due (capped by `tick`); `None` when nothing is open.
-    fn next_check(&self) -> Option<Instant> {
+    fn next_check(&self, now: Instant) -> Option<Instant> {
         let due = self.open.earliest_due(self.shared.settings.grace)?;
-        let now = Instant::now();
         if let Some(late) = self.late {
             return Some(
                 (late.last + self.shared.settings.late_quiet())
@@ -104,8 +103,8 @@ impl Aggregator {
     /// Makes sure a look is scheduled no later than [`Aggregator::next_check`]. A timer
     /// that fires too early is harmless (it looks and schedules again), so an earlier one
     /// is kept: late samples arriving one batch after another cost no timer each.
-    fn schedule_check(&mut self, ctx: &mut Context<Self>) {
-        let Some(at) = self.next_check() else {
+    fn schedule_check(&mut self, now: Instant, ctx: &mut Context<Self>) {
+        let Some(at) = self.next_check(now) else {
             if let Some((_, handle)) = self.check.take() {
                 ctx.cancel_future(handle);
             }
@@ -117,7 +116,7 @@ impl Aggregator {
         if let Some((_, handle)) = self.check.take() {
             ctx.cancel_future(handle);
         }
-        let delay = at.saturating_duration_since(Instant::now());
+        let delay = at.saturating_duration_since(now);
         let handle = ctx.run_later(delay, |aggregator, ctx| {
             aggregator.check = None;
             aggregator.close_due(ctx);
@@ -126,11 +125,12 @@ impl Aggregator {
     }
 
     fn close_due(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
         if let Some(late) = self.late {
             let settled = (late.last + self.shared.settings.late_quiet())
                 .min(late.first + self.shared.settings.late_hold());
-            if Instant::now() < settled {
-                self.schedule_check(ctx);
+            if now < settled {
+                self.schedule_check(now, ctx);
                 return;
             }
             self.late = None;
@@ -141,7 +141,7 @@ impl Aggregator {
         if !closed.is_empty() {
             ctx.wait(self.hand_over(closed).into_actor(self));
         }
-        self.schedule_check(ctx);
+        self.schedule_check(now, ctx);
     }
 
     /// Keeps the fleet-wide open-minutes gauge in step with this machine's minutes.
@@ -190,15 +190,15 @@ impl Handler<AcceptSamples> for Aggregator {
             }
             late |= sample.ts.minute().end().saturating_add_micros(grace) <= now;
         }
+        let arrived = Instant::now();
         if late {
-            let arrived = Instant::now();
             let first = self.late.map_or(arrived, |late| late.first);
             self.late = Some(LateArrivals { first, last: arrived });
         }
         self.track_open_minutes(before);
         bump(&self.shared.stats.accepted, samples.len() as u64 - duplicates);
         bump(&self.shared.stats.duplicates, duplicates);
-        self.schedule_check(ctx);
+        self.schedule_check(arrived, ctx);
     }
 }
 

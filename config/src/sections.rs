@@ -129,7 +129,7 @@ pub struct AggregationConfig {
     /// The longest an aggregator sleeps between looks at its open minutes. Each minute
     /// closes at its end + grace (a timer set for that moment); this only bounds how late
     /// a close can be when the wall clock is stepped forward. It also caps how long a
-    /// minute reopened by late messages waits for more of them (100 ms of quiet, at most
+    /// minute reopened by late messages waits for more of them (50 ms of quiet, at most
     /// 2 s).
     #[serde(with = "human")]
     pub tick: Duration,
@@ -166,7 +166,7 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Most minute rows per statement.
     pub batch_max_rows: usize,
-    /// Closed minutes are written 20 ms after they reach an idle writer, or at once when
+    /// Closed minutes are written 10 ms after they reach an idle writer, or at once when
     /// `batch_max_rows` are waiting; this is how often the writer looks again besides
     /// that: retries after a failure (no sooner than their back-off), pings of an idle
     /// connection, a changed secret.

@@ -39,7 +39,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Closed minutes are written this long after the first of them arrives at an idle
 /// writer: long enough to collect the burst of minutes every aggregator closes at the same
 /// end + grace into one statement, short enough not to matter for latency.
-pub const FLUSH_LINGER: Duration = Duration::from_millis(20);
+pub const FLUSH_LINGER: Duration = Duration::from_millis(10);
 /// An idle connection is pinged this often, so `/readyz` knows the database answers.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How often old ids are removed from the batch ledger.
