@@ -1,9 +1,10 @@
 //! The aggregator actor: one per machine, holding that machine's open minutes.
 //!
 //! It accumulates the samples the broker routes to it, drops redelivered duplicates, and
-//! hands each minute to the writer at its end + grace: a timer is set for exactly that
-//! moment, and only while the machine has open minutes, so an idle machine costs no
-//! wake-ups. Handing over is an awaited send inside `ctx.wait`, so while the writer is
+//! hands each minute to the writer at its end + grace: it asks its shard's
+//! [`CloseTimers`] to wake it at exactly that moment (give or take the shard's 5 ms
+//! resolution), and only while the machine has open minutes, so an idle machine costs
+//! no wake-ups. Handing over is an awaited send inside `ctx.wait`, so while the writer is
 //! full this actor takes no new samples and the broker, in turn, slows down.
 //!
 //! A sample for a minute that is already due (a late message, or a backlog drained after
@@ -13,10 +14,12 @@
 
 use crate::clock::Clock;
 use crate::logic::{Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes};
-use crate::messages::{AcceptSamples, FlushOpenMinutes, WriteMinutes};
+use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, WriteMinutes};
+use crate::shard::CloseTimers;
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,16 +77,25 @@ pub struct Aggregator {
     machine: Arc<str>,
     open: OpenMinutes,
     shared: Arc<AggregatorShared>,
-    /// The pending look at the open minutes, and when it fires: at most one timer per
-    /// machine, and none while nothing is open.
-    check: Option<(Instant, SpawnHandle)>,
+    /// The shard's timers, and this aggregator's number there (what a timer names).
+    timers: Rc<CloseTimers>,
+    index: u32,
+    /// The earliest look at the open minutes asked of the timers; none while nothing is
+    /// open. Later requests may still be pending: a look that finds nothing to do is
+    /// harmless, and not cancelling them keeps the timers a plain heap.
+    check: Option<Instant>,
     /// Set while reopened minutes wait for the late samples to settle.
     late: Option<LateArrivals>,
 }
 
 impl Aggregator {
-    pub fn new(machine: Arc<str>, shared: Arc<AggregatorShared>) -> Self {
-        Aggregator { machine, open: OpenMinutes::default(), shared, check: None, late: None }
+    pub fn new(
+        machine: Arc<str>,
+        index: u32,
+        shared: Arc<AggregatorShared>,
+        timers: Rc<CloseTimers>,
+    ) -> Self {
+        Aggregator { machine, open: OpenMinutes::default(), shared, timers, index, check: None, late: None }
     }
 
     /// When the open minutes next need a look: when late samples have settled, or when
@@ -100,28 +112,19 @@ impl Aggregator {
         Some(now + Duration::from_micros(wait).min(self.shared.settings.tick))
     }
 
-    /// Makes sure a look is scheduled no later than [`Aggregator::next_check`]. A timer
-    /// that fires too early is harmless (it looks and schedules again), so an earlier one
+    /// Makes sure a look is scheduled no later than [`Aggregator::next_check`]. A look
+    /// that comes too early is harmless (it looks and schedules again), so an earlier one
     /// is kept: late samples arriving one batch after another cost no timer each.
-    fn schedule_check(&mut self, now: Instant, ctx: &mut Context<Self>) {
+    fn schedule_check(&mut self, now: Instant) {
         let Some(at) = self.next_check(now) else {
-            if let Some((_, handle)) = self.check.take() {
-                ctx.cancel_future(handle);
-            }
+            self.check = None;
             return;
         };
-        if self.check.is_some_and(|(pending, _)| pending <= at) {
+        if self.check.is_some_and(|pending| pending <= at) {
             return;
         }
-        if let Some((_, handle)) = self.check.take() {
-            ctx.cancel_future(handle);
-        }
-        let delay = at.saturating_duration_since(now);
-        let handle = ctx.run_later(delay, |aggregator, ctx| {
-            aggregator.check = None;
-            aggregator.close_due(ctx);
-        });
-        self.check = Some((at, handle));
+        self.timers.schedule(at, self.index);
+        self.check = Some(at);
     }
 
     fn close_due(&mut self, ctx: &mut Context<Self>) {
@@ -130,7 +133,7 @@ impl Aggregator {
             let settled = (late.last + self.shared.settings.late_quiet())
                 .min(late.first + self.shared.settings.late_hold());
             if now < settled {
-                self.schedule_check(now, ctx);
+                self.schedule_check(now);
                 return;
             }
             self.late = None;
@@ -141,7 +144,7 @@ impl Aggregator {
         if !closed.is_empty() {
             ctx.wait(self.hand_over(closed).into_actor(self));
         }
-        self.schedule_check(now, ctx);
+        self.schedule_check(now);
     }
 
     /// Keeps the fleet-wide open-minutes gauge in step with this machine's minutes.
@@ -178,7 +181,7 @@ impl Actor for Aggregator {
 impl Handler<AcceptSamples> for Aggregator {
     type Result = ();
 
-    fn handle(&mut self, AcceptSamples(samples): AcceptSamples, ctx: &mut Self::Context) {
+    fn handle(&mut self, AcceptSamples(samples): AcceptSamples, _: &mut Self::Context) {
         let mut duplicates = 0;
         let mut late = false;
         let before = self.open.len();
@@ -198,17 +201,27 @@ impl Handler<AcceptSamples> for Aggregator {
         self.track_open_minutes(before);
         bump(&self.shared.stats.accepted, samples.len() as u64 - duplicates);
         bump(&self.shared.stats.duplicates, duplicates);
-        self.schedule_check(arrived, ctx);
+        self.schedule_check(arrived);
+    }
+}
+
+impl Handler<CheckOpenMinutes> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, _: CheckOpenMinutes, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        if self.check.is_some_and(|at| at <= now) {
+            self.check = None;
+        }
+        self.close_due(ctx);
     }
 }
 
 impl Handler<FlushOpenMinutes> for Aggregator {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: FlushOpenMinutes, ctx: &mut Self::Context) -> Self::Result {
-        if let Some((_, handle)) = self.check.take() {
-            ctx.cancel_future(handle);
-        }
+    fn handle(&mut self, _: FlushOpenMinutes, _: &mut Self::Context) -> Self::Result {
+        self.check = None;
         self.late = None;
         let before = self.open.len();
         let open = self.open.take_all();

@@ -24,6 +24,12 @@ pub struct RouteSamples {
     pub deliveries: Vec<(u32, Vec<Sample>)>,
 }
 
+/// Shard → aggregator: a look at the open minutes it asked for is due (see
+/// `shard::CloseTimers`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CheckOpenMinutes;
+
 /// Broker → shard → aggregator at shutdown: hand every open minute, partial or not, to
 /// the writer. Answers once the writer has taken them.
 #[derive(Debug, Message)]
