@@ -6,8 +6,9 @@
 //! [`Aggregator`](aggregator::Aggregator) per machine, spread over one arbiter per core
 //! (a [`Shard`](shard::Shard) actor on each delivers the broker's batch for that core);
 //! aggregators hand closed minutes to the [`Writer`](writer::Writer), which upserts them
-//! into PostgreSQL in batches. Every hop is a bounded, awaited send, so a slow database
-//! slows the MQTT connection instead of growing a queue. `docs/architecture.md` has the
+//! into PostgreSQL in batches. Every hop is bounded (a `try_send` that meets a full
+//! mailbox waits for it), so a slow database slows the MQTT connection instead of growing
+//! a queue. `docs/architecture.md` has the
 //! picture.
 
 pub mod aggregator;

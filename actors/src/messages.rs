@@ -1,6 +1,7 @@
 //! Every message the actors exchange, in one place, so the protocol between them can be
-//! read at a glance. All of them travel by `send().await` (bounded mailboxes), never by
-//! `do_send`: back-pressure must reach the MQTT connection, not pile up in a queue.
+//! read at a glance. All of them go into bounded mailboxes, never by `do_send`: by
+//! `send().await`, or on the hot path by `try_send` with a full mailbox turned into an
+//! awaited `send()`. Back-pressure must reach the MQTT connection, not pile up in a queue.
 
 use crate::logic::{ClosedMinute, RejectedMessage, Sample};
 use crate::secrets::Credentials;
