@@ -20,11 +20,25 @@ const STATS_EVERY: Duration = Duration::from_secs(60);
 pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
     actix_rt::System::new().block_on(async move {
         let source = Box::new(MqttSource::new(&config.mqtt));
-        let service = tokio::select! {
-            started = Service::start(&config, source, Arc::new(SystemClock)) => started?,
+        let starting = Service::start(&config, source, Arc::new(SystemClock));
+        tokio::pin!(starting);
+        let (service, early_signal) = tokio::select! {
+            started = &mut starting => (started?, None),
             signal = shutdown_signal() => {
-                tracing::info!(signal = signal?, "stopped before the service started");
-                return Ok(ExitCode::SUCCESS);
+                // Not dropped on the spot: once connected, paho acknowledges what it
+                // hands to the inbound channel, so a start-up cut short would lose it.
+                // Start-up finishes (within the shutdown deadline), then a normal stop
+                // writes everything.
+                let signal = signal?;
+                tracing::info!(signal, "signal during start-up: finishing start-up, then stopping");
+                match tokio::time::timeout(config.service.shutdown_timeout, &mut starting).await {
+                    Ok(started) => (started?, Some(signal)),
+                    Err(_) => {
+                        // Still connecting after the deadline: nothing was received.
+                        tracing::warn!(signal, "start-up did not finish before the deadline; stopped");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
             }
         };
         tracing::info!(topics = ?config.mqtt.topics, "fleetagg running");
@@ -41,7 +55,10 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
             }
         });
 
-        let signal = shutdown_signal().await?;
+        let signal = match early_signal {
+            Some(signal) => signal,
+            None => shutdown_signal().await?,
+        };
         tracing::info!(signal, timeout = ?config.service.shutdown_timeout, "stopping: flushing open minutes");
         let report = service.shutdown(config.service.shutdown_timeout).await;
         stats_logger.abort();

@@ -221,10 +221,15 @@ impl ServiceProcess {
 
     /// Sends SIGTERM and waits for the exit.
     pub async fn terminate(self, timeout: Duration) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(timeout).await
+    }
+
+    /// Sends SIGTERM without waiting (for what happens between the signal and the exit).
+    pub fn send_sigterm(&self) {
         let pid = self.child.as_ref().expect("running").id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         assert!(sent.success(), "could not signal fleetagg");
-        self.wait_exit(timeout).await
     }
 }
 

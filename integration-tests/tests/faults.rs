@@ -1,6 +1,7 @@
 //! Faults while a known stream flows: PostgreSQL restarted or away for 20 s, the broker
 //! restarted, the writer's connection killed every second, a row PostgreSQL refuses, a
-//! full writer buffer, a stop during an outage, and two instances sharing a subscription.
+//! full writer buffer, a stop during an outage, a stop during start-up, and two instances
+//! sharing a subscription.
 //! Each test ends by comparing `loading_rate` exactly with what was published.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -305,4 +306,32 @@ async fn two_instances_share_a_subscription_and_merge_exactly() {
         assert!(log.contains("minutes upserted"), "each instance should have written a share");
     }
     wait_for_rows(&db.url, &stream.expected(), "every sample exactly once").await;
+}
+
+#[actix_rt::test]
+async fn sigterm_during_start_up_still_writes_what_arrives() {
+    let broker = MosquittoBroker::start().await;
+    let db = TestDatabase::create().await;
+    let mut stream = Stream::new(100, 2);
+    let text = config(&db.url, &stream, "5s", "").replace(&broker_url(), &broker.url());
+    // A first run creates the persistent session; the stream is queued for it meanwhile.
+    stop_ok(ServiceProcess::start(&text).await).await;
+    let publisher = Publisher::connect(&broker.url()).await;
+    stream.publish_with(&publisher, 500.0, |_| {}).await;
+    drop(publisher);
+    broker.stop();
+
+    // Start-up hangs on the unreachable broker; the signal arrives during it. When the
+    // broker comes back the queued stream arrives, and must be written, not dropped.
+    let service = ServiceProcess::spawn_unchecked(&text, &[]);
+    service.wait_for_log("MQTT broker unreachable", Duration::from_secs(30)).await;
+    service.send_sigterm();
+    service.wait_for_log("signal during start-up", Duration::from_secs(10)).await;
+    broker.resume().await;
+    let log_path = service.log_path.clone();
+    let status = service.wait_exit(Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(log_path).expect("log");
+    assert!(status.success(), "fleetagg exited with {status}; log:\n{log}");
+    assert!(log.contains("resumed_session=true"), "the queued session should be resumed:\n{log}");
+    assert_eq!(loading_rate(&db.client().await).await, stream.expected());
 }
