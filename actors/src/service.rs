@@ -119,6 +119,7 @@ impl Pipeline {
     pub async fn stop(self) {
         // An error means the broker already stopped after draining: nothing is left.
         let _ = self.broker.send(StopIntake).await;
+        tracing::debug!("intake drained; stopping the aggregator arbiters");
         stop_arbiters(self.shards);
     }
 }
@@ -278,11 +279,13 @@ impl Service {
     pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
         let deadline = Instant::now() + timeout;
         let intake_drained = tokio::time::timeout_at(deadline.into(), self.pipeline.stop()).await.is_ok();
+        tracing::debug!(intake_drained, "intake stopped; draining the writer");
         let writer = self
             .writer
             .send(Drain { deadline })
             .await
             .unwrap_or(DrainReport { unwritten_minutes: usize::MAX, unwritten_rejections: usize::MAX });
+        tracing::debug!(?writer, "writer drained");
         stop_arbiters(vec![self.writer_arbiter]);
         stop_monitor(self.monitor);
         ShutdownReport { intake_drained, writer }
