@@ -14,6 +14,7 @@
 pub mod aggregator;
 pub mod broker;
 pub mod clock;
+mod delivery;
 pub mod logic;
 pub mod messages;
 pub mod monitoring;

@@ -13,13 +13,13 @@
 //! timer future with a tokio `Sleep` is about 210 bytes; 100,000 active machines had
 //! 21 MB of them).
 //!
-//! Delivery policy, as in the broker: `try_send`; a delivery refused because that
-//! aggregator's mailbox is full is awaited inside `ctx.wait`, so this shard takes no
+//! Delivery policy ([`crate::delivery`]), as in the broker: a delivery refused because
+//! that aggregator's mailbox is full is awaited inside `ctx.wait`, so this shard takes no
 //! further batch until it is taken and the broker's send to it waits in turn.
 
 use crate::aggregator::{Aggregator, AggregatorShared};
+use crate::delivery::{count_lost, Deliveries};
 use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, RouteSamples};
-use crate::stats::bump;
 use actix::dev::SendError;
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -110,45 +110,21 @@ impl Handler<RouteSamples> for Shard {
             let aggregator = Aggregator::new(machine, index, self.shared.clone(), self.timers.clone());
             self.aggregators.push(aggregator.start());
         }
-        let mut waiting = Vec::new();
+        let mut waiting = Deliveries::default();
         for (index, samples) in deliveries {
-            let Some(aggregator) = self.aggregators.get(index as usize) else {
+            let count = samples.len() as u64;
+            match self.aggregators.get(index as usize) {
+                Some(aggregator) => {
+                    waiting.deliver(aggregator, AcceptSamples(samples), count, &self.shared.stats);
+                }
                 // The broker numbers machines in the order it announces them: a gap is a
                 // bug, and the samples must not vanish without a trace.
-                bump(&self.shared.stats.samples_lost, samples.len() as u64);
-                tracing::error!(
-                    index,
-                    samples = samples.len(),
-                    "no aggregator for a routed machine; samples lost"
-                );
-                continue;
-            };
-            match aggregator.try_send(AcceptSamples(samples)) {
-                Ok(()) => {}
-                Err(SendError::Full(samples)) => {
-                    let count = samples.0.len() as u64;
-                    let request = aggregator.send(samples);
-                    waiting.push(async move { request.await.map_err(|_| count) });
-                }
-                Err(SendError::Closed(AcceptSamples(samples))) => {
-                    bump(&self.shared.stats.samples_lost, samples.len() as u64);
-                    tracing::error!(samples = samples.len(), "aggregator unavailable; samples lost");
-                }
+                None => count_lost(&self.shared.stats, count),
             }
         }
-        if waiting.is_empty() {
-            return;
+        if !waiting.is_empty() {
+            ctx.wait(waiting.finish(self.shared.stats.clone()).into_actor(self));
         }
-        let shared = self.shared.clone();
-        ctx.wait(
-            async move {
-                for lost in join_all(waiting).await.into_iter().filter_map(Result::err) {
-                    bump(&shared.stats.samples_lost, lost);
-                    tracing::error!(samples = lost, "aggregator unavailable; samples lost");
-                }
-            }
-            .into_actor(self),
-        );
     }
 }
 

@@ -20,6 +20,7 @@ mod routes;
 
 use crate::aggregator::{AggregatorSettings, AggregatorShared};
 use crate::clock::Clock;
+use crate::delivery::Deliveries;
 use crate::logic::{validate, RejectLimiter, RejectedMessage, ValidationRules};
 use crate::messages::Ping;
 use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections, WriteMinutes};
@@ -28,7 +29,6 @@ use crate::monitoring::ReadinessSettings;
 use crate::shard::Shard;
 use crate::source::{InboundMessage, MessageSource};
 use crate::stats::{bump, mark_now, PipelineStats};
-use actix::dev::SendError;
 use actix::prelude::*;
 use futures_util::future::join_all;
 use routes::RoutingTable;
@@ -142,27 +142,16 @@ impl Broker {
         }
     }
 
-    /// Hands each shard its share of the batch (see the module comment for the policy);
-    /// returns the deliveries that have to wait for a full mailbox, each failing with the
-    /// number of samples it carried.
-    fn deliver_batch(&mut self) -> Vec<impl std::future::Future<Output = Result<(), u64>> + 'static> {
-        let mut waiting = Vec::new();
+    /// Hands each shard its share of the batch (see [`crate::delivery`] for the policy).
+    fn deliver_batch(&mut self) -> Deliveries {
+        let mut deliveries = Deliveries::default();
         for (shard, batch) in self.routes.take_batch() {
             let samples = batch.deliveries.iter().map(|(_, samples)| samples.len() as u64).sum::<u64>();
-            let Some(address) = self.shards.get(shard) else { continue };
-            match address.try_send(batch) {
-                Ok(()) => {}
-                Err(SendError::Full(batch)) => {
-                    let request = address.send(batch);
-                    waiting.push(async move { request.await.map_err(|_| samples) });
-                }
-                Err(SendError::Closed(_)) => {
-                    bump(&self.stats.samples_lost, samples);
-                    tracing::error!(samples, "aggregator shard unavailable; samples lost");
-                }
+            if let Some(address) = self.shards.get(shard) {
+                deliveries.deliver(address, batch, samples, &self.stats);
             }
         }
-        waiting
+        deliveries
     }
 }
 
@@ -217,10 +206,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         let stats = self.stats.clone();
         ctx.wait(
             async move {
-                for lost in join_all(waiting).await.into_iter().filter_map(Result::err) {
-                    bump(&stats.samples_lost, lost);
-                    tracing::error!(samples = lost, "aggregator unavailable; samples lost");
-                }
+                waiting.finish(stats).await;
                 if let Some(stored) = stored {
                     if stored.await.is_err() {
                         tracing::error!("writer unavailable; rejected messages not stored");
