@@ -38,7 +38,10 @@ fn start_writer(db: &TestDatabase, batch_max_rows: usize) -> (Addr<Writer>, Arc<
         flush_interval: Duration::from_secs(3600),
         max_buffered_rows: 1_000_000,
     };
-    let writer = Writer::new(connector, None, settings, stats.clone()).start();
+    // Supervised, as in the service: a writer that finds its connection closed stops so
+    // that its supervisor restarts it with a new one (and the rows it held).
+    let writer_stats = stats.clone();
+    let writer = Supervisor::start(move |_| Writer::new(connector, None, settings, writer_stats));
     (writer, stats)
 }
 
@@ -131,9 +134,19 @@ async fn rows_survive_a_killed_connection() {
         db.name
     ))
     .await;
+    // Give the client time to see the connection end, then let the writer's own flush
+    // (10 ms after rows arrive) find it closed: the writer stops, its supervisor restarts
+    // it, and the row it held must survive the restart.
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
     writer.send(WriteMinutes(vec![part("m1", MINUTE, 1, 20.0, 20.0, 20.0)])).await.unwrap();
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
     drain(&writer).await;
 
+    assert_eq!(
+        stats.writer_restarts.load(Ordering::SeqCst),
+        1,
+        "the supervisor should have restarted the writer"
+    );
     assert_eq!(stats.db_connects.load(Ordering::SeqCst), 2, "the writer should have reconnected once");
     let rows = loading_rate(&db.client().await).await;
     assert_eq!((rows.len(), rows[0].samples, rows[0].load_rate_sum), (1, 2, 30.0));
