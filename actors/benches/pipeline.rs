@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 const MESSAGES_PER_ITERATION: u64 = 200_000;
 const TOPIC: &str = "machines/bench/telemetry";
 /// 2026-03-01T10:00:00Z: the first sample; the (manual) clock stands 5 minutes later, so
-/// every minute is due at the next tick and nothing is too late or in the future.
+/// every minute is already due and nothing is too late or in the future.
 const BASE_MICROS: i64 = 1_772_359_200_000_000;
 const CLOCK_AHEAD_MICROS: i64 = 300_000_000;
 

@@ -189,7 +189,7 @@ async fn a_known_mix_gives_known_rows_and_reasons() {
     for payload in good.iter().chain(bad.iter()) {
         h.publish(payload.clone()).await;
     }
-    // Both minutes are past end + grace at 10:02:30: the next tick closes them.
+    // Both minutes are past end + grace at 10:02:30: the next look (5 ms tick here) closes them.
     h.wait_for_parts(4).await;
     h.pipeline.stop().await;
 
@@ -296,7 +296,7 @@ async fn a_stalled_writer_stalls_the_publisher_instead_of_dropping() {
     let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
     let h = start("2026-03-01T10:09:30Z", |_| {}, recorder).await;
     // Every message lands in a different, already due minute: each is handed to the
-    // (stalled) writer at the next tick, so the aggregator stops taking samples.
+    // (stalled) writer at its next look, so the aggregator stops taking samples.
     let payloads: Vec<String> = (0..400)
         .map(|n| {
             let ts = at("2026-03-01T10:00:00Z").saturating_add_micros(n * 1_000_000);
