@@ -4,7 +4,7 @@
 //! never checks a password: a secret-rotation test run against it would pass whatever
 //! password the service sent. [`PgCluster::start_scram`] instead runs `initdb` into a
 //! temporary directory with `scram-sha-256` for TCP connections in its `pg_hba.conf` and
-//! starts it on a free port of 127.0.0.1. Its administrator connects over a unix socket
+//! starts it on a leased port of 127.0.0.1 ([`crate::ports`]). Its administrator connects over a unix socket
 //! inside that directory (trusted, so the helper needs no password of its own); the
 //! service under test connects over TCP and has to present the right password.
 //!
@@ -18,6 +18,7 @@
 //! process that was killed outright are stopped and removed by the next
 //! [`PgCluster::start_scram`].
 
+use crate::ports::PortLease;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -31,18 +32,6 @@ const DIR_PREFIX: &str = "fleetagg_pg";
 /// busy compiling.
 const PG_CTL_TIMEOUT_SECS: &str = "120";
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-///
-/// The OS picks it (bind port 0) so that parallel tests and other services on the
-/// machine do not collide. Nothing holds it afterwards: a server started on it can still
-/// lose a race, which is why the helpers that use it retry with another port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("bind 127.0.0.1:0 to find a free port")
-}
-
 /// A running private PostgreSQL cluster that checks passwords with SCRAM-SHA-256.
 ///
 /// Dropping it stops the server (`pg_ctl stop -m immediate`) and removes its directory.
@@ -50,6 +39,9 @@ pub fn free_port() -> u16 {
 pub struct PgCluster {
     /// The TCP port on 127.0.0.1 (the unix socket uses the same number).
     pub port: u16,
+    /// Held for the cluster's whole life, so a restart after [`PgCluster::stop`] finds its
+    /// port free (`None` only for abandoned clusters being reaped).
+    lease: Option<PortLease>,
     /// The temporary directory: the data directory `data/`, the unix socket, the log.
     dir: PathBuf,
     /// The directory of `initdb`, `pg_ctl` and `postgres`.
@@ -81,7 +73,8 @@ impl PgCluster {
         let dir = std::env::temp_dir().join(crate::unique(DIR_PREFIX));
         std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));
         // From here on, Drop removes the directory and stops the server whatever fails.
-        let mut cluster = PgCluster { port: 0, dir, bindir, as_postgres };
+        let lease = PortLease::acquire();
+        let cluster = PgCluster { port: lease.port(), lease: Some(lease), dir, bindir, as_postgres };
         if as_postgres {
             // initdb refuses to run as root; the postgres user must own the directory
             // (the system temp dir is world-traversable, so it can reach it).
@@ -92,20 +85,12 @@ impl PgCluster {
         }
         cluster.initdb(host_auth);
 
-        // A free port can be taken by someone else before the server binds it: retry.
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            cluster.port = free_port();
-            cluster.write_settings();
-            match cluster.pg_ctl_start() {
-                Ok(()) => {
-                    cluster.wait_until_accepting().await;
-                    return cluster;
-                }
-                Err(error) => last_error = error,
-            }
+        cluster.write_settings();
+        if let Err(error) = cluster.pg_ctl_start() {
+            panic!("the test PostgreSQL cluster in {} did not start: {error}", cluster.dir.display());
         }
-        panic!("the test PostgreSQL cluster in {} did not start: {last_error}", cluster.dir.display());
+        cluster.wait_until_accepting().await;
+        cluster
     }
 
     /// A tokio-postgres connection string for the `postgres` superuser over the unix
@@ -151,6 +136,9 @@ impl PgCluster {
     /// Starts the server again after [`PgCluster::stop`], on the same port and with the
     /// same data; returns once it accepts connections.
     pub fn start(&self) {
+        if let Some(lease) = &self.lease {
+            lease.assert_bindable("the test PostgreSQL cluster");
+        }
         if let Err(error) = self.pg_ctl_start() {
             panic!("the test PostgreSQL cluster on port {} did not start again: {error}", self.port);
         }
@@ -339,7 +327,7 @@ fn reap_abandoned_clusters(bindir: &Path, as_postgres: bool) {
             continue;
         }
         // Dropping a PgCluster for it stops the server if it runs and removes the dir.
-        drop(PgCluster { port: 0, dir: entry.path(), bindir: bindir.to_owned(), as_postgres });
+        drop(PgCluster { port: 0, lease: None, dir: entry.path(), bindir: bindir.to_owned(), as_postgres });
     }
 }
 

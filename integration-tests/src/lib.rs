@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod mosquitto;
 pub mod moto;
+pub mod ports;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

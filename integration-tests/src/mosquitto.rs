@@ -1,7 +1,7 @@
-//! A Mosquitto broker of a test's own, on a free port, with persistence, so a test can
+//! A Mosquitto broker of a test's own, on a leased port, with persistence, so a test can
 //! restart it without disturbing the machine's broker or other tests.
 
-use crate::cluster::free_port;
+use crate::ports::PortLease;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct MosquittoBroker {
     pub port: u16,
+    /// Held for the broker's whole life, so a restart after [`MosquittoBroker::stop`]
+    /// finds its port free.
+    lease: PortLease,
     dir: PathBuf,
     child: Mutex<Option<Child>>,
 }
@@ -18,7 +21,8 @@ impl MosquittoBroker {
     pub async fn start() -> MosquittoBroker {
         let dir = std::env::temp_dir().join(crate::unique("fleetagg_mosquitto"));
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let port = free_port();
+        let lease = PortLease::acquire();
+        let port = lease.port();
         // Unlimited queues: a persistent session must not lose messages while the
         // service is away. `user root` keeps a root-started broker from switching to a
         // user that cannot write the test's directory.
@@ -31,7 +35,7 @@ impl MosquittoBroker {
             if as_root { "user root\n" } else { "" }
         );
         std::fs::write(dir.join("mosquitto.conf"), config).expect("broker config");
-        let broker = MosquittoBroker { port, dir, child: Mutex::new(None) };
+        let broker = MosquittoBroker { port, lease, dir, child: Mutex::new(None) };
         broker.resume().await;
         broker
     }
@@ -41,7 +45,10 @@ impl MosquittoBroker {
     }
 
     /// Starts the broker again after [`MosquittoBroker::stop`]; waits until it listens.
+    ///
+    /// Fails at once, with the cause, when the port was taken or mosquitto exits.
     pub async fn resume(&self) {
+        self.lease.assert_bindable("the test's Mosquitto");
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
@@ -49,12 +56,36 @@ impl MosquittoBroker {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto is not installed: scripts/test installs it");
+        // In place before any wait, so Drop stops it if the wait below fails the test.
         *self.child.lock().expect("broker lock") = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
+            let exited = self
+                .child
+                .lock()
+                .expect("broker lock")
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!(
+                    "mosquitto exited ({status}) instead of listening on {}; its log:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {} within 30 s; its log:\n{}",
+                self.port,
+                self.log()
+            );
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The broker's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Stops the broker cleanly (SIGTERM: it saves its persistence file first).

@@ -5,7 +5,7 @@
 //! runs unchanged, only with `endpoint_url` pointing at it and dummy credentials.
 //! `scripts/ensure-services.sh` (run by `scripts/test`) installs `moto[server]` into the
 //! virtual environment `scripts/.venv`; `$FLEETAGG_MOTO_SERVER` can name another
-//! executable. Each [`MotoServer`] is a process of its own on a free port, so tests do
+//! executable. Each [`MotoServer`] is a process of its own on a leased port ([`crate::ports`]), so tests do
 //! not see each other's secrets; dropping it kills the process.
 
 use std::io::{Read, Write};
@@ -13,6 +13,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::ports::PortLease;
 
 use aws_sdk_secretsmanager::config::{Credentials, Region};
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
@@ -28,6 +30,8 @@ pub struct MotoServer {
     /// `http://127.0.0.1:<port>`: the `endpoint_url` for SDK clients and fleetagg's config.
     pub endpoint: String,
     child: Option<Child>,
+    /// The port `endpoint` names, held while the server runs.
+    _lease: PortLease,
     /// Holds the server's log (moto logs every request to stderr).
     dir: PathBuf,
 }
@@ -41,26 +45,30 @@ impl MotoServer {
         let executable = moto_executable();
         let dir = std::env::temp_dir().join(crate::unique("fleetagg_moto"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));
-        let mut server = MotoServer { endpoint: String::new(), child: None, dir };
-        // The free port can be taken before moto binds it: then moto exits, try another.
-        for _ in 0..5 {
-            let port = crate::cluster::free_port();
-            let log = std::fs::File::create(server.log_path()).expect("create the moto log");
-            let child = Command::new(&executable)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone the moto log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|err| panic!("cannot run {}: {err}", executable.display()));
-            server.child = Some(child);
-            server.endpoint = format!("http://127.0.0.1:{port}");
-            if server.wait_until_answering(port).await {
-                return server;
-            }
-            server.kill();
+        let lease = PortLease::acquire();
+        let port = lease.port();
+        let log = std::fs::File::create(dir.join("moto.log")).expect("create the moto log");
+        let child = Command::new(&executable)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the moto log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", executable.display()));
+        let mut server = MotoServer {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            _lease: lease,
+            dir,
+        };
+        if !server.wait_until_answering(port).await {
+            panic!(
+                "moto_server ({}) did not start on port {port}; its log:\n{}",
+                executable.display(),
+                server.log()
+            );
         }
-        panic!("moto_server ({}) did not start; its last log:\n{}", executable.display(), server.log());
+        server
     }
 
     /// A Secrets Manager client for this server, as a test's "operator" side: dummy
@@ -127,7 +135,7 @@ impl MotoServer {
     }
 
     /// Polls with a raw HTTP request (any HTTP answer will do) until moto answers, has
-    /// exited (its port was taken), or a generous deadline passes: importing moto takes
+    /// exited, or a generous deadline passes: importing moto takes
     /// seconds on a busy machine.
     async fn wait_until_answering(&mut self, port: u16) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,10 +1,13 @@
 //! The test infrastructure itself: a private PostgreSQL cluster really checks SCRAM
 //! passwords (unlike the machine's trusting server) and survives stop/start, and the local
 //! moto Secrets Manager stores and rotates secret values. The secret-rotation tests rely
-//! on both; if these fail, fix the helpers before reading anything into those.
+//! on both; if these fail, fix the helpers before reading anything into those. Ports are
+//! leased so that a stopped server gets its port back.
 
 use fleetagg_integration_tests::cluster::PgCluster;
+use fleetagg_integration_tests::mosquitto::MosquittoBroker;
 use fleetagg_integration_tests::moto::MotoServer;
+use fleetagg_integration_tests::ports::PortLease;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -136,4 +139,46 @@ async fn moto_stores_and_rotates_secret_values() {
         .expect("endpoint ends with the port");
     drop(moto);
     assert!(!port_is_open(port), "moto still runs after drop");
+}
+
+#[test]
+fn leased_ports_are_never_handed_out_as_ephemeral_ones() {
+    let leases: Vec<PortLease> = (0..20).map(|_| PortLease::acquire()).collect();
+    let mut leased: Vec<u16> = leases.iter().map(PortLease::port).collect();
+    leased.sort_unstable();
+    leased.dedup();
+    assert_eq!(leased.len(), leases.len(), "each lease is a port of its own");
+    // What took a stopped broker's port in CI: a listener on port 0. Ask for many.
+    let listeners: Vec<std::net::TcpListener> = (0..2000)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    for listener in &listeners {
+        let port = listener.local_addr().expect("local address").port();
+        assert!(!leased.contains(&port), "the kernel handed out leased port {port}");
+    }
+}
+
+#[test]
+fn a_taken_port_is_reported_as_taken() {
+    let lease = PortLease::acquire();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", lease.port())).expect("bind the leased port");
+    let failure = std::panic::catch_unwind(|| lease.assert_bindable("a test server"))
+        .expect_err("a port someone listens on is not bindable");
+    let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains(&format!("port {} for a test server was taken", lease.port())), "{message}");
+    drop(squatter);
+    lease.assert_bindable("a test server");
+}
+
+#[actix_rt::test]
+async fn a_stopped_broker_gets_its_port_back_while_ephemeral_ports_are_taken() {
+    let broker = MosquittoBroker::start().await;
+    broker.stop();
+    assert!(!port_is_open(broker.port), "the broker stopped");
+    let listeners: Vec<std::net::TcpListener> = (0..2000)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    broker.resume().await;
+    assert!(port_is_open(broker.port), "the broker listens on its port again");
+    drop(listeners);
 }

@@ -3,8 +3,9 @@
 //! the "connected but silent" watchdog.
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use fleetagg_integration_tests::cluster::{free_port, PgCluster};
+use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::mosquitto::MosquittoBroker;
+use fleetagg_integration_tests::ports::PortLease;
 use fleetagg_integration_tests::{
     broker_url, eventually, http_get, metric, rejection_reasons, service_config, unique, Publisher,
     ServiceProcess, TestDatabase,
@@ -25,7 +26,9 @@ fn payload(machine: &str, ts: chrono::DateTime<Utc>, load_rate: f64) -> String {
 async fn counters_match_what_was_sent_and_what_was_stored() {
     let db = TestDatabase::create().await;
     let prefix = unique("metrics");
-    let port = free_port();
+    // Held until the service binds it (and beyond): nothing else can take it meanwhile.
+    let metrics_port = PortLease::acquire();
+    let port = metrics_port.port();
     // Five minutes of grace: the current minute stays open, so duplicates into it are
     // caught and `open_minutes` can be checked; older minutes close at once.
     let config = with_metrics(&service_config(&db.url, &prefix, &unique("fleetagg"), "5m"), port, "off");
@@ -112,7 +115,9 @@ async fn readiness_follows_the_broker_the_database_and_silence() {
     let cluster = PgCluster::start_trust().await;
     cluster.admin_execute("CREATE DATABASE fleet").await;
     let prefix = unique("ready");
-    let port = free_port();
+    // Held until the service binds it (and beyond): nothing else can take it meanwhile.
+    let metrics_port = PortLease::acquire();
+    let port = metrics_port.port();
     let config = service_config(&cluster.url_for("postgres", "fleet"), &prefix, &unique("fleetagg"), "1s")
         .replace(&broker_url(), &broker.url());
     let service = ServiceProcess::spawn_unchecked(&with_metrics(&config, port, "3s"), &[]);
