@@ -38,7 +38,10 @@ pub(crate) struct ConfigArg {
 
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<Config> {
-        let config = fleetagg_config::load(self.config.as_deref(), std::env::vars())?;
+        // `vars_os`, not `vars`: `vars` panics on any variable that is not UTF-8, ours or
+        // not, and the panic message prints its value. The loader looks only at
+        // FLEETAGG__ names and names a bad one without its value.
+        let config = fleetagg_config::load(self.config.as_deref(), std::env::vars_os())?;
         Ok(config)
     }
 }

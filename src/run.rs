@@ -6,11 +6,11 @@ use fleetagg_actors::clock::SystemClock;
 use fleetagg_actors::secrets;
 use fleetagg_actors::source::MqttSource;
 use fleetagg_actors::writer::Connector;
-use fleetagg_actors::Service;
+use fleetagg_actors::{Service, ShutdownReport};
 use fleetagg_config::Config;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Exit code when a stop could not write everything it had accepted.
 const EXIT_ROWS_UNWRITTEN: u8 = 3;
@@ -22,17 +22,19 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
         let source = Box::new(MqttSource::new(&config.mqtt));
         let starting = Service::start(&config, source, Arc::new(SystemClock));
         tokio::pin!(starting);
-        let (service, early_signal) = tokio::select! {
+        let timeout = config.service.shutdown_timeout;
+        let (service, early_stop) = tokio::select! {
             started = &mut starting => (started?, None),
             signal = shutdown_signal() => {
                 // Not dropped on the spot: once connected, paho acknowledges what it
                 // hands to the inbound channel, so a start-up cut short would lose it.
-                // Start-up finishes (within the shutdown deadline), then a normal stop
-                // writes everything.
+                // Start-up finishes, then a normal stop writes everything, all within one
+                // shutdown deadline counted from the signal.
                 let signal = signal?;
+                let deadline = Instant::now() + timeout;
                 tracing::info!(signal, "signal during start-up: finishing start-up, then stopping");
-                match tokio::time::timeout(config.service.shutdown_timeout, &mut starting).await {
-                    Ok(started) => (started?, Some(signal)),
+                match tokio::time::timeout_at(deadline.into(), &mut starting).await {
+                    Ok(started) => (started?, Some((signal, deadline))),
                     Err(_) => {
                         // Still connecting after the deadline: nothing was received.
                         tracing::warn!(signal, "start-up did not finish before the deadline; stopped");
@@ -55,12 +57,21 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
             }
         });
 
-        let signal = match early_signal {
-            Some(signal) => signal,
-            None => shutdown_signal().await?,
+        let (signal, deadline) = match early_stop {
+            Some(stop) => stop,
+            None => {
+                let signal = shutdown_signal().await?;
+                (signal, Instant::now() + timeout)
+            }
         };
-        tracing::info!(signal, timeout = ?config.service.shutdown_timeout, "stopping: flushing open minutes");
-        let report = service.shutdown(config.service.shutdown_timeout).await;
+        tracing::info!(signal, ?timeout, "stopping: flushing open minutes");
+        let report = tokio::select! {
+            report = service.shutdown(deadline) => report,
+            second = shutdown_signal() => {
+                tracing::warn!(signal = second?, "second signal: exiting now, without waiting for the drain");
+                ShutdownReport::from_gauges(&stats)
+            }
+        };
         stats_logger.abort();
         tracing::info!(counters = %stats.summary(), "final counters");
         if report.is_complete() {
@@ -69,6 +80,7 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
         } else {
             tracing::error!(
                 intake_drained = report.intake_drained,
+                minutes_left_in_aggregators = report.minutes_left_in_aggregators,
                 unwritten_minutes = report.writer.unwritten_minutes,
                 unwritten_rejections = report.writer.unwritten_rejections,
                 "stopped with rows not written"

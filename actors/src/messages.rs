@@ -71,6 +71,18 @@ impl DrainReport {
     pub fn is_complete(&self) -> bool {
         self.unwritten_minutes == 0 && self.unwritten_rejections == 0
     }
+
+    /// What the writer last said it held, when it cannot be asked.
+    pub fn from_gauges(stats: &crate::stats::PipelineStats) -> Self {
+        use std::sync::atomic::Ordering;
+        let get = |gauge: &std::sync::atomic::AtomicU64| {
+            usize::try_from(gauge.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+        };
+        DrainReport {
+            unwritten_minutes: get(&stats.rows_buffered),
+            unwritten_rejections: get(&stats.rejections_buffered),
+        }
+    }
 }
 
 /// Writer → secret keeper: a login failed, the password may have been rotated: fetch the
@@ -90,8 +102,3 @@ pub struct CredentialsChanged(pub Credentials);
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct SubscribeCredentials(pub actix::Recipient<CredentialsChanged>);
-
-/// Monitor → broker, writer: `/healthz` asks whether the actor answers. Control path.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Ping;

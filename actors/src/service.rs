@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::logic::{TimestampRules, ValidationRules};
 use crate::messages::SubscribeCredentials;
 use crate::messages::{Drain, DrainReport, StopIntake};
-use crate::monitoring::{self, MonitorState, ReadinessSettings};
+use crate::monitoring::{self, Heartbeats, MonitorState, ReadinessSettings};
 use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
 use crate::stats::{mark_now, PipelineStats};
@@ -86,6 +86,7 @@ impl PipelineSettings {
 #[derive(Debug)]
 pub struct Pipeline {
     pub(crate) broker: Addr<Broker>,
+    /// One arbiter per core for the aggregators.
     shards: Vec<Arbiter>,
 }
 
@@ -117,10 +118,25 @@ impl Pipeline {
 
     /// Stops taking messages and hands everything received to the writer.
     pub async fn stop(self) {
+        self.stop_by(None).await;
+    }
+
+    /// [`Pipeline::stop`], giving up at `deadline`. False when the deadline came first
+    /// (the writer did not make room in time); the aggregator threads are stopped either
+    /// way.
+    pub async fn stop_by(self, deadline: Option<Instant>) -> bool {
         // An error means the broker already stopped after draining: nothing is left.
-        let _ = self.broker.send(StopIntake).await;
-        tracing::debug!("intake drained; stopping the aggregator arbiters");
+        let intake = self.broker.send(StopIntake);
+        let drained = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), intake).await.is_ok(),
+            None => {
+                let _ = intake.await;
+                true
+            }
+        };
+        tracing::debug!(drained, "intake stopped; stopping the aggregator arbiters");
         stop_arbiters(self.shards);
+        drained
     }
 }
 
@@ -136,6 +152,8 @@ fn stop_arbiters(arbiters: Vec<Arbiter>) {
 pub struct ShutdownReport {
     /// False when the intake did not drain before the deadline.
     pub intake_drained: bool,
+    /// Minutes the aggregators still held when the intake was cut off (0 when drained).
+    pub minutes_left_in_aggregators: u64,
     pub writer: DrainReport,
 }
 
@@ -143,6 +161,16 @@ impl ShutdownReport {
     /// True when everything accepted was written.
     pub fn is_complete(&self) -> bool {
         self.intake_drained && self.writer.is_complete()
+    }
+
+    /// What a stop that cannot wait any longer (a second signal) knows from the gauges.
+    pub fn from_gauges(stats: &PipelineStats) -> Self {
+        ShutdownReport {
+            intake_drained: false,
+            minutes_left_in_aggregators: u64::try_from(stats.open_minutes.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            writer: DrainReport::from_gauges(stats),
+        }
     }
 }
 
@@ -156,8 +184,14 @@ pub struct Service {
     monitor: Option<Monitor>,
 }
 
-/// The HTTP listener: its address, what it reads, and its task.
-type Monitor = (std::net::SocketAddr, Arc<MonitorState>, actix_rt::task::JoinHandle<()>);
+/// The HTTP listener.
+#[derive(Debug)]
+struct Monitor {
+    address: std::net::SocketAddr,
+    /// What it reads; actor threads add their heartbeats as they start.
+    state: Arc<MonitorState>,
+    task: actix_rt::task::JoinHandle<()>,
+}
 
 async fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<Monitor>, ServiceError> {
     let Some(address) = config.metrics.address() else {
@@ -170,16 +204,18 @@ async fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Op
     let state = Arc::new(MonitorState {
         stats: stats.clone(),
         readiness: ReadinessSettings { idle_alert: config.mqtt.idle_alert },
-        actors: std::sync::Mutex::new(Vec::new()),
+        heartbeats: Heartbeats::default(),
     });
+    // The System arbiter runs the broker and this listener.
+    state.heartbeats.watch("broker", &Arbiter::current());
     let task = actix_rt::spawn(monitoring::serve(listener, state.clone()));
     tracing::info!(address = %bound, "metrics listening (/metrics, /healthz, /readyz)");
-    Ok(Some((bound, state, task)))
+    Ok(Some(Monitor { address: bound, state, task }))
 }
 
 fn stop_monitor(monitor: Option<Monitor>) {
-    if let Some((_, _, task)) = monitor {
-        task.abort();
+    if let Some(monitor) = monitor {
+        monitor.task.abort();
     }
 }
 
@@ -197,6 +233,7 @@ impl Service {
             batch_max_rows: config.database.batch_max_rows,
             flush_interval: config.database.flush_interval,
             max_buffered_rows: config.database.max_buffered_rows,
+            max_buffered_rejections: config.rejects.max_buffered,
         };
         let writer_arbiter = Arbiter::new();
         let credentials = match &config.database.password {
@@ -239,8 +276,8 @@ impl Service {
             // Control path, once at start-up.
             let _ = keeper.send(SubscribeCredentials(writer.clone().recipient())).await;
         }
-        if let Some((_, state, _)) = &monitor {
-            state.add_actor("writer", writer.clone().recipient());
+        if let Some(monitor) = &monitor {
+            monitor.state.heartbeats.watch("writer", &writer_arbiter.handle());
         }
         let outputs =
             BrokerOutputs { minutes: writer.clone().recipient(), rejections: writer.clone().recipient() };
@@ -260,34 +297,52 @@ impl Service {
                 return Err(err.into());
             }
         };
-        if let Some((_, state, _)) = &monitor {
-            state.add_actor("broker", pipeline.broker.clone().recipient());
+        if let Some(monitor) = &monitor {
+            for (core, shard) in pipeline.shards.iter().enumerate() {
+                monitor.state.heartbeats.watch(format!("aggregators-{core}"), &shard.handle());
+            }
         }
         Ok(Service { pipeline, writer, writer_arbiter, stats, monitor })
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
     pub fn monitor_address(&self) -> Option<std::net::SocketAddr> {
-        self.monitor.as_ref().map(|(address, _, _)| *address)
+        self.monitor.as_ref().map(|monitor| monitor.address)
     }
 
     pub fn stats(&self) -> Arc<PipelineStats> {
         self.stats.clone()
     }
 
-    /// Stops intake, flushes every open minute and drains the writer, within `timeout`.
-    pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + timeout;
-        let intake_drained = tokio::time::timeout_at(deadline.into(), self.pipeline.stop()).await.is_ok();
-        tracing::debug!(intake_drained, "intake stopped; draining the writer");
-        let writer = self
-            .writer
-            .send(Drain { deadline })
-            .await
-            .unwrap_or(DrainReport { unwritten_minutes: usize::MAX, unwritten_rejections: usize::MAX });
+    /// Stops intake, flushes every open minute and drains the writer, by `deadline`,
+    /// whatever state the writer is in: its drain cancels an attempt still in flight at
+    /// the deadline, and a writer that does not answer at all is read from the gauges.
+    pub async fn shutdown(self, deadline: Instant) -> ShutdownReport {
+        let intake_drained = self.pipeline.stop_by(Some(deadline)).await;
+        let minutes_left_in_aggregators = if intake_drained {
+            0
+        } else {
+            u64::try_from(self.stats.open_minutes.load(Ordering::Relaxed)).unwrap_or(0)
+        };
+        tracing::debug!(intake_drained, "draining the writer");
+        let answer = tokio::time::timeout_at(
+            (deadline + DRAIN_ANSWER_MARGIN).into(),
+            self.writer.send(Drain { deadline }),
+        );
+        let writer = match answer.await {
+            Ok(Ok(report)) => report,
+            _ => {
+                tracing::error!("the writer did not answer the drain; reporting what it last held");
+                DrainReport::from_gauges(&self.stats)
+            }
+        };
         tracing::debug!(?writer, "writer drained");
         stop_arbiters(vec![self.writer_arbiter]);
         stop_monitor(self.monitor);
-        ShutdownReport { intake_drained, writer }
+        ShutdownReport { intake_drained, minutes_left_in_aggregators, writer }
     }
 }
+
+/// How long after the deadline the drain's answer may take to arrive (the writer answers
+/// at the deadline itself).
+const DRAIN_ANSWER_MARGIN: Duration = Duration::from_millis(500);

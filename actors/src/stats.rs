@@ -13,7 +13,8 @@ pub struct PipelineStats {
     pub accepted: AtomicU64,
     pub duplicates: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
-    /// Rejections over `rejects.max_per_second`: counted, not stored.
+    /// Rejections over `rejects.max_per_second`, or arriving while `rejects.max_buffered`
+    /// wait for the database: counted, not stored.
     pub rejects_not_stored: AtomicU64,
     /// Samples a send to a stopped aggregator could not deliver (should stay 0).
     pub samples_lost: AtomicU64,
@@ -34,6 +35,10 @@ pub struct PipelineStats {
     pub rejections_dropped: AtomicU64,
     /// Minutes held by the writer, not yet written (a gauge).
     pub rows_buffered: AtomicU64,
+    /// Rejected messages held by the writer, not yet stored (a gauge).
+    pub rejections_buffered: AtomicU64,
+    /// The writer's buffer is full and aggregators wait for room (back-pressure).
+    pub writer_holding: AtomicBool,
     /// Times the supervisor restarted the writer after a broken connection.
     pub writer_restarts: AtomicU64,
     /// Minutes held by aggregators (a gauge).
@@ -62,7 +67,7 @@ pub struct PipelineStats {
 pub struct Latencies {
     /// One upsert statement.
     pub write_batch: Histogram,
-    /// From a minute's end to the commit of its row (grace + tick + flush + write).
+    /// From a minute's end to the commit of its row (grace + close sweep + linger + write).
     pub commit_lag: Histogram,
 }
 

@@ -10,10 +10,11 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use fleetagg_actors::broker::BrokerOutputs;
 use fleetagg_actors::clock::{Clock, ManualClock};
+use fleetagg_actors::logic::rows::MAX_STORED_PAYLOAD;
 use fleetagg_actors::logic::{ClosedMinute, MinuteAggregate, RejectReason, RejectedMessage, Timestamp};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
 use fleetagg_actors::service::PipelineSettings;
-use fleetagg_actors::source::FakeBroker;
+use fleetagg_actors::source::{FakeBroker, InboundMessage};
 use fleetagg_actors::stats::PipelineStats;
 use fleetagg_actors::Pipeline;
 use fleetagg_config::Config;
@@ -167,7 +168,13 @@ fn aggregate(samples: u32, sum: f64, load: (f64, f64), mileage: (f64, f64)) -> M
 
 #[actix_rt::test]
 async fn a_known_mix_gives_known_rows_and_reasons() {
-    let h = start("2026-03-01T10:02:30Z", |_| {}, Recorder::default()).await;
+    // Minutes stay open while the messages arrive (a grace of 10 minutes), so the
+    // redelivery always meets its minute still held; with minutes already due, the close
+    // could run between the original and the redelivery (it did, on a loaded machine),
+    // and a redelivery into a minute already handed over is not a duplicate by contract.
+    let grace = Duration::from_secs(600);
+    let h =
+        start("2026-03-01T10:02:30Z", |config| config.aggregation.grace = grace, Recorder::default()).await;
     let epoch_10_00_40 = utc("2026-03-01T10:00:40Z").timestamp();
     let good = [
         message("m1", "2026-03-01T10:00:10Z", 10.0, 100.0),
@@ -189,7 +196,10 @@ async fn a_known_mix_gives_known_rows_and_reasons() {
     for payload in good.iter().chain(bad.iter()) {
         h.publish(payload.clone()).await;
     }
-    // Both minutes are past end + grace at 10:02:30: the next look (5 ms tick here) closes them.
+    h.wait_until_routed(good.len() as u64).await;
+    assert_eq!(h.recorder.part_count(), 0, "no minute closes before its end + grace");
+    // Past end + grace of both minutes: the next look (5 ms tick here) closes them.
+    h.clock.set(at("2026-03-01T10:12:00Z"));
     h.wait_for_parts(4).await;
     h.pipeline.stop().await;
 
@@ -288,6 +298,28 @@ async fn stored_rejections_are_capped_per_second_but_all_counted() {
     assert_eq!(h.recorder.reasons(), vec![RejectReason::Malformed; 2]);
     assert_eq!(h.stats.rejected(RejectReason::Malformed), 5);
     assert_eq!(h.stats.rejects_not_stored.load(Ordering::SeqCst), 3);
+}
+
+/// A payload far over the limit, cut as the MQTT source cuts it: held at the limit + 1
+/// byte, still rejected as `too_large`, with the length it had on the wire.
+#[actix_rt::test]
+async fn a_huge_payload_is_held_cut_and_rejected_with_its_true_length() {
+    let h = start("2026-03-01T10:00:30Z", |_| {}, Recorder::default()).await;
+    let limit = Config::default().mqtt.max_payload_bytes;
+    let huge = vec![b'{'; 10 * 1024 * 1024];
+    let message = InboundMessage::received(TOPIC, &huge, limit);
+    assert_eq!(message.payload.len(), limit + 1, "the queued copy is cut");
+    assert!(h.publisher.deliver(message).await, "pipeline refused a message");
+    h.pipeline.stop().await;
+
+    let rejections = h.recorder.rejections.lock().unwrap().clone();
+    assert_eq!(rejections.len(), 1);
+    assert_eq!(rejections[0].reason, RejectReason::TooLarge);
+    let detail = &rejections[0].detail;
+    assert!(detail.contains(&format!("{} bytes", huge.len())), "the true length: {detail}");
+    assert!(detail.contains(&limit.to_string()), "the limit: {detail}");
+    assert_eq!(rejections[0].payload, huge[..MAX_STORED_PAYLOAD], "the stored start is unchanged");
+    assert_eq!(h.stats.rejected(RejectReason::TooLarge), 1);
 }
 
 #[actix_rt::test]

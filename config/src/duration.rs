@@ -1,8 +1,15 @@
 //! Durations written as human strings (`"500ms"`, `"5s"`, `"10m"`), and the optional
 //! form where `"off"` disables a check.
+//!
+//! A wrong duration is reported through `invalid_value` with what is expected, never
+//! with the text given: configuration errors do not echo values (see `crate::de`).
 
-use serde::{de, Deserialize, Deserializer, Serializer};
+use serde::de::{self, Unexpected};
+use serde::{Deserialize, Deserializer, Serializer};
 use std::time::Duration;
+
+const EXPECTED: &str = "a duration such as \"500ms\", \"5s\" or \"10m\"";
+const EXPECTED_OR_OFF: &str = "a duration such as \"500ms\", \"5s\" or \"10m\", or \"off\"";
 
 /// `#[serde(with = "crate::duration::human")]` for a required duration.
 pub(crate) mod human {
@@ -14,7 +21,7 @@ pub(crate) mod human {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse(&text).map_err(de::Error::custom)
+        parse(&text).ok_or_else(|| de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED))
     }
 }
 
@@ -39,12 +46,12 @@ pub(crate) mod human_or_off {
         if text.trim().eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        parse(&text).map(Some).map_err(de::Error::custom)
+        parse(&text)
+            .map(Some)
+            .ok_or_else(|| de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED_OR_OFF))
     }
 }
 
-fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|err| {
-        format!("invalid duration {text:?} ({err}); write it like \"500ms\", \"5s\" or \"10m\"")
-    })
+fn parse(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text.trim()).ok()
 }

@@ -21,8 +21,16 @@ pub enum SecretSourceKind {
 }
 
 /// `[database.password]`: one source and the fields it takes.
+///
+/// `expecting` is what an error says when something else stands here, typically the
+/// password itself (`password = "…"`): it says what belongs here, and the error never
+/// shows what was found (see `crate::de`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a section naming a secret source (`source = \"aws-secrets-manager\"`, `\"file\"` or \
+                 `\"env\"`, see docs/operations.md), never the password itself"
+)]
 pub struct PasswordConfig {
     pub source: SecretSourceKind,
     /// aws-secrets-manager: the secret's name or ARN.
@@ -128,7 +136,11 @@ mod tests {
     use crate::load_from_str;
 
     fn load(password_section: &str) -> Result<crate::Config, crate::ConfigError> {
-        load_from_str(&format!("[database.password]\n{password_section}"), "test", Vec::new())
+        load_from_str(
+            &format!("[database.password]\n{password_section}"),
+            "test",
+            Vec::<(String, String)>::new(),
+        )
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub struct AggregationConfig {
     #[serde(with = "human_or_off")]
     pub future_tolerance: Option<Duration>,
     /// Zone for timestamps written without an offset.
+    #[serde(with = "iana_zone")]
     pub default_timezone: Tz,
     pub epoch_unit: EpochUnit,
 }
@@ -199,11 +200,15 @@ pub struct RejectsConfig {
     /// Rejected messages stored per second; beyond it they are only counted, so a flood of
     /// garbage cannot overload the database.
     pub max_per_second: u32,
+    /// Rejected messages held in memory while PostgreSQL is unavailable; beyond it they
+    /// are only counted (`rejects_not_stored`), so a flood of hostile messages during an
+    /// outage cannot exhaust memory (each holds at most 12 KiB: topic, detail, payload).
+    pub max_buffered: usize,
 }
 
 impl Default for RejectsConfig {
     fn default() -> Self {
-        RejectsConfig { max_per_second: 1_000 }
+        RejectsConfig { max_per_second: 1_000, max_buffered: 10_000 }
     }
 }
 
@@ -255,16 +260,19 @@ impl Config {
             .unwrap_or_else(|err| format!("# cannot print the configuration: {err}\n"))
     }
 
-    /// Checks the rules that types alone cannot express.
+    /// Checks the rules that types alone cannot express. Like every configuration error,
+    /// these name the key and the rule, never the value (see `crate::de`): a value in the
+    /// wrong key may be a secret.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mqtt = &self.mqtt;
         let scheme_ok = ["tcp://", "ssl://", "ws://", "wss://", "mqtt://", "mqtts://"]
             .iter()
             .any(|scheme| mqtt.url.starts_with(scheme));
         if !scheme_ok {
+            // Not echoed: a URL can carry credentials (`tcp://user:password@host`).
             return Err(ConfigError::key(
                 "mqtt.url",
-                format!("{:?} must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://", mqtt.url),
+                "must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://",
             ));
         }
         if mqtt.client_id.trim().is_empty() {
@@ -274,7 +282,7 @@ impl Config {
             return Err(ConfigError::key("mqtt.topics", "needs at least one non-empty topic filter"));
         }
         if !(0..=2).contains(&mqtt.qos) {
-            return Err(ConfigError::key("mqtt.qos", format!("{} is not 0, 1 or 2", mqtt.qos)));
+            return Err(ConfigError::key("mqtt.qos", "must be 0, 1 or 2"));
         }
         positive("mqtt.max_payload_bytes", mqtt.max_payload_bytes)?;
         if let Some(group) = &mqtt.shared_group {
@@ -298,10 +306,7 @@ impl Config {
 
         let listen = self.metrics.listen.trim();
         if !listen.eq_ignore_ascii_case("off") && listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::key(
-                "metrics.listen",
-                format!("{listen:?} is neither host:port nor \"off\""),
-            ));
+            return Err(ConfigError::key("metrics.listen", "must be host:port or \"off\""));
         }
         let aggregation = &self.aggregation;
         if aggregation.tick.is_zero() {
@@ -345,4 +350,26 @@ fn check_database_url(url: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `aggregation.default_timezone` by IANA name. chrono-tz's own error quotes the name
+/// given; this one says what is expected instead (see `crate::de`).
+mod iana_zone {
+    use chrono_tz::Tz;
+    use serde::de::{self, Unexpected};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(zone: &Tz, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(zone.name())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Tz, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|_| {
+            de::Error::invalid_value(
+                Unexpected::Str(&text),
+                &"an IANA time zone name such as \"Europe/Paris\" or \"UTC\"",
+            )
+        })
+    }
 }

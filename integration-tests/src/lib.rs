@@ -5,6 +5,7 @@
 //! other. The services must be running: `scripts/test` starts them. A missing service is
 //! a failure with a clear message, never a skipped test.
 
+pub mod black_hole;
 pub mod cluster;
 pub mod mosquitto;
 pub mod moto;
@@ -154,6 +155,29 @@ impl ServiceProcess {
         let config_path = write_config(config_toml);
         let log_path = config_path.with_file_name("service.log");
         Self::spawn_child(&config_path, &log_path, env.to_vec())
+    }
+
+    /// Spawns `fleetagg run` with `RUST_LOG` set to `rust_log` (it wins over
+    /// `--log-level`), writing standard output and standard error to the log, without
+    /// waiting for anything. For tests that read everything the service prints.
+    pub fn spawn_with_rust_log(
+        config_toml: &str,
+        env: &[(String, String)],
+        rust_log: &str,
+    ) -> ServiceProcess {
+        let config_path = write_config(config_toml);
+        let log_path = config_path.with_file_name("service.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(fleetagg_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", rust_log)
+            .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn fleetagg");
+        ServiceProcess { child: Some(child), log_path, config_path, env: env.to_vec() }
     }
 
     fn spawn_child(config_path: &Path, log_path: &Path, env: Vec<(String, String)>) -> ServiceProcess {

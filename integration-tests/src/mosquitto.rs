@@ -40,6 +40,47 @@ impl MosquittoBroker {
         broker
     }
 
+    /// A broker that refuses anonymous clients and accepts `user` with `password` only
+    /// (a password file written by `mosquitto_passwd`, which comes with mosquitto).
+    pub async fn start_with_password(user: &str, password: &str) -> MosquittoBroker {
+        let dir = std::env::temp_dir().join(crate::unique("fleetagg_mosquitto"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let password_file = dir.join("passwords");
+        let created = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&password_file)
+            .args([user, password])
+            .stdin(Stdio::null())
+            .output()
+            .expect("mosquitto_passwd is not installed (it comes with mosquitto): scripts/test installs it");
+        assert!(
+            created.status.success(),
+            "mosquitto_passwd failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))
+                .expect("restrict the password file");
+        }
+        let lease = PortLease::acquire();
+        let port = lease.port();
+        let as_root = std::env::var("USER").map_or(true, |user| user == "root");
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\n\
+             persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 100\n\
+             log_dest file {}/mosquitto.log\n{}",
+            password_file.display(),
+            dir.display(),
+            dir.display(),
+            if as_root { "user root\n" } else { "" }
+        );
+        std::fs::write(dir.join("mosquitto.conf"), config).expect("broker config");
+        let broker = MosquittoBroker { port, lease, dir, child: Mutex::new(None) };
+        broker.resume().await;
+        broker
+    }
+
     pub fn url(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
     }

@@ -6,6 +6,8 @@ use fleetagg_actors::logic::{ClosedMinute, Minute, MinuteAggregate, RejectReason
 use fleetagg_actors::messages::{Drain, StoreRejections, WriteMinutes};
 use fleetagg_actors::stats::PipelineStats;
 use fleetagg_actors::writer::{Connector, Writer, WriterSettings};
+use fleetagg_integration_tests::black_hole::BlackHole;
+use fleetagg_integration_tests::ports::PortLease;
 use fleetagg_integration_tests::{admin_execute, loading_rate, TestDatabase};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ fn start_writer(db: &TestDatabase, batch_max_rows: usize) -> (Addr<Writer>, Arc<
         batch_max_rows,
         flush_interval: Duration::from_secs(3600),
         max_buffered_rows: 1_000_000,
+        max_buffered_rejections: 10,
     };
     // Supervised, as in the service: a writer that finds its connection closed stops so
     // that its supervisor restarts it with a new one (and the rows it held).
@@ -61,11 +64,12 @@ async fn batches_respect_batch_max_rows_and_parts_merge() {
     let first: Vec<ClosedMinute> = machines.iter().map(|m| part(m, MINUTE, 2, 30.0, 10.0, 20.0)).collect();
     let second: Vec<ClosedMinute> = machines.iter().map(|m| part(m, MINUTE, 1, 5.0, 5.0, 5.0)).collect();
     writer.send(WriteMinutes(first)).await.unwrap();
+    drain(&writer).await;
     writer.send(WriteMinutes(second)).await.unwrap();
     drain(&writer).await;
 
-    // Each 2500-row part exceeds batch_max_rows, so it is written at once, in
-    // ceil(2500 / 1000) = 3 statements; the upsert merges the second part into the rows.
+    // Each 2500-row part is written in ceil(2500 / 1000) = 3 statements; the upsert
+    // merges the second part into the rows the first one wrote.
     assert_eq!(stats.write_batches.load(Ordering::SeqCst), 6);
     assert_eq!(stats.rows_written.load(Ordering::SeqCst), 5000);
     let rows = loading_rate(&db.client().await).await;
@@ -173,4 +177,98 @@ async fn rejections_are_stored_with_reason_detail_and_payload() {
         .unwrap();
     let stored: (String, String, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!(stored, (rejection.topic, "non_finite".to_owned(), rejection.detail, rejection.payload));
+}
+
+#[actix_rt::test]
+async fn rejections_beyond_their_bound_are_counted_not_stored() {
+    let db = TestDatabase::create().await;
+    let (writer, stats) = start_writer(&db, 5000);
+    let rejection = |n: usize| {
+        RejectedMessage::new(
+            format!("machines/m{n}/telemetry"),
+            RejectReason::Malformed,
+            "not JSON".into(),
+            b"x",
+        )
+    };
+    // The bound is 10 (start_writer): one hand-over of 25 keeps 10 and counts 15.
+    writer.send(StoreRejections((0..25).map(rejection).collect())).await.expect("writer takes rejections");
+    assert_eq!(stats.rejects_not_stored.load(Ordering::SeqCst), 15);
+    drain(&writer).await;
+    assert_eq!(stats.rejects_written.load(Ordering::SeqCst), 10);
+    let stored: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM rejected_message", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 10);
+}
+
+/// A writer whose connection attempts all fail: the database at `url` refuses them or
+/// never answers.
+fn failing_writer(url: &str, max_buffered_rows: usize) -> (Addr<Writer>, Arc<PipelineStats>) {
+    let stats = Arc::new(PipelineStats::default());
+    let connector = Connector::new(url).expect("URL");
+    let settings = WriterSettings {
+        batch_max_rows: 1,
+        flush_interval: Duration::from_millis(50),
+        max_buffered_rows,
+        max_buffered_rejections: 10,
+    };
+    let writer_stats = stats.clone();
+    let writer = Supervisor::start(move |_| Writer::new(connector, None, settings, writer_stats));
+    (writer, stats)
+}
+
+#[actix_rt::test]
+async fn a_full_buffer_holds_the_reply_but_not_the_mailbox() {
+    // Nothing listens on the leased port: every connection attempt is refused.
+    let database = PortLease::acquire();
+    let (writer, stats) =
+        failing_writer(&format!("postgres://postgres@127.0.0.1:{}/none", database.port()), 2);
+    let rows = (0..3).map(|n| part(&format!("m{n}"), MINUTE, 1, 1.0, 1.0, 1.0)).collect();
+    let held = writer.send(WriteMinutes(rows));
+    tokio::pin!(held);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut held).await.is_err(),
+        "the sender of minutes beyond max_buffered_rows waits for room"
+    );
+    assert!(stats.writer_holding.load(Ordering::SeqCst), "the gauge shows the hold");
+    // The mailbox is not held: a drain is answered, at its deadline, with the rows it
+    // could not write, and releases the held sender.
+    let started = Instant::now();
+    let report = writer
+        .send(Drain { deadline: Instant::now() + Duration::from_millis(300) })
+        .await
+        .expect("writer answers Drain while holding");
+    assert!(started.elapsed() < Duration::from_secs(2), "the drain ends at its deadline");
+    assert_eq!(report.unwritten_minutes, 3);
+    tokio::time::timeout(Duration::from_secs(1), held)
+        .await
+        .expect("a drain releases held senders")
+        .expect("writer replied");
+}
+
+#[actix_rt::test]
+async fn an_earlier_drain_does_not_cut_a_later_one_short() {
+    // Attempts hang, so a drain with rows can only end at a deadline.
+    let hole = BlackHole::start();
+    let (writer, _stats) = failing_writer(&hole.database_url(), 1000);
+    // Nothing to write: answered at once, long before its deadline.
+    let first = Drain { deadline: Instant::now() + Duration::from_secs(1) };
+    assert!(writer.send(first).await.expect("drain answered").is_complete());
+    writer.send(WriteMinutes(vec![part("m1", MINUTE, 1, 1.0, 1.0, 1.0)])).await.expect("rows taken");
+    let started = Instant::now();
+    let report = writer
+        .send(Drain { deadline: Instant::now() + Duration::from_secs(3) })
+        .await
+        .expect("drain answered");
+    assert_eq!(report.unwritten_minutes, 1);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "the first drain's deadline ended the second after {took:?}"
+    );
 }

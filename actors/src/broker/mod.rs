@@ -21,8 +21,8 @@ mod routes;
 use crate::aggregator::{AggregatorSettings, AggregatorShared};
 use crate::clock::Clock;
 use crate::delivery::Deliveries;
-use crate::logic::{validate, RejectLimiter, RejectedMessage, ValidationRules};
-use crate::messages::Ping;
+use crate::logic::validate::validate_received;
+use crate::logic::{RejectLimiter, RejectedMessage, ValidationRules};
 use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections, WriteMinutes};
 use crate::monitoring::health_silence as silence;
 use crate::monitoring::ReadinessSettings;
@@ -178,7 +178,8 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         let lingering = batch.len() < BATCH_MESSAGES;
         let mut rejections = Vec::new();
         for message in batch {
-            match validate(&message.payload, now, &self.rules) {
+            // On the length as received: a payload over the limit is held cut.
+            match validate_received(&message.payload, message.payload_len, now, &self.rules) {
                 Ok(telemetry) => self.routes.add(&telemetry.machine, telemetry.sample),
                 Err(rejection) => {
                     self.stats.count_rejected(rejection.reason);
@@ -255,12 +256,6 @@ impl Handler<StopIntake> for Broker {
             let _ = waiting.await;
         })
     }
-}
-
-impl Handler<Ping> for Broker {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
 }
 
 /// The inbound channel as a stream of batches of whatever is ready, up to `max`.

@@ -4,20 +4,30 @@
 //! bare tokens, and the contract wants those messages rejected as `non_finite`, not as
 //! `malformed`. This reader accepts exactly JSON plus those three tokens, borrows strings
 //! that have no escapes, keeps only the four telemetry fields, and bounds nesting so
-//! hostile input is an error, never a stack overflow.
+//! hostile input is an error, never a stack overflow. Every byte is looked at a bounded
+//! number of times, so reading time is linear in the payload's size.
 
 use std::borrow::Cow;
 
-/// Deeper nesting is refused as malformed.
-const MAX_DEPTH: usize = 64;
+/// The deepest nesting of containers read, the payload object being level 1; a container
+/// at the next level is refused as malformed, whether it is empty or not.
+pub const MAX_DEPTH: usize = 64;
+/// The error for nesting past [`MAX_DEPTH`] (a unit test checks the two agree).
+const TOO_DEEP: &str = "nesting deeper than 64 levels";
+/// The level of the payload object itself.
+const TOP_LEVEL: usize = 1;
 
 /// One JSON value, as far as validation needs to know it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JsonValue<'a> {
     Null,
     Bool(bool),
-    /// A finite number.
-    Number(f64),
+    /// A finite number, and its text as written: an epoch `ts` is read from its decimal
+    /// digits, since the nearest f64 can lie on the other side of a microsecond.
+    Number {
+        value: f64,
+        text: &'a str,
+    },
     /// `NaN`, `Infinity`, `-Infinity`, or a literal too large for an f64 (`1e999`).
     NonFinite(f64),
     String(Cow<'a, str>),
@@ -31,7 +41,7 @@ impl JsonValue<'_> {
         match self {
             JsonValue::Null => "null",
             JsonValue::Bool(_) => "boolean",
-            JsonValue::Number(_) | JsonValue::NonFinite(_) => "number",
+            JsonValue::Number { .. } | JsonValue::NonFinite(_) => "number",
             JsonValue::String(_) => "string",
             JsonValue::Array => "array",
             JsonValue::Object => "object",
@@ -129,7 +139,7 @@ impl<'a> Reader<'a> {
                 "mileage" => Some(&mut fields.mileage),
                 _ => None,
             };
-            let value = self.value(1)?;
+            let value = self.value(TOP_LEVEL)?;
             if let Some(slot) = slot {
                 if slot.is_some() {
                     return Err(self.error("duplicate telemetry key"));
@@ -148,15 +158,13 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Reads a value inside a container at level `depth`.
     fn value(&mut self, depth: usize) -> Result<JsonValue<'a>, JsonError> {
-        if depth > MAX_DEPTH {
-            return Err(self.error("nesting too deep"));
-        }
         self.skip_whitespace();
         match self.peek() {
             Some(b'"') => Ok(JsonValue::String(self.string()?)),
-            Some(b'{') => self.container(b'}', true, depth).map(|()| JsonValue::Object),
-            Some(b'[') => self.container(b']', false, depth).map(|()| JsonValue::Array),
+            Some(b'{') => self.container(b'}', true, depth + 1).map(|()| JsonValue::Object),
+            Some(b'[') => self.container(b']', false, depth + 1).map(|()| JsonValue::Array),
             Some(b't') => self.literal("true", JsonValue::Bool(true)),
             Some(b'f') => self.literal("false", JsonValue::Bool(false)),
             Some(b'n') => self.literal("null", JsonValue::Null),
@@ -172,8 +180,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads an array or a nested object for syntax only.
+    /// Reads an array or a nested object at level `depth` for syntax only. The level is
+    /// checked at the opening bracket, so an empty container counts like a full one.
     fn container(&mut self, close: u8, keyed: bool, depth: usize) -> Result<(), JsonError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error(TOO_DEEP));
+        }
         self.pos += 1;
         self.skip_whitespace();
         if self.peek() == Some(close) {
@@ -189,7 +201,7 @@ impl<'a> Reader<'a> {
                 self.string()?;
                 self.expect(b':', "expected ':' after a key")?;
             }
-            self.value(depth + 1)?;
+            self.value(depth)?;
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => self.pos += 1,
@@ -238,10 +250,9 @@ impl<'a> Reader<'a> {
             }
             self.digits();
         }
-        let number: f64 = self.text[start..self.pos]
-            .parse()
-            .map_err(|_| JsonError { message: "invalid number", offset: start })?;
-        Ok(if number.is_finite() { JsonValue::Number(number) } else { JsonValue::NonFinite(number) })
+        let text = &self.text[start..self.pos];
+        let value: f64 = text.parse().map_err(|_| JsonError { message: "invalid number", offset: start })?;
+        Ok(if value.is_finite() { JsonValue::Number { value, text } } else { JsonValue::NonFinite(value) })
     }
 
     fn digits(&mut self) {
@@ -350,8 +361,8 @@ mod tests {
         .unwrap();
         assert_eq!(fields.machine, Some(JsonValue::String("m-1".into())));
         assert_eq!(fields.ts, Some(JsonValue::String("2026-01-01T00:00:00Z".into())));
-        assert_eq!(fields.load_rate, Some(JsonValue::Number(42.5)));
-        assert_eq!(fields.mileage, Some(JsonValue::Number(1000.0)));
+        assert_eq!(fields.load_rate, Some(JsonValue::Number { value: 42.5, text: "42.5" }));
+        assert_eq!(fields.mileage, Some(JsonValue::Number { value: 1000.0, text: "1e3" }));
     }
 
     #[test]
@@ -407,6 +418,7 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("{{\"x\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
         let err = parse_telemetry(&deep).unwrap_err();
-        assert_eq!(err.message, "nesting too deep");
+        assert_eq!(err.message, TOO_DEEP);
+        assert!(TOO_DEEP.contains(&MAX_DEPTH.to_string()));
     }
 }

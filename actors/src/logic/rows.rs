@@ -6,7 +6,9 @@ use super::validate::RejectReason;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-/// Stored payloads are cut to this many bytes.
+/// Stored payloads, details and topics are cut to this many bytes, so one stored
+/// rejection costs the database at most 12 KiB whatever a sender puts in it (a `ts` of
+/// 60,000 characters is quoted whole in its detail; an MQTT topic may be 64 KiB).
 pub const MAX_STORED_PAYLOAD: usize = 4096;
 
 /// A closed (or partial, at shutdown) minute of one machine, ready to upsert.
@@ -17,20 +19,64 @@ pub struct ClosedMinute {
     pub aggregate: MinuteAggregate,
 }
 
-/// A rejected message as stored in `rejected_message`.
+/// A rejected message as stored in `rejected_message`. Build it with
+/// [`RejectedMessage::new`], which cuts every field to [`MAX_STORED_PAYLOAD`] bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedMessage {
+    /// At most [`MAX_STORED_PAYLOAD`] bytes, cut on a character boundary.
     pub topic: String,
     pub reason: RejectReason,
+    /// At most [`MAX_STORED_PAYLOAD`] bytes, cut on a character boundary.
     pub detail: String,
-    /// The first [`MAX_STORED_PAYLOAD`] bytes of the payload.
+    /// The first [`MAX_STORED_PAYLOAD`] bytes of the payload, less a UTF-8 character the
+    /// limit would split.
     pub payload: Vec<u8>,
 }
 
 impl RejectedMessage {
-    pub fn new(topic: String, reason: RejectReason, detail: String, payload: &[u8]) -> Self {
-        let kept = &payload[..payload.len().min(MAX_STORED_PAYLOAD)];
-        RejectedMessage { topic, reason, detail, payload: kept.to_vec() }
+    pub fn new(mut topic: String, reason: RejectReason, mut detail: String, payload: &[u8]) -> Self {
+        topic.truncate(stored_len(topic.as_bytes()));
+        detail.truncate(stored_len(detail.as_bytes()));
+        let payload = payload[..stored_len(payload)].to_vec();
+        RejectedMessage { topic, reason, detail, payload }
+    }
+}
+
+/// How many leading bytes of a field are stored: all of them up to
+/// [`MAX_STORED_PAYLOAD`], else the limit, moved back to the start of a well-formed UTF-8
+/// character that would straddle it.
+///
+/// One rule for text and for payloads: on a `str` it always lands on a character
+/// boundary (so `String::truncate` cannot panic), and a payload that is text stays
+/// readable text (`convert_from(payload, 'UTF8')` works on it), while bytes that are not
+/// a character at the limit are cut at exactly the limit.
+fn stored_len(bytes: &[u8]) -> usize {
+    let limit = MAX_STORED_PAYLOAD;
+    if bytes.len() <= limit {
+        return bytes.len();
+    }
+    let is_continuation = |byte: u8| byte & 0xC0 == 0x80;
+    // A character is at most 4 bytes, so a lead byte that reaches the limit is at most
+    // 3 bytes before it.
+    let lead = (limit.saturating_sub(3)..=limit).rev().find(|&at| !is_continuation(bytes[at]));
+    match lead {
+        Some(at) if at < limit => {
+            let width = match bytes[at] {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => 1,
+            };
+            let straddles = at + width > limit;
+            let well_formed =
+                bytes.get(at..at + width).is_some_and(|sequence| std::str::from_utf8(sequence).is_ok());
+            if straddles && well_formed {
+                at
+            } else {
+                limit
+            }
+        }
+        _ => limit,
     }
 }
 
@@ -107,5 +153,15 @@ mod tests {
     fn stored_payloads_are_cut() {
         let row = RejectedMessage::new("t".into(), RejectReason::TooLarge, "big".into(), &[7u8; 10_000]);
         assert_eq!(row.payload.len(), MAX_STORED_PAYLOAD);
+    }
+
+    #[test]
+    fn a_straddling_character_is_dropped_whole() {
+        let text = format!("{}é", "a".repeat(MAX_STORED_PAYLOAD - 1));
+        assert_eq!(stored_len(text.as_bytes()), MAX_STORED_PAYLOAD - 1);
+        // Ending exactly at the limit, it is kept.
+        let text = format!("{}éz", "a".repeat(MAX_STORED_PAYLOAD - 2));
+        assert_eq!(stored_len(text.as_bytes()), MAX_STORED_PAYLOAD);
+        assert_eq!(stored_len(b""), 0);
     }
 }

@@ -4,7 +4,8 @@
 //! resolution, cheap to compare and hash for duplicate detection, and exact for minute
 //! arithmetic.
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
+use super::rfc3339::TextTimestamp;
+use chrono::{DateTime, LocalResult, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use fleetagg_config::EpochUnit;
 
@@ -84,24 +85,40 @@ pub struct TimestampRules {
     pub epoch_unit: EpochUnit,
 }
 
-/// Reads an RFC 3339 timestamp with an offset, or a local one in `rules.default_timezone`.
+/// The first and the last microsecond of years 1 to 9999 in UTC: what PostgreSQL's
+/// `timestamptz` and chrono both hold, and the bounds of every form of `ts`.
+pub const FIRST_MICROS: i64 = -62_135_596_800_000_000;
+pub const LAST_MICROS: i64 = 253_402_300_799_999_999;
+
+/// The instant, if it lies in years 1 to 9999 (UTC).
+fn within_years(micros: i64) -> Option<Timestamp> {
+    (FIRST_MICROS..=LAST_MICROS).contains(&micros).then_some(Timestamp(micros))
+}
+
+/// Reads a text timestamp of the forms in [`super::rfc3339`]: with an offset, or a
+/// local time in `rules.default_timezone`. Finer digits than the microsecond are dropped.
 pub fn parse_text_timestamp(text: &str, rules: &TimestampRules) -> Result<Timestamp, String> {
-    let text = text.trim();
-    if let Some(micros) = super::rfc3339::parse_common_rfc3339(text.as_bytes()) {
-        return Ok(Timestamp(micros));
-    }
-    if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
-        return Ok(truncate(instant.with_timezone(&Utc)));
-    }
-    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-        .ok_or_else(|| {
-            format!("{text:?} is neither RFC 3339 nor a local date-time YYYY-MM-DDTHH:MM:SS[.frac]")
-        })?;
-    let zone = rules.default_timezone;
+    let fields = super::rfc3339::read(text.as_bytes()).map_err(|err| format!("{text:?} {err}"))?;
+    let micros = match fields.offset_seconds {
+        Some(offset) => fields.micros_at_offset(offset),
+        None => local_micros(&fields, rules.default_timezone)?,
+    };
+    within_years(micros).ok_or_else(|| format!("{text:?} is outside years 1 to 9999 once normalised to UTC"))
+}
+
+/// A local time in `zone`, refused when a daylight-saving change makes it ambiguous or
+/// skips it.
+fn local_micros(fields: &TextTimestamp, zone: Tz) -> Result<i64, String> {
+    // A leap second is read as second 59 plus one second, so it lands where the next
+    // minute starts, as with an offset.
+    let leap = i64::from(fields.second == 60) * MICROS_PER_SECOND;
+    let naive = NaiveDate::from_ymd_opt(fields.year, fields.month, fields.day)
+        .and_then(|date| {
+            date.and_hms_micro_opt(fields.hour, fields.minute, fields.second.min(59), fields.micros)
+        })
+        .ok_or_else(|| format!("{fields:?} is not a date and time"))?;
     match zone.from_local_datetime(&naive) {
-        LocalResult::Single(instant) => Ok(truncate(instant.with_timezone(&Utc))),
+        LocalResult::Single(instant) => Ok(instant.timestamp_micros() + leap),
         LocalResult::Ambiguous(first, second) => Err(format!(
             "local time {naive} is ambiguous in {zone} (it happens twice: {} and {}); send an offset",
             first.to_rfc3339(),
@@ -113,33 +130,96 @@ pub fn parse_text_timestamp(text: &str, rules: &TimestampRules) -> Result<Timest
     }
 }
 
-/// Reads a numeric epoch timestamp in `rules.epoch_unit`.
-pub fn parse_epoch(value: f64, rules: &TimestampRules) -> Result<Timestamp, String> {
-    let micros_per_unit = match rules.epoch_unit {
-        EpochUnit::S => 1e6,
-        EpochUnit::Ms => 1e3,
+/// Reads a numeric epoch timestamp in `rules.epoch_unit` from the number's JSON text.
+///
+/// Exactly, from the decimal digits, and truncated to the microsecond like a text
+/// timestamp: the instant is floored, so an epoch lands in the same microsecond and the
+/// same minute as the same instant written as text, before 1970 too. Not from the f64:
+/// `1796220599.9999999` has no f64 below 1796220600, so no arithmetic on it can tell
+/// the last microsecond of a minute from the first of the next.
+pub fn parse_epoch(text: &str, rules: &TimestampRules) -> Result<Timestamp, String> {
+    let shift = match rules.epoch_unit {
+        EpochUnit::S => 6,
+        EpochUnit::Ms => 3,
     };
-    // Truncate to the microsecond, as for text timestamps, except where the product is
-    // only below a whole microsecond by floating-point error: `2150918326.981929` is stored
-    // as 2150918326.98192882…, and a plain floor would lose the microsecond that was sent.
-    let scaled = value * micros_per_unit;
-    let nearest = scaled.round();
-    let rounding_error = scaled.abs() * 4.0 * f64::EPSILON;
-    let micros = if (scaled - nearest).abs() <= rounding_error { nearest } else { scaled.floor() };
-    // Bounds of what PostgreSQL's timestamptz and chrono both represent (years 1..9999).
-    const MIN: f64 = -62_135_596_800_000_000.0;
-    const MAX: f64 = 253_402_300_799_000_000.0;
-    if !(MIN..=MAX).contains(&micros) {
-        return Err(format!("epoch value {value} is outside years 1 to 9999"));
-    }
-    // In range by the check above, so the cast cannot saturate.
-    #[allow(clippy::cast_possible_truncation)]
-    Ok(Timestamp(micros as i64))
+    let micros = match floor_scaled(text, shift) {
+        Ok(micros) => Some(micros),
+        Err(Epoch::OutOfRange) => None,
+        Err(Epoch::NotANumber) => return Err(format!("epoch value {text} is not a decimal number")),
+    };
+    micros.and_then(within_years).ok_or_else(|| format!("epoch value {text} is outside years 1 to 9999"))
 }
 
-/// Keeps microseconds: finer digits are dropped, like PostgreSQL rounds them away.
-fn truncate(instant: DateTime<Utc>) -> Timestamp {
-    Timestamp(instant.timestamp_micros())
+/// Why [`floor_scaled`] has no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epoch {
+    NotANumber,
+    /// At least 10^18 in magnitude: far beyond years 1 to 9999 in any unit.
+    OutOfRange,
+}
+
+/// `floor(value * 10^shift)` for a number in JSON's syntax, computed on its digits.
+fn floor_scaled(text: &str, shift: i64) -> Result<i64, Epoch> {
+    let is_digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, Some(exponent)),
+        None => (unsigned, None),
+    };
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((whole, fraction)) if is_digits(fraction) => (whole, fraction),
+        Some(_) => return Err(Epoch::NotANumber),
+        None => (mantissa, ""),
+    };
+    if !is_digits(whole) {
+        return Err(Epoch::NotANumber);
+    }
+    let exponent = match exponent {
+        None => 0,
+        Some(exponent) => {
+            let (sign, digits) = match exponent.as_bytes().first() {
+                Some(b'-') => (-1, &exponent[1..]),
+                Some(b'+') => (1, &exponent[1..]),
+                _ => (1, exponent),
+            };
+            if !is_digits(digits) {
+                return Err(Epoch::NotANumber);
+            }
+            // Saturates: an exponent beyond i64 is out of range (or zero) all the same.
+            let magnitude = digits
+                .bytes()
+                .fold(0_i64, |value, byte| value.saturating_mul(10).saturating_add(i64::from(byte - b'0')));
+            sign * magnitude
+        }
+    };
+    // The digits of the mantissa, and where the decimal point falls among them once
+    // multiplied by 10^(exponent + shift), counted from the first significant digit.
+    let digits = whole.as_bytes().iter().chain(fraction.as_bytes()).copied();
+    let leading_zeros = digits.clone().take_while(|&digit| digit == b'0').count();
+    let mut significant = digits.skip(leading_zeros).peekable();
+    if significant.peek().is_none() {
+        return Ok(0);
+    }
+    let as_i64 = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+    let point = as_i64(whole.len())
+        .saturating_add(exponent)
+        .saturating_add(shift)
+        .saturating_sub(as_i64(leading_zeros));
+    if point > 18 {
+        return Err(Epoch::OutOfRange);
+    }
+    // At most 18 digits: below 10^18, no overflow.
+    let mut integer = 0_i64;
+    for _ in 0..point.max(0) {
+        let digit = significant.next().map_or(0, |digit| i64::from(digit - b'0'));
+        integer = integer * 10 + digit;
+    }
+    let finer = significant.any(|digit| digit != b'0');
+    // Floor, not truncation toward zero: -0.5 µs is in the microsecond before 0.
+    Ok(if negative { -integer - i64::from(finer) } else { integer })
 }
 
 #[cfg(test)]
@@ -164,6 +244,7 @@ mod tests {
             "2026-03-01T15:45:00+05:45",
             "2026-03-01T06:30:00-03:30",
             "2026-03-01T10:00:00.000000Z",
+            "2026-03-01t10:00z",
         ] {
             assert_eq!(parse_text_timestamp(text, &r).unwrap(), expected, "{text}");
         }
@@ -210,10 +291,40 @@ mod tests {
     #[test]
     fn epochs_in_seconds_and_milliseconds() {
         let seconds = rules(Tz::UTC);
-        assert_eq!(parse_epoch(1_767_225_600.25, &seconds).unwrap(), utc("2026-01-01T00:00:00.25Z"));
+        assert_eq!(parse_epoch("1767225600.25", &seconds).unwrap(), utc("2026-01-01T00:00:00.25Z"));
         let millis = TimestampRules { epoch_unit: EpochUnit::Ms, ..seconds };
-        assert_eq!(parse_epoch(1_767_225_600_250.0, &millis).unwrap(), utc("2026-01-01T00:00:00.25Z"));
-        assert!(parse_epoch(1e300, &seconds).is_err());
+        assert_eq!(parse_epoch("1767225600250.0", &millis).unwrap(), utc("2026-01-01T00:00:00.25Z"));
+        assert!(parse_epoch("1e300", &seconds).is_err());
+    }
+
+    #[test]
+    fn epoch_digits_are_floored_exactly() {
+        for (text, shift, expected) in [
+            ("0", 6, Ok(0)),
+            ("-0", 6, Ok(0)),
+            ("0.0000000e99999999999999999999", 6, Ok(0)),
+            ("1796220599.9999999", 6, Ok(1_796_220_599_999_999)),
+            ("-0.0000001", 6, Ok(-1)),
+            ("-1", 6, Ok(-1_000_000)),
+            ("12e-7", 6, Ok(1)),
+            ("-12E-7", 6, Ok(-2)),
+            ("1.5e+2", 3, Ok(150_000)),
+            ("999999999999999999e-6", 6, Ok(999_999_999_999_999_999)),
+            ("1e11", 6, Ok(100_000_000_000_000_000)),
+            ("1e12", 6, Err(Epoch::OutOfRange)),
+            ("-1e99999999999999999999999", 6, Err(Epoch::OutOfRange)),
+            ("1e-99999999999999999999999", 6, Ok(0)),
+            ("-1e-99999999999999999999999", 6, Ok(-1)),
+            ("", 6, Err(Epoch::NotANumber)),
+            ("1.", 6, Err(Epoch::NotANumber)),
+            (".5", 6, Err(Epoch::NotANumber)),
+            ("1e", 6, Err(Epoch::NotANumber)),
+            ("1e+", 6, Err(Epoch::NotANumber)),
+            ("--1", 6, Err(Epoch::NotANumber)),
+            ("1x", 6, Err(Epoch::NotANumber)),
+        ] {
+            assert_eq!(floor_scaled(text, shift), expected, "{text}");
+        }
     }
 
     #[test]

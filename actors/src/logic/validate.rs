@@ -110,11 +110,23 @@ pub struct ValidationRules {
 
 /// Checks one payload received at wall-clock time `now`.
 pub fn validate(payload: &[u8], now: Timestamp, rules: &ValidationRules) -> Result<Telemetry, Rejection> {
+    validate_received(payload, payload.len(), now, rules)
+}
+
+/// [`validate`] for a payload of which only the start may have been kept (see
+/// `InboundMessage::received`): `received_len`, its length as received, decides
+/// `too_large` and is the length the rejection reports.
+pub fn validate_received(
+    payload: &[u8],
+    received_len: usize,
+    now: Timestamp,
+    rules: &ValidationRules,
+) -> Result<Telemetry, Rejection> {
     use RejectReason::*;
-    if payload.len() > rules.max_payload_bytes {
+    if received_len > rules.max_payload_bytes {
         return Err(Rejection::new(
             TooLarge,
-            format!("payload is {} bytes, the limit is {}", payload.len(), rules.max_payload_bytes),
+            format!("payload is {received_len} bytes, the limit is {}", rules.max_payload_bytes),
         ));
     }
     let text = std::str::from_utf8(payload)
@@ -131,7 +143,7 @@ pub fn validate(payload: &[u8], now: Timestamp, rules: &ValidationRules) -> Resu
         JsonValue::String(machine) => machine,
         other => return Err(wrong_type("machine", "a string", &other)),
     };
-    if !matches!(ts, JsonValue::String(_) | JsonValue::Number(_) | JsonValue::NonFinite(_)) {
+    if !matches!(ts, JsonValue::String(_) | JsonValue::Number { .. } | JsonValue::NonFinite(_)) {
         return Err(wrong_type("ts", "a string or a number", &ts));
     }
     // `+ 0.0` turns a JSON `-0` into 0, so no row ever shows a negative zero.
@@ -141,7 +153,7 @@ pub fn validate(payload: &[u8], now: Timestamp, rules: &ValidationRules) -> Resu
     check_machine(&machine)?;
     let ts = match ts {
         JsonValue::String(text) => parse_text_timestamp(&text, &rules.timestamps),
-        JsonValue::Number(value) => parse_epoch(value, &rules.timestamps),
+        JsonValue::Number { text, .. } => parse_epoch(text, &rules.timestamps),
         _ => Err("`ts` is not a finite number".to_owned()),
     }
     .map_err(|detail| Rejection::new(BadTimestamp, detail))?;
@@ -191,7 +203,7 @@ fn wrong_type(name: &str, expected: &str, found: &JsonValue<'_>) -> Rejection {
 
 fn number(name: &str, value: &JsonValue<'_>) -> Result<f64, Rejection> {
     match value {
-        JsonValue::Number(number) | JsonValue::NonFinite(number) => Ok(*number),
+        JsonValue::Number { value, .. } | JsonValue::NonFinite(value) => Ok(*value),
         other => Err(wrong_type(name, "a number", other)),
     }
 }

@@ -35,6 +35,12 @@ pub fn readiness(
     } else if age(db_ok_at) > DB_FRESH {
         reasons.push(format!("no PostgreSQL success for {}s", age(db_ok_at).as_secs()));
     }
+    if stats.writer_holding.load(Ordering::Relaxed) {
+        reasons.push(format!(
+            "writer buffer full ({} minutes held): aggregators wait for PostgreSQL to take rows",
+            stats.rows_buffered.load(Ordering::Relaxed)
+        ));
+    }
     if stats.secret_configured.load(Ordering::Relaxed) {
         let max_age = Duration::from_secs(stats.secret_max_age_seconds.load(Ordering::Relaxed));
         let fetched = age(stats.secret_last_ok_micros.load(Ordering::Relaxed));
@@ -108,6 +114,16 @@ mod tests {
         let stats = healthy();
         stats.db_last_ok_micros.store(NOW - 31 * SECOND, Ordering::Relaxed);
         assert!(readiness(&stats, &settings(), NOW).unwrap_err()[0].starts_with("no PostgreSQL success"));
+
+        let stats = healthy();
+        stats.writer_holding.store(true, Ordering::Relaxed);
+        stats.rows_buffered.store(42, Ordering::Relaxed);
+        let reasons = readiness(&stats, &settings(), NOW).unwrap_err();
+        assert_eq!(
+            reasons,
+            vec!["writer buffer full (42 minutes held): aggregators wait for PostgreSQL to take rows"
+                .to_owned()]
+        );
 
         let stats = healthy();
         stats.secret_configured.store(true, Ordering::Relaxed);

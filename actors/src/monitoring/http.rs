@@ -3,32 +3,23 @@
 //! service is in trouble, and it must not pull in a web framework.
 
 use super::health::{readiness, ReadinessSettings};
+use super::heartbeat::Heartbeats;
 use super::metrics::render;
-use crate::messages::Ping;
 use crate::stats::PipelineStats;
-use actix::Recipient;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// How long `/healthz` waits for each actor's answer.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 8192;
 
-/// What the endpoints look at. Actors are added as they start.
+/// What the endpoints look at. Threads are added to `heartbeats` as they start.
 #[derive(Debug)]
 pub struct MonitorState {
     pub stats: Arc<PipelineStats>,
     pub readiness: ReadinessSettings,
-    /// (name, address) of each actor `/healthz` pings.
-    pub actors: Mutex<Vec<(&'static str, Recipient<Ping>)>>,
-}
-
-impl MonitorState {
-    pub fn add_actor(&self, name: &'static str, actor: Recipient<Ping>) {
-        self.actors.lock().unwrap_or_else(PoisonError::into_inner).push((name, actor));
-    }
+    /// What `/healthz` checks: each actor thread beats.
+    pub heartbeats: Heartbeats,
 }
 
 /// Accepts connections until the task is dropped.
@@ -54,7 +45,7 @@ async fn answer(mut stream: TcpStream, state: Arc<MonitorState>) {
         "/metrics" => {
             (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&state.stats))
         }
-        "/healthz" => healthz(&state).await,
+        "/healthz" => healthz(&state),
         "/readyz" => {
             let now = chrono::Utc::now().timestamp_micros();
             match readiness(&state.stats, &state.readiness, now) {
@@ -99,17 +90,13 @@ async fn read_path(stream: &mut TcpStream) -> Option<String> {
     Some(target.split('?').next().unwrap_or(target).to_owned())
 }
 
-async fn healthz(state: &MonitorState) -> (u16, &'static str, String) {
-    let actors = state.actors.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let mut silent = Vec::new();
-    for (name, actor) in actors {
-        if !matches!(tokio::time::timeout(PING_TIMEOUT, actor.send(Ping)).await, Ok(Ok(()))) {
-            silent.push(name);
-        }
+/// Alive while every actor thread beats; never looks into a mailbox (see `heartbeat.rs`).
+fn healthz(state: &MonitorState) -> (u16, &'static str, String) {
+    let stale = state.heartbeats.stale();
+    if stale.is_empty() {
+        return (200, "text/plain; charset=utf-8", "ok\n".to_owned());
     }
-    if silent.is_empty() {
-        (200, "text/plain; charset=utf-8", "ok\n".to_owned())
-    } else {
-        (503, "text/plain; charset=utf-8", format!("not answering: {}\n", silent.join(", ")))
-    }
+    let stuck: Vec<String> =
+        stale.iter().map(|(name, age)| format!("{name} (no heartbeat for {}s)", age.as_secs())).collect();
+    (503, "text/plain; charset=utf-8", format!("stuck: {}\n", stuck.join(", ")))
 }

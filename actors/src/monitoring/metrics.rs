@@ -50,7 +50,7 @@ impl Collector for StatsCollector {
             ("duplicates", "Redelivered samples dropped as duplicates", get(&s.duplicates)),
             (
                 "rejections_not_stored",
-                "Rejections over rejects.max_per_second: counted, not stored",
+                "Rejections counted, not stored: over rejects.max_per_second or rejects.max_buffered",
                 get(&s.rejects_not_stored),
             ),
             ("samples_lost", "Samples an aggregator could not take (should stay 0)", get(&s.samples_lost)),
@@ -108,9 +108,19 @@ impl Collector for StatsCollector {
 
         let flag = |value: &AtomicBool| i64::from(value.load(Ordering::Relaxed));
         let seconds = |value: &AtomicI64| value.load(Ordering::Relaxed) as f64 / 1e6;
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 7] = [
             ("open_minutes", "Minutes held by aggregators", s.open_minutes.load(Ordering::Relaxed)),
             ("rows_buffered", "Minutes held by the writer, not yet written", get(&s.rows_buffered) as i64),
+            (
+                "rejections_buffered",
+                "Rejected messages held by the writer, not yet stored",
+                get(&s.rejections_buffered) as i64,
+            ),
+            (
+                "writer_buffer_full",
+                "1 while the writer's buffer is full and aggregators wait for room",
+                flag(&s.writer_holding),
+            ),
             ("mqtt_connected", "1 while connected to the MQTT broker", flag(&s.mqtt_connected)),
             ("mqtt_subscribed", "1 while subscribed", flag(&s.mqtt_subscribed)),
             ("database_healthy", "1 while the last PostgreSQL operation succeeded", flag(&s.db_healthy)),

@@ -49,13 +49,15 @@ impl EnvSecretSource {
 impl SecretSource for EnvSecretSource {
     fn fetch(&self) -> BoxFuture<'static, Result<Credentials, SecretError>> {
         let name = self.describe();
-        let value = std::env::var(&self.var);
-        async move {
-            let text = value
-                .map_err(|err| SecretError::Fetch { source_name: name.clone(), message: err.to_string() })?;
-            parse_secret_text(&text, &name)
-        }
-        .boxed()
+        // Not `VarError`'s text: for a value that is not UTF-8 it quotes the value.
+        let value = std::env::var(&self.var).map_err(|err| SecretError::Fetch {
+            source_name: name.clone(),
+            message: match err {
+                std::env::VarError::NotPresent => "it is not set".to_owned(),
+                std::env::VarError::NotUnicode(_) => "its value is not valid UTF-8 (not shown)".to_owned(),
+            },
+        });
+        async move { parse_secret_text(&value?, &name) }.boxed()
     }
 
     fn describe(&self) -> String {

@@ -31,11 +31,17 @@ impl FakeBroker {
     /// Publishes one message; waits while the pipeline is full, like a TCP connection
     /// would. False when the pipeline has stopped (or not started).
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> bool {
+        let payload = payload.into();
+        let payload_len = payload.len();
+        self.deliver(InboundMessage { topic: topic.to_owned(), payload, payload_len }).await
+    }
+
+    /// Hands over a message exactly as given, e.g. one built by
+    /// [`InboundMessage::received`] the way the MQTT source builds them.
+    pub async fn deliver(&self, message: InboundMessage) -> bool {
         let sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner).clone();
         match sink {
-            Some(sink) => {
-                sink.deliver(InboundMessage { topic: topic.to_owned(), payload: payload.into() }).await
-            }
+            Some(sink) => sink.deliver(message).await,
             None => false,
         }
     }

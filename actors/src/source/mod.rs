@@ -8,16 +8,39 @@ mod mqtt;
 pub use fake::{FakeBroker, FakeSource};
 pub use mqtt::MqttSource;
 
+use crate::logic::rows::MAX_STORED_PAYLOAD;
 use crate::stats::PipelineStats;
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 /// One message as received, before any check.
+///
+/// A payload over `mqtt.max_payload_bytes` is not kept whole: it can only be rejected as
+/// `too_large`, and up to `mqtt.inbound_capacity` messages wait in the inbound channel
+/// under back-pressure, so whole copies of payloads up to the broker's own limit (256 MiB
+/// by default for Mosquitto) could hold gigabytes. See [`InboundMessage::received`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundMessage {
     pub topic: String,
+    /// The payload, or the start of one larger than the limit.
     pub payload: Vec<u8>,
+    /// The payload's length as received: `too_large` is decided on it and reports it.
+    pub payload_len: usize,
+}
+
+impl InboundMessage {
+    /// The message a source hands over for a payload received under a limit of
+    /// `max_payload_bytes`: the whole payload when within the limit, else its first
+    /// `max_payload_bytes + 1` bytes (still over the limit on its own), or the first
+    /// [`MAX_STORED_PAYLOAD`] + 4 bytes if that is more (what a stored rejection keeps,
+    /// plus the longest UTF-8 character, which `RejectedMessage::new` looks at to cut on
+    /// a character boundary), so the stored excerpt is the same as from the whole payload.
+    pub fn received(topic: &str, payload: &[u8], max_payload_bytes: usize) -> InboundMessage {
+        let keep = max_payload_bytes.saturating_add(1).max(MAX_STORED_PAYLOAD + 4);
+        let kept = payload.get(..keep).unwrap_or(payload);
+        InboundMessage { topic: topic.to_owned(), payload: kept.to_vec(), payload_len: payload.len() }
+    }
 }
 
 /// The sending side of the inbound channel, shared by a source's delivery threads.
@@ -106,4 +129,34 @@ pub trait MessageSource: Send + std::fmt::Debug {
 
     /// Stops delivering and closes the sink. After it resolves no new message arrives.
     fn stop(&mut self) -> BoxFuture<'static, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_payload_is_held_cut_with_its_true_length() {
+        let huge = vec![b'x'; 10 * 1024 * 1024];
+        let message = InboundMessage::received("t", &huge, 65_536);
+        assert_eq!(message.payload_len, huge.len());
+        assert_eq!(message.payload.len(), 65_537, "held: the limit + 1 byte, not the whole payload");
+        assert!(message.payload.capacity() <= 65_537 * 2, "no hidden whole copy");
+
+        // Under a small limit, the start a stored rejection needs is kept.
+        let message = InboundMessage::received("t", &huge, 1_024);
+        assert_eq!((message.payload.len(), message.payload_len), (MAX_STORED_PAYLOAD + 4, huge.len()));
+    }
+
+    #[test]
+    fn payloads_within_the_limit_are_kept_whole() {
+        for len in [0, 1, 1_024, 65_536] {
+            let payload = vec![b'{'; len];
+            let message = InboundMessage::received("t", &payload, 65_536);
+            assert_eq!((message.payload, message.payload_len), (payload, len));
+        }
+        // Just over the limit, the whole payload is at most limit + 1 bytes anyway.
+        let message = InboundMessage::received("t", &[b'x'; 65_537], 65_536);
+        assert_eq!((message.payload.len(), message.payload_len), (65_537, 65_537));
+    }
 }

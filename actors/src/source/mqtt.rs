@@ -62,12 +62,12 @@ impl MessageSource for MqttSource {
         };
 
         let delivery = sink.clone();
+        let max_payload_bytes = config.max_payload_bytes;
         // Set before connecting: a persistent session's queued messages arrive right
         // after CONNACK.
         client.set_message_callback(move |_, message| {
             if let Some(message) = message {
-                let inbound =
-                    InboundMessage { topic: message.topic().to_owned(), payload: message.payload().to_vec() };
+                let inbound = InboundMessage::received(message.topic(), message.payload(), max_payload_bytes);
                 if !delivery.blocking_deliver(inbound) {
                     tracing::warn!(
                         topic = message.topic(),

@@ -108,12 +108,13 @@ pub(super) fn refused_minute(row: &ClosedMinute, error: &str) -> RejectedMessage
         "mileage_min": aggregate.mileage_min,
         "mileage_max": aggregate.mileage_max,
     });
-    RejectedMessage {
-        topic: String::new(),
-        reason: RejectReason::DbRefused,
-        detail: format!("PostgreSQL refused the minute row: {error}"),
-        payload: payload.to_string().into_bytes(),
-    }
+    // Through `new`, so the database's error text (of any length) is cut like any detail.
+    RejectedMessage::new(
+        String::new(),
+        RejectReason::DbRefused,
+        format!("PostgreSQL refused the minute row: {error}"),
+        payload.to_string().as_bytes(),
+    )
 }
 
 #[cfg(test)]

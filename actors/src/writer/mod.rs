@@ -1,11 +1,14 @@
 //! The writer actor: buffers closed minutes and rejected messages, and writes them to
 //! PostgreSQL in batches over one persistent connection with cached prepared statements.
 //!
-//! A flush takes the whole buffer, writes it in batches of `batch_max_rows`, and gives
+//! An attempt takes the whole buffer, writes it in batches of `batch_max_rows`, and gives
 //! back whatever it could not write, so a failure never drops a row: the rows wait for
 //! the next attempt (after a capped back-off, on a new connection when the old one can no
-//! longer be trusted). Flushes run inside `ctx.wait`, so while one is in progress the
-//! mailbox fills and senders wait: that is the back-pressure towards the aggregators.
+//! longer be trusted). The writer is a small state machine (`state.rs`); no state blocks
+//! its mailbox, so a stop, a rotated secret or a health check is handled at once even
+//! while PostgreSQL is unreachable and the buffer is full. Back-pressure towards the
+//! aggregators is a held reply: while the buffer is full, a `WriteMinutes` is answered
+//! only once writes have made room, and its sender waits for that answer.
 //!
 //! The password comes from the secret keeper. A refused login asks it to fetch the secret
 //! at once; a changed secret makes the next flush open a new connection with it first.
@@ -15,42 +18,41 @@ mod error;
 mod flush;
 pub mod schema;
 mod session;
+mod state;
 
 pub use batch::DB_REFUSED;
 pub use error::{DbError, ErrorClass};
 pub use session::{Connector, Session};
 
 use crate::logic::{PendingMinutes, RejectedMessage};
-use crate::messages::{
-    CredentialsChanged, Drain, DrainReport, Ping, RefreshSecret, StoreRejections, WriteMinutes,
-};
+use crate::messages::{CredentialsChanged, Drain, DrainReport, RefreshSecret, StoreRejections, WriteMinutes};
 use crate::secrets::Credentials;
-use crate::stats::{bump, mark_now, PipelineStats};
+use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
-use batch::{Batch, BatchIds, Rows};
-use flush::{FlushJob, FlushOutcome};
+use batch::{Batch, BatchIds};
+use state::{DrainRequest, FailureStreak, State, PRUNE_EVERY};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Closed minutes are written this long after the first of them arrives at an idle
 /// writer: long enough to collect the burst of minutes every aggregator closes at the same
 /// end + grace into one statement, short enough not to matter for latency.
 pub const FLUSH_LINGER: Duration = Duration::from_millis(10);
-/// An idle connection is pinged this often, so `/readyz` knows the database answers.
-const PING_EVERY: Duration = Duration::from_secs(5);
-/// How often old ids are removed from the batch ledger.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
     pub batch_max_rows: usize,
     pub flush_interval: Duration,
-    /// Minutes held while writes fail; beyond it the writer stops taking more.
+    /// Minutes held while writes fail; at this many, replies to `WriteMinutes` are held
+    /// (back-pressure) until writes make room.
     pub max_buffered_rows: usize,
+    /// Rejected messages held while writes fail; beyond it they are counted in
+    /// `rejects_not_stored` and dropped, so a flood of hostile messages during an outage
+    /// cannot exhaust memory (each can hold up to 12 KiB: topic, detail, payload).
+    pub max_buffered_rejections: usize,
 }
 
 /// How the writer logs in: the current credentials, and whom to ask for fresh ones.
@@ -64,10 +66,9 @@ pub struct WriterCredentials {
 pub struct Writer {
     connector: Connector,
     credentials: Option<WriterCredentials>,
-    /// The credentials changed since the session was opened.
+    state: State,
+    /// The credentials changed since the session was opened: the next attempt reconnects.
     reconnect: bool,
-    /// `None` until connected, and while a flush has it.
-    session: Option<Session>,
     pending: PendingMinutes,
     rejections: Vec<RejectedMessage>,
     /// Batches cut but not yet written. They keep their ids (and so their rows) until
@@ -75,26 +76,19 @@ pub struct Writer {
     unwritten: VecDeque<Batch>,
     ids: Arc<BatchIds>,
     last_prune: Instant,
-    /// The buffer is full: the mailbox is held (`ctx.wait`) until writes make room.
-    holding: bool,
-    /// When a write, connect or ping last succeeded (pings are due after PING_EVERY).
+    /// When a write, connect or ping last succeeded (pings are due a few seconds after).
     last_db_success: Instant,
     settings: WriterSettings,
     stats: Arc<PipelineStats>,
-    /// Set while writes fail: when to try again, and for how many attempts it has failed
-    /// (so a failure is logged when it starts and when it ends, not at every attempt).
-    retry: Option<Retry>,
-    /// A flush owns the session and the rows while it runs.
-    flushing: bool,
-    /// A flush is scheduled [`FLUSH_LINGER`] from now.
-    flush_scheduled: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Retry {
-    at: Instant,
-    delay: Duration,
-    failures: u32,
+    /// Set while attempts fail.
+    failures: Option<FailureStreak>,
+    /// Replies to `WriteMinutes` held while the buffer is full: each one is a sender
+    /// (an aggregator) waiting, which is the back-pressure.
+    held_replies: Vec<oneshot::Sender<()>>,
+    /// A `Drain` in progress.
+    drain: Option<DrainRequest>,
+    /// The linger timer after rows reached an idle writer, so one burst is one attempt.
+    linger: Option<SpawnHandle>,
 }
 
 impl Writer {
@@ -107,195 +101,69 @@ impl Writer {
         Writer {
             connector,
             credentials,
+            state: State::Disconnected,
             reconnect: false,
-            session: None,
             pending: PendingMinutes::default(),
             rejections: Vec::new(),
             unwritten: VecDeque::new(),
             ids: Arc::new(BatchIds::new()),
             // Prune once soon after start, then every PRUNE_EVERY.
             last_prune: Instant::now().checked_sub(PRUNE_EVERY).unwrap_or_else(Instant::now),
-            holding: false,
             last_db_success: Instant::now(),
             settings,
             stats,
-            retry: None,
-            flushing: false,
-            flush_scheduled: false,
+            failures: None,
+            held_replies: Vec::new(),
+            drain: None,
+            linger: None,
         }
     }
 
-    fn take_job(&mut self) -> FlushJob {
-        self.flushing = true;
-        let mut batches = std::mem::take(&mut self.unwritten);
-        let max = self.settings.batch_max_rows;
-        batches.extend(self.ids.cut(self.pending.take_all(), max, Rows::Minutes));
-        batches.extend(self.ids.cut(std::mem::take(&mut self.rejections), max, Rows::Rejections));
-        let prune_ledger = self.last_prune.elapsed() >= PRUNE_EVERY;
-        if prune_ledger {
-            self.last_prune = Instant::now();
+    fn is_full(&self) -> bool {
+        self.buffered_minutes() >= self.settings.max_buffered_rows
+    }
+
+    /// Back-pressure: the reply to this `WriteMinutes` waits until writes make room.
+    /// The rows themselves are taken (they are already in memory, in the message), so
+    /// the buffer can exceed `max_buffered_rows` by one hand-over per sender at most:
+    /// each aggregator waits for its reply before it sends again.
+    fn hold_reply(&mut self) -> oneshot::Receiver<()> {
+        if self.held_replies.is_empty() {
+            tracing::warn!(
+                buffered_minutes = self.buffered_minutes(),
+                max_buffered_rows = self.settings.max_buffered_rows,
+                state = self.state.name(),
+                "writer buffer full: holding back the aggregators until PostgreSQL takes rows"
+            );
         }
-        FlushJob {
-            connector: self.connector.clone(),
-            credentials: self.credentials.as_ref().map(|credentials| credentials.current.clone()),
-            reconnect: self.reconnect,
-            session: self.session.take(),
-            batches,
-            prune_ledger,
-            ping: false,
-            ids: self.ids.clone(),
-            stats: self.stats.clone(),
+        let (reply, held) = oneshot::channel();
+        self.held_replies.push(reply);
+        held
+    }
+
+    fn release_replies_if_room(&mut self) {
+        if !self.held_replies.is_empty() && !self.is_full() {
+            tracing::info!(buffered_minutes = self.buffered_minutes(), "writer buffer has room again");
+            self.release_replies();
         }
     }
 
-    /// Minutes held and not yet written.
-    fn buffered_minutes(&self) -> usize {
-        self.pending.len() + self.unwritten.iter().map(Batch::minutes).sum::<usize>()
-    }
-
-    fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.rejections.is_empty() && self.unwritten.is_empty()
-    }
-
-    /// Starts a flush unless one is running, there is nothing to do, or a retry is not due.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if !self.flushing && self.session.as_ref().is_some_and(Session::is_closed) {
-            // The server closed the connection between writes (restart, admin kill):
-            // the supervisor restarts the writer, which reconnects.
-            tracing::warn!("PostgreSQL connection closed");
-            self.session = None;
-            ctx.stop();
-            return;
+    /// Releases every held sender (their rows are already here): when there is room, and
+    /// at a drain, which no sender should wait for.
+    fn release_replies(&mut self) {
+        for reply in self.held_replies.drain(..) {
+            let _ = reply.send(());
         }
-        let idle = self.is_idle() && self.session.is_some();
-        let waiting = self.retry.is_some_and(|retry| Instant::now() < retry.at);
-        let ping_due = self.last_db_success.elapsed() >= PING_EVERY;
-        if self.flushing || self.holding || (idle && !self.reconnect && !ping_due) || waiting {
-            return;
-        }
-        let mut job = self.take_job();
-        job.ping = idle;
-        ctx.wait(job.run().into_actor(self).map(|outcome, writer, ctx| {
-            writer.absorb(outcome, ctx, true);
-            writer.hold_while_full(ctx);
-            // Minutes that arrived while this flush ran go out next, not at the next
-            // interval (after a failure, `flush` waits for the retry instead).
-            if !writer.pending.is_empty() {
-                writer.flush_soon(ctx);
-            }
-        }));
+        self.publish_state();
     }
 
-    /// Schedules a flush [`FLUSH_LINGER`] from now, unless one is already scheduled.
-    fn flush_soon(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_scheduled {
-            return;
-        }
-        self.flush_scheduled = true;
-        ctx.run_later(FLUSH_LINGER, |writer, ctx| {
-            writer.flush_scheduled = false;
-            writer.flush(ctx);
-        });
-    }
-
-    /// Back-pressure: while the buffer is full, the mailbox is held (a chain of
-    /// `ctx.wait`: wait for the retry, write, check again), so aggregators' sends wait and
-    /// the MQTT connection slows down. Nothing is dropped.
-    fn hold_while_full(&mut self, ctx: &mut Context<Self>) {
-        if self.holding || self.buffered_minutes() < self.settings.max_buffered_rows {
-            return;
-        }
-        self.holding = true;
-        tracing::warn!(
-            buffered_minutes = self.buffered_minutes(),
-            max_buffered_rows = self.settings.max_buffered_rows,
-            "writer buffer full: holding back the aggregators until PostgreSQL takes rows"
-        );
-        self.hold_step(ctx);
-    }
-
-    fn hold_step(&mut self, ctx: &mut Context<Self>) {
-        let wait =
-            self.retry.map_or(Duration::ZERO, |retry| retry.at.saturating_duration_since(Instant::now()));
-        ctx.wait(actix_rt::time::sleep(wait).into_actor(self).map(|(), writer, ctx| {
-            if writer.flushing {
-                // A drain owns the rows: look again after the back-off.
-                writer.retry_later();
-                writer.hold_step(ctx);
-                return;
-            }
-            let job = writer.take_job();
-            ctx.wait(job.run().into_actor(writer).map(|outcome, writer, ctx| {
-                writer.absorb(outcome, ctx, false);
-                if writer.buffered_minutes() >= writer.settings.max_buffered_rows {
-                    writer.hold_step(ctx);
-                } else {
-                    writer.holding = false;
-                    tracing::info!(
-                        buffered_minutes = writer.buffered_minutes(),
-                        "writer buffer has room again"
-                    );
-                }
+    /// Steps after [`FLUSH_LINGER`], unless a linger is already running.
+    fn step_after_linger(&mut self, ctx: &mut Context<Self>) {
+        if self.linger.is_none() {
+            self.linger = Some(ctx.run_later(FLUSH_LINGER, |writer, ctx| {
+                writer.linger = None;
+                writer.step(ctx);
             }));
-        }));
-    }
-
-    fn retry_later(&mut self) {
-        let delay = self.retry.map_or(RETRY_MIN, |retry| retry.delay);
-        let failures = self.retry.map_or(0, |retry| retry.failures);
-        self.retry = Some(Retry { at: Instant::now() + delay, delay, failures });
-    }
-
-    /// Takes back what a flush did not write and updates the retry state. With
-    /// `may_restart`, a broken connection stops the actor so that its supervisor restarts
-    /// it (keeping every row: a supervised actor keeps its state).
-    fn absorb(&mut self, outcome: FlushOutcome, ctx: &mut Context<Self>, may_restart: bool) {
-        let FlushOutcome { job, error } = outcome;
-        self.flushing = false;
-        self.session = job.session;
-        self.unwritten = job.batches;
-        self.stats.rows_buffered.store(self.buffered_minutes() as u64, Ordering::Relaxed);
-        // Cleared only if no newer secret arrived while the flush ran.
-        let credentials_unchanged = match (&self.credentials, &job.credentials) {
-            (Some(now), Some(used)) => now.current.same_as(used),
-            _ => true,
-        };
-        if !job.reconnect && credentials_unchanged {
-            self.reconnect = false;
-        }
-        if error.is_none() {
-            self.last_db_success = Instant::now();
-            self.stats.db_healthy.store(true, Ordering::Relaxed);
-            mark_now(&self.stats.db_last_ok_micros);
-        } else {
-            self.stats.db_healthy.store(false, Ordering::Relaxed);
-        }
-        match (error, self.retry) {
-            (None, Some(retry)) => {
-                tracing::info!(failed_attempts = retry.failures, "database writes recovered");
-                self.retry = None;
-            }
-            (None, None) => {}
-            (Some(err), previous) => {
-                bump(&self.stats.write_failures, 1);
-                if err.is_auth_failure() {
-                    self.request_fresh_secret(ctx);
-                }
-                let delay = previous.map_or(RETRY_MIN, |retry| (retry.delay * 2).min(RETRY_MAX));
-                let failures = previous.map_or(1, |retry| retry.failures + 1);
-                if previous.is_none() {
-                    tracing::warn!(
-                        error = %err, class = ?err.class(), buffered_minutes = self.pending.len(),
-                        "database write failed; rows kept, retrying with back-off"
-                    );
-                } else {
-                    tracing::debug!(error = %err, failures, "database write failed again");
-                }
-                self.retry = Some(Retry { at: Instant::now() + delay, delay, failures });
-                if may_restart && err.broke_connection() {
-                    ctx.stop();
-                }
-            }
         }
     }
 
@@ -313,12 +181,6 @@ impl Writer {
             );
         }
     }
-
-    fn report(&self) -> DrainReport {
-        let unwritten_rejections = self.rejections.len()
-            + self.unwritten.iter().map(|batch| batch.len() - batch.minutes()).sum::<usize>();
-        DrainReport { unwritten_minutes: self.buffered_minutes(), unwritten_rejections }
-    }
 }
 
 impl Actor for Writer {
@@ -326,22 +188,27 @@ impl Actor for Writer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Connect (and migrate) right away, so a bad configuration shows at start-up.
-        self.flush(ctx);
-        ctx.run_interval(self.settings.flush_interval, Self::flush);
+        self.step(ctx);
+        ctx.run_interval(self.settings.flush_interval, Self::step);
+        if let State::BackingOff { until, .. } = &self.state {
+            // After a supervised restart: the old context's back-off timer is gone.
+            ctx.run_later(until.saturating_duration_since(Instant::now()), Self::step);
+        }
     }
 }
 
 impl actix::Supervised for Writer {
-    /// Called by the supervisor after the writer stopped on a broken connection. The rows
-    /// and the retry state stay (they are this actor's fields); only the connection and
-    /// the in-flight bookkeeping are reset. `started` runs again afterwards.
+    /// Called by the supervisor after the writer stopped on a broken connection. The rows,
+    /// the held replies and the back-off stay (they are this actor's fields); only the
+    /// connection and the timers (dropped with the old context) are reset. `started` runs
+    /// again afterwards.
     fn restarting(&mut self, _: &mut Self::Context) {
         bump(&self.stats.writer_restarts, 1);
-        self.session = None;
-        self.flushing = false;
-        self.holding = false;
-        // The restart dropped the context and its timers.
-        self.flush_scheduled = false;
+        self.state = match std::mem::replace(&mut self.state, State::Disconnected) {
+            State::BackingOff { until, .. } => State::BackingOff { session: None, until },
+            _ => State::Disconnected,
+        };
+        self.linger = None;
         tracing::warn!(
             restarts = self.stats.writer_restarts.load(Ordering::Relaxed),
             buffered_minutes = self.buffered_minutes(),
@@ -351,16 +218,28 @@ impl actix::Supervised for Writer {
 }
 
 impl Handler<WriteMinutes> for Writer {
-    type Result = ();
+    type Result = Response<()>;
 
-    fn handle(&mut self, WriteMinutes(rows): WriteMinutes, ctx: &mut Self::Context) {
+    fn handle(&mut self, WriteMinutes(rows): WriteMinutes, ctx: &mut Self::Context) -> Self::Result {
         self.pending.extend(rows);
         if self.pending.len() >= self.settings.batch_max_rows {
-            self.flush(ctx);
+            self.step(ctx);
         } else {
-            self.flush_soon(ctx);
+            self.step_after_linger(ctx);
         }
-        self.hold_while_full(ctx);
+        // Nobody is held once a drain began or ended in Stopped: nothing would release them.
+        let holding = self.drain.is_none() && !matches!(self.state, State::Stopped);
+        let response = if holding && self.is_full() {
+            let held = self.hold_reply();
+            Response::fut(async move {
+                // An error means the writer is gone: nothing to wait for any more.
+                let _ = held.await;
+            })
+        } else {
+            Response::reply(())
+        };
+        self.publish_state();
+        response
     }
 }
 
@@ -368,7 +247,14 @@ impl Handler<StoreRejections> for Writer {
     type Result = ();
 
     fn handle(&mut self, StoreRejections(rows): StoreRejections, _: &mut Self::Context) {
-        self.rejections.extend(rows);
+        let room = self.settings.max_buffered_rejections.saturating_sub(self.buffered_rejections());
+        let refused = rows.len().saturating_sub(room);
+        if refused > 0 {
+            bump(&self.stats.rejects_not_stored, refused as u64);
+            tracing::debug!(refused, "rejection buffer full: rejections counted, not stored");
+        }
+        self.rejections.extend(rows.into_iter().take(room));
+        self.publish_state();
     }
 }
 
@@ -380,44 +266,36 @@ impl Handler<CredentialsChanged> for Writer {
             current.current = credentials;
             self.reconnect = true;
             // A failed login waits for exactly this: try again now, not after the back-off.
-            if let Some(retry) = &mut self.retry {
-                retry.at = Instant::now();
+            if let State::BackingOff { until, .. } = &mut self.state {
+                *until = Instant::now();
             }
-            self.flush(ctx);
+            self.step(ctx);
         }
     }
 }
 
-impl Handler<Ping> for Writer {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
-}
-
 impl Handler<Drain> for Writer {
-    type Result = ResponseActFuture<Self, DrainReport>;
+    type Result = Response<DrainReport>;
 
-    fn handle(&mut self, Drain { deadline }: Drain, _: &mut Self::Context) -> Self::Result {
-        let job = self.take_job();
-        let drained = async move {
-            let mut outcome = job.run().await;
-            let mut delay = RETRY_MIN;
-            while let Some(err) = &outcome.error {
-                let now = Instant::now();
-                if now >= deadline {
-                    tracing::error!(error = %err, "shutdown deadline reached with rows still unwritten");
-                    break;
-                }
-                tracing::warn!(error = %err, "write failed while draining; retrying until the deadline");
-                actix_rt::time::sleep(delay.min(deadline - now)).await;
-                delay = (delay * 2).min(RETRY_MAX);
-                outcome = outcome.job.run().await;
-            }
-            outcome
-        };
-        Box::pin(drained.into_actor(self).map(|outcome, writer, ctx| {
-            writer.absorb(outcome, ctx, false);
-            writer.report()
-        }))
+    /// Writes everything buffered, retrying until `deadline`; an attempt still in flight
+    /// then is cancelled. Answers with what was not written.
+    fn handle(&mut self, Drain { deadline }: Drain, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, report) = oneshot::channel();
+        let timer = ctx.run_later(deadline.saturating_duration_since(Instant::now()), Self::drain_deadline);
+        if let Some(previous) = self.drain.replace(DrainRequest { deadline, reply, timer }) {
+            // A second drain supersedes the first, which is answered with what is held now.
+            ctx.cancel_future(previous.timer);
+            let _ = previous.reply.send(self.report());
+        }
+        // Everything the aggregators had is here: nobody needs to wait any more.
+        self.release_replies();
+        if let State::BackingOff { until, .. } = &mut self.state {
+            // A drain does not wait out a long back-off: one more attempt now.
+            *until = Instant::now();
+        }
+        self.step(ctx);
+        let stats = self.stats.clone();
+        // An error: the writer went away without answering; the gauges say what it held.
+        Response::fut(async move { report.await.unwrap_or_else(|_| DrainReport::from_gauges(&stats)) })
     }
 }

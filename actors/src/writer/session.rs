@@ -67,6 +67,10 @@ const INSERT_REJECTIONS_TYPES: &[Type] =
 /// failed in, and a day covers any outage the buffer can ride through.
 const PRUNE_LEDGER: &str = "DELETE FROM fleetagg_applied_batch WHERE applied_at < now() - interval '1 day'";
 
+/// For the TCP connect and, separately, the start-up handshake, unless the URL sets
+/// `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to open a connection. Cloned into each connection attempt.
 #[derive(Debug, Clone)]
 pub struct Connector {
@@ -83,7 +87,7 @@ impl Connector {
             config.application_name("fleetagg");
         }
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
         // Detect a silently dead server instead of waiting forever on a half-open socket.
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
@@ -119,8 +123,17 @@ impl Connector {
             }
             config.password(credentials.password.expose_secret().as_bytes());
         }
-        let (mut client, connection) =
-            config.connect(NoTls).await.map_err(|err| DbError::connect(&target, &err))?;
+        // `connect_timeout` bounds only the TCP connect; a server that accepts and never
+        // answers (black-holed, frozen) would hold the start-up handshake forever.
+        let handshake = self.config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let (mut client, connection) = tokio::time::timeout(handshake, config.connect(NoTls))
+            .await
+            .map_err(|_| DbError::Connect {
+                target: target.clone(),
+                message: format!("no answer to the start-up handshake within {handshake:?}"),
+                code: None,
+            })?
+            .map_err(|err| DbError::connect(&target, &err))?;
         let target = self.target.clone();
         actix_rt::spawn(async move {
             if let Err(err) = connection.await {

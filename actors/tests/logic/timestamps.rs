@@ -203,7 +203,7 @@ fn parse_telemetry_exposes_the_four_fields_only() {
         parse_telemetry(r#"{"machine": "m", "ts": 17.5, "load_rate": NaN, "mileage": -Infinity, "x": 1}"#)
             .unwrap();
     assert_eq!(fields.machine, Some(JsonValue::String("m".into())));
-    assert_eq!(fields.ts, Some(JsonValue::Number(17.5)));
+    assert_eq!(fields.ts, Some(JsonValue::Number { value: 17.5, text: "17.5" }));
     assert!(matches!(fields.load_rate, Some(JsonValue::NonFinite(v)) if v.is_nan()));
     assert_eq!(fields.mileage, Some(JsonValue::NonFinite(f64::NEG_INFINITY)));
     let empty = parse_telemetry("{}").unwrap();
@@ -287,10 +287,9 @@ fn timestamps_display_as_utc_rfc3339() {
 // Epoch fractions (a defect found by these tests, now fixed)
 // ---------------------------------------------------------------------------------------
 
-/// `parse_epoch` computes `floor(value * 1e6)`: when the nearest f64 to a decimal epoch
-/// lies just below it, the product floors one microsecond short (about 1 input in 100).
-/// Between 2^50 µs (2005-09) and 2^31 s (2038-01-19) it happens not to show, so it
-/// bites epoch seconds after 2038 and fractional epoch milliseconds after 2039.
+/// `parse_epoch` once computed `floor(value * 1e6)` on the f64: when the nearest f64 to a
+/// decimal epoch lies just below it, the product floored one microsecond short (about 1
+/// input in 100 after 2038). It now reads the number's decimal digits (issue 10).
 #[test]
 fn epoch_fractions_are_exact_to_the_microsecond() {
     let seconds = timeless_rules(Tz::UTC, EpochUnit::S);
@@ -301,5 +300,181 @@ fn epoch_fractions_are_exact_to_the_microsecond() {
         ("2235121607577.279", &millis, 2_235_121_607_577_279),
     ] {
         assert_eq!(accepted_ts(message_with(&[("ts", raw)]), rules).micros(), expected, "{raw}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Years 1 to 9999 (issue 10): what PostgreSQL and chrono both hold, for every form
+// ---------------------------------------------------------------------------------------
+
+/// Text timestamps outside years 1 to 9999 are unreadable, not merely too old or too new:
+/// with `future_tolerance = "off"` a year-10000 row would otherwise reach the database.
+#[test]
+fn text_timestamps_outside_years_1_to_9999_are_bad_timestamp() {
+    for text in
+        ["0000-06-01T00:00:00Z", "+10000-01-01T00:00:00", "-0001-01-01T00:00:00", "0000-12-31T23:59:59"]
+    {
+        assert_rejected(message_at(text), &rules(), RejectReason::BadTimestamp, &[]);
+        let any = timeless_rules(Tz::UTC, EpochUnit::S);
+        assert_rejected(message_at(text), &any, RejectReason::BadTimestamp, &[]);
+    }
+    // The bounds hold for the instant normalised to UTC, as for epoch numbers.
+    let any = timeless_rules(Tz::UTC, EpochUnit::S);
+    for text in [
+        "0001-01-01T00:00:00+00:01",
+        "0001-01-01T00:59:59.999999+01:00",
+        "9999-12-31T23:59:59-00:01",
+        "9999-12-31T23:30:00-01:00",
+        "0000-12-31T23:59:59.9999999Z",
+    ] {
+        assert_rejected(message_at(text), &any, RejectReason::BadTimestamp, &["1 to 9999"]);
+    }
+    // A local time read in a zone east of UTC on the first day of year 1 (Paris kept its
+    // local mean time, +00:09:21) is before year 1 in UTC.
+    let paris = timeless_rules(chrono_tz::Europe::Paris, EpochUnit::S);
+    assert_rejected(message_at("0001-01-01T00:05:00"), &paris, RejectReason::BadTimestamp, &["1 to 9999"]);
+    // The first and the last microsecond are fine, in every form.
+    for (text, rules) in [
+        ("0001-01-01T00:00:00Z", &any),
+        ("0001-01-01T00:00:00", &any),
+        ("0001-01-01T01:00:00+01:00", &any),
+        ("0001-01-01T00:09:21", &paris),
+        ("9999-12-31T23:59:59.999999Z", &any),
+        ("9999-12-31T23:59:59.999999999Z", &any),
+        ("9999-12-31T23:59:59.999999", &any),
+        ("9999-12-31T22:59:59.999999-01:00", &any),
+    ] {
+        let expected = accepted_ts(message_at(text), rules);
+        assert!(
+            (utc("0001-01-01T00:00:00Z")..=utc("9999-12-31T23:59:59.999999Z")).contains(&expected),
+            "{text}"
+        );
+    }
+    assert_eq!(accepted_ts(message_at("0001-01-01T00:00:00Z"), &any), utc("0001-01-01T00:00:00Z"));
+    assert_eq!(
+        accepted_ts(message_at("9999-12-31T23:59:59.9999999Z"), &any),
+        utc("9999-12-31T23:59:59.999999Z")
+    );
+}
+
+/// Epoch numbers obey the same bounds as text, to the microsecond: the whole last second of
+/// year 9999 is in, the microsecond before year 1 is out, in seconds and in milliseconds.
+#[test]
+fn epoch_numbers_outside_years_1_to_9999_are_bad_timestamp() {
+    let seconds = timeless_rules(Tz::UTC, EpochUnit::S);
+    let millis = timeless_rules(Tz::UTC, EpochUnit::Ms);
+    for (raw, rules, expected) in [
+        ("253402300799.5", &seconds, "9999-12-31T23:59:59.5Z"),
+        ("253402300799.999999", &seconds, "9999-12-31T23:59:59.999999Z"),
+        ("253402300799.9999999", &seconds, "9999-12-31T23:59:59.999999Z"),
+        ("-62135596800", &seconds, "0001-01-01T00:00:00Z"),
+        ("-62135596799.9999999", &seconds, "0001-01-01T00:00:00Z"),
+        ("253402300799999.999", &millis, "9999-12-31T23:59:59.999999Z"),
+        ("253402300799999.9999", &millis, "9999-12-31T23:59:59.999999Z"),
+        ("-62135596800000", &millis, "0001-01-01T00:00:00Z"),
+    ] {
+        assert_eq!(accepted_ts(message_with(&[("ts", raw)]), rules), utc(expected), "{raw}");
+    }
+    for (raw, rules) in [
+        ("253402300800", &seconds),
+        ("2.534023008e11", &seconds),
+        ("-62135596800.000001", &seconds),
+        ("-62135596800.0000001", &seconds),
+        ("253402300800000", &millis),
+        ("-62135596800000.001", &millis),
+        ("-62135596800000.0001", &millis),
+        ("1e19", &seconds),
+        ("-1e19", &millis),
+        ("1e300", &millis),
+    ] {
+        assert_rejected(message_with(&[("ts", raw)]), rules, RejectReason::BadTimestamp, &["1 to 9999"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Epoch fractions are truncated like text (issue 10)
+// ---------------------------------------------------------------------------------------
+
+/// Digits finer than the microsecond are dropped, never rounded up: an epoch number lands
+/// in the same microsecond, and so the same minute, as the same instant written as text.
+/// `1796220599.9999999` has no f64 below 1796220600, so only the decimal digits can say.
+#[test]
+fn epoch_fractions_are_truncated_to_the_microsecond_like_text() {
+    let seconds = timeless_rules(Tz::UTC, EpochUnit::S);
+    let millis = timeless_rules(Tz::UTC, EpochUnit::Ms);
+    for (raw, rules, text) in [
+        ("1796220599.9999995", &seconds, "2026-12-02T14:09:59.9999995Z"),
+        ("1796220599.9999999", &seconds, "2026-12-02T14:09:59.9999999Z"),
+        ("1796220599.99999999999999999999", &seconds, "2026-12-02T14:09:59.99999999999Z"),
+        ("1796220599.999999", &seconds, "2026-12-02T14:09:59.999999Z"),
+        ("1796220599.9999994", &seconds, "2026-12-02T14:09:59.9999994Z"),
+        ("1.7962205999999995e9", &seconds, "2026-12-02T14:09:59.9999995Z"),
+        ("17962205999999995E-7", &seconds, "2026-12-02T14:09:59.9999995Z"),
+        ("0.0000009", &seconds, "1970-01-01T00:00:00.0000009Z"),
+        // Before 1970 the instant is still floored, as its text form is.
+        ("-0.0000005", &seconds, "1969-12-31T23:59:59.9999995Z"),
+        ("-1.9999995", &seconds, "1969-12-31T23:59:58.0000005Z"),
+        ("-60.0000001", &seconds, "1969-12-31T23:58:59.9999999Z"),
+        ("-0", &seconds, "1970-01-01T00:00:00Z"),
+        ("1796220599999.9995", &millis, "2026-12-02T14:09:59.9999995Z"),
+        ("1796220599999.9999999", &millis, "2026-12-02T14:09:59.9999999999Z"),
+        ("1796220599999.999", &millis, "2026-12-02T14:09:59.999999Z"),
+        ("1796220599999999.5e-3", &millis, "2026-12-02T14:09:59.9999995Z"),
+        ("-0.0005", &millis, "1969-12-31T23:59:59.9999995Z"),
+        ("-1.0000001", &millis, "1969-12-31T23:59:59.9989999999Z"),
+    ] {
+        let from_number = accepted_ts(message_with(&[("ts", raw)]), rules);
+        let from_text = accepted_ts(message_at(text), rules);
+        assert_eq!(from_number, from_text, "{raw} against {text}");
+        assert_eq!(from_number.minute(), from_text.minute(), "{raw}");
+    }
+    assert_eq!(
+        accepted_ts(message_with(&[("ts", "1796220599.9999995")]), &seconds).minute(),
+        utc("2026-12-02T14:09:00Z").minute()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any decimal epoch, with any number of fraction digits, reads as the floor of its
+    /// exact value in microseconds (computed here in i128, without floating point), and
+    /// a non-negative one as the microsecond its text form reads as.
+    #[test]
+    fn epoch_digits_truncate_to_the_microsecond(
+        negative in any::<bool>(),
+        whole in 0_i64..=253_402_300_799,
+        fraction in "[0-9]{0,18}",
+        millis_unit in any::<bool>(),
+    ) {
+        // In milliseconds the same digits name an instant 1000 times nearer to 1970.
+        let (scale, rules) = if millis_unit {
+            (1_000_i128, timeless_rules(Tz::UTC, EpochUnit::Ms))
+        } else {
+            (1_000_000_i128, timeless_rules(Tz::UTC, EpochUnit::S))
+        };
+        let sign = if negative { "-" } else { "" };
+        let raw = if fraction.is_empty() { format!("{sign}{whole}") } else { format!("{sign}{whole}.{fraction}") };
+        let digits = u32::try_from(fraction.len()).expect("at most 18 digits");
+        let fraction_value: i128 = if fraction.is_empty() { 0 } else { fraction.parse().expect("digits") };
+        let exact = i128::from(whole) * 10_i128.pow(digits) + fraction_value;
+        let signed = if negative { -exact } else { exact };
+        let micros = (signed * scale).div_euclid(10_i128.pow(digits));
+        let in_range = (-62_135_596_800_000_000..=253_402_300_799_999_999).contains(&micros);
+        let result = check(message_with(&[("ts", &raw)]), &rules);
+        if in_range {
+            let ts = result
+                .map(|telemetry| telemetry.sample.ts)
+                .map_err(|rejection| TestCaseError::fail(format!("{raw}: {rejection:?}")))?;
+            prop_assert_eq!(i128::from(ts.micros()), micros, "{}", raw);
+            if !negative {
+                // The fraction digits past the microsecond: past the 3rd in milliseconds.
+                let finer = fraction.get(if millis_unit { 3 } else { 6 }..).unwrap_or("");
+                let text = format!("{}{finer}Z", ts.to_chrono().format("%Y-%m-%dT%H:%M:%S%.6f"));
+                prop_assert_eq!(ts, accepted_ts(message_at(&text), &rules), "{} against {}", raw, text);
+            }
+        } else {
+            prop_assert_eq!(result.map_err(|rejection| rejection.reason), Err(RejectReason::BadTimestamp), "{}", raw);
+        }
     }
 }
