@@ -1,4 +1,5 @@
-//! The actors of fleetagg and the pure logic they run.
+//! The actors of fleetagg; the pure logic they run is the `fleetagg-logic` crate
+//! (`actors/logic/`), re-exported here as [`logic`].
 //!
 //! Data path: a [`MessageSource`](source::MessageSource) (MQTT or the in-process fake
 //! broker) feeds the [`Broker`](broker::Broker) actor through a bounded channel; the
@@ -15,7 +16,6 @@ pub mod aggregator;
 pub mod broker;
 pub mod clock;
 mod delivery;
-pub mod logic;
 pub mod messages;
 pub mod monitoring;
 pub mod secrets;
@@ -24,5 +24,7 @@ pub mod shard;
 pub mod source;
 pub mod stats;
 pub mod writer;
+
+pub use fleetagg_logic as logic;
 
 pub use service::{Pipeline, Service, ServiceError, ShutdownReport};

@@ -8,7 +8,7 @@
 use crate::aggregator::AggregatorSettings;
 use crate::broker::{Broker, BrokerOutputs, BrokerSettings};
 use crate::clock::Clock;
-use crate::logic::{TimestampRules, ValidationRules};
+use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
 use crate::messages::SubscribeCredentials;
 use crate::messages::{Drain, DrainReport, StopIntake};
 use crate::monitoring::{self, Heartbeats, MonitorState, ReadinessSettings};
@@ -64,7 +64,10 @@ impl PipelineSettings {
             max_payload_bytes: config.mqtt.max_payload_bytes,
             timestamps: TimestampRules {
                 default_timezone: aggregation.default_timezone,
-                epoch_unit: aggregation.epoch_unit,
+                epoch_unit: match aggregation.epoch_unit {
+                    fleetagg_config::EpochUnit::S => EpochUnit::S,
+                    fleetagg_config::EpochUnit::Ms => EpochUnit::Ms,
+                },
             },
             future_tolerance: aggregation.future_tolerance,
             max_lateness: aggregation.max_lateness,

@@ -1,23 +1,30 @@
 //! The per-message hot paths, without actors: parsing and validating one payload, and
 //! adding one sample to a machine's minute accumulator.
 //!
-//! `cargo bench -p fleetagg-actors --bench logic`; docs/benchmarks.md has the results.
+//! `cargo bench -p fleetagg-logic --bench logic`; docs/benchmarks.md has the results.
 
 /// The service's allocator (src/main.rs), so that these numbers are the service's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use chrono_tz::Tz;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use fleetagg_actors::logic::{validate, MinuteAggregate, OpenMinutes, Sample, Timestamp, ValidationRules};
-use fleetagg_actors::service::PipelineSettings;
-use fleetagg_config::Config;
+use fleetagg_logic::{
+    validate, EpochUnit, MinuteAggregate, OpenMinutes, Sample, Timestamp, TimestampRules, ValidationRules,
+};
 use std::time::Duration;
 
 /// 2026-03-01T10:00:00Z.
 const BASE_MICROS: i64 = 1_772_359_200_000_000;
 
+/// The service's defaults (config/fleetagg.example.toml).
 fn rules() -> ValidationRules {
-    PipelineSettings::from_config(&Config::default()).broker.rules
+    ValidationRules {
+        max_payload_bytes: 65_536,
+        timestamps: TimestampRules { default_timezone: Tz::UTC, epoch_unit: EpochUnit::S },
+        future_tolerance: Some(Duration::from_secs(5)),
+        max_lateness: Duration::from_secs(600),
+    }
 }
 
 fn now() -> Timestamp {

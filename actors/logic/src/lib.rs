@@ -1,6 +1,8 @@
-//! The pure logic the actors run: parsing, validation, minute accumulation and the
-//! reject rate limit. No actix and no I/O here, so all of it is unit- and
-//! property-tested on its own.
+//! The pure logic fleetagg's actors run: parsing, validation, time, minute accumulation,
+//! the writer's row buffer and the reject rate limit. A crate of its own so that its
+//! purity is the compiler's to enforce, not a comment's: it depends on no actor
+//! framework, no runtime and no client library (`cargo tree -p fleetagg-logic`), does no
+//! I/O, and is unit- and property-tested on its own in seconds.
 
 pub mod json;
 pub mod minute;
@@ -13,5 +15,5 @@ pub mod validate;
 pub use minute::{Accepted, MinuteAggregate, OpenMinutes};
 pub use reject_limit::RejectLimiter;
 pub use rows::{ClosedMinute, PendingMinutes, RejectedMessage};
-pub use time::{Minute, Timestamp, TimestampRules};
+pub use time::{EpochUnit, Minute, Timestamp, TimestampRules};
 pub use validate::{validate, RejectReason, Rejection, Sample, Telemetry, ValidationRules};

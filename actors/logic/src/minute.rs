@@ -5,8 +5,8 @@
 //! instances behind a shared subscription) and the database upsert combines the parts
 //! into the same row one pass over all samples would give.
 
-use super::time::{duration_micros, Minute, Timestamp};
-use super::validate::Sample;
+use crate::time::{duration_micros, Minute, Timestamp};
+use crate::validate::Sample;
 use std::time::Duration;
 
 /// Count, sum, minimum and maximum of one machine's samples in one minute.

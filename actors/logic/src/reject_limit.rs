@@ -3,7 +3,7 @@
 //! A fixed one-second window: simple to reason about, and the contract only asks that a
 //! flood of garbage cannot turn into a flood of database writes.
 
-use super::time::Timestamp;
+use crate::time::Timestamp;
 
 #[derive(Debug)]
 pub struct RejectLimiter {

@@ -1,8 +1,8 @@
 //! The rows the writer stores, and the buffer that merges closed minutes by key.
 
-use super::minute::MinuteAggregate;
-use super::time::Minute;
-use super::validate::RejectReason;
+use crate::minute::MinuteAggregate;
+use crate::time::Minute;
+use crate::validate::RejectReason;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
@@ -123,7 +123,7 @@ impl PendingMinutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logic::{Sample, Timestamp};
+    use crate::{Sample, Timestamp};
 
     #[test]
     fn rows_of_the_same_minute_merge() {

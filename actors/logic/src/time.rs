@@ -4,10 +4,9 @@
 //! resolution, cheap to compare and hash for duplicate detection, and exact for minute
 //! arithmetic.
 
-use super::rfc3339::TextTimestamp;
+use crate::rfc3339::TextTimestamp;
 use chrono::{DateTime, LocalResult, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use fleetagg_config::EpochUnit;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_MINUTE: i64 = 60 * MICROS_PER_SECOND;
@@ -76,6 +75,16 @@ impl Minute {
 /// Converts a duration to microseconds, saturating.
 pub fn duration_micros(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// How a numeric `ts` is read (`aggregation.epoch_unit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EpochUnit {
+    /// Unix epoch seconds, fractions allowed.
+    #[default]
+    S,
+    /// Unix epoch milliseconds, fractions allowed.
+    Ms,
 }
 
 /// How timestamps without an explicit offset are read.

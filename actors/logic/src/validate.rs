@@ -1,8 +1,8 @@
 //! The checks every message goes through, in the contract's order: the first failing
 //! check names the reason, and every reason carries a detail a person can act on.
 
-use super::json::{parse_telemetry, JsonValue};
-use super::time::{duration_micros, parse_epoch, parse_text_timestamp, Timestamp, TimestampRules};
+use crate::json::{parse_telemetry, JsonValue};
+use crate::time::{duration_micros, parse_epoch, parse_text_timestamp, Timestamp, TimestampRules};
 use std::time::Duration;
 
 /// Longest machine id, in characters.

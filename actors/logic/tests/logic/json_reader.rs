@@ -341,7 +341,7 @@ fn same_value(ours: Option<&JsonValue<'_>>, reference: Option<&serde_json::Value
 }
 
 fn ours_as_array<'a>(
-    fields: &'a fleetagg_actors::logic::json::TelemetryFields<'a>,
+    fields: &'a fleetagg_logic::json::TelemetryFields<'a>,
 ) -> [Option<&'a JsonValue<'a>>; 4] {
     [fields.machine.as_ref(), fields.ts.as_ref(), fields.load_rate.as_ref(), fields.mileage.as_ref()]
 }

@@ -1,4 +1,4 @@
-//! Unit and property tests of the pure logic in `fleetagg_actors::logic`, against the
+//! Unit and property tests of the pure logic in `fleetagg_logic`, against the
 //! contract of issue 2 ("Validation" and "Tests that must exist"):
 //!
 //! - every rejection reason, with the exact reason and an informative detail;

@@ -3,9 +3,9 @@
 //! reader takes that chrono reads too, it reads the same.
 
 use chrono::DateTime;
-use fleetagg_actors::logic::time::parse_text_timestamp;
-use fleetagg_actors::logic::TimestampRules;
-use fleetagg_config::EpochUnit;
+use fleetagg_logic::time::parse_text_timestamp;
+use fleetagg_logic::EpochUnit;
+use fleetagg_logic::TimestampRules;
 use proptest::prelude::*;
 
 fn chrono_micros(text: &str) -> Option<i64> {

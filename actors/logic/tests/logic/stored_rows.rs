@@ -2,7 +2,7 @@
 //! UTF-8 character, so one flood of huge garbage costs the database 12 KiB a row at most.
 
 use super::support::*;
-use fleetagg_actors::logic::rows::{RejectedMessage, MAX_STORED_PAYLOAD};
+use fleetagg_logic::rows::{RejectedMessage, MAX_STORED_PAYLOAD};
 
 const LIMIT: usize = MAX_STORED_PAYLOAD;
 

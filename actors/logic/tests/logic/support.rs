@@ -2,12 +2,12 @@
 
 pub(crate) use chrono::{DateTime, FixedOffset, NaiveDate, SecondsFormat, TimeZone, Utc};
 pub(crate) use chrono_tz::Tz;
-pub(crate) use fleetagg_actors::logic::json::{parse_telemetry, JsonValue};
-pub(crate) use fleetagg_actors::logic::{
+pub(crate) use fleetagg_logic::json::{parse_telemetry, JsonValue};
+pub(crate) use fleetagg_logic::EpochUnit;
+pub(crate) use fleetagg_logic::{
     validate, Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes, PendingMinutes, RejectReason,
     Rejection, Sample, Telemetry, Timestamp, TimestampRules, ValidationRules,
 };
-pub(crate) use fleetagg_config::EpochUnit;
 pub(crate) use proptest::prelude::*;
 pub(crate) use std::collections::{BTreeMap, BTreeSet, HashSet};
 pub(crate) use std::sync::Arc;
