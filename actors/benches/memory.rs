@@ -17,10 +17,10 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use actix::prelude::*;
-use fleetagg_actors::broker::BrokerOutputs;
 use fleetagg_actors::clock::{Clock, ManualClock};
 use fleetagg_actors::logic::{OpenMinutes, Sample, Timestamp};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
+use fleetagg_actors::service::PipelineOutputs;
 use fleetagg_actors::service::PipelineSettings;
 use fleetagg_actors::source::FakeBroker;
 use fleetagg_actors::stats::PipelineStats;
@@ -101,7 +101,8 @@ fn pipeline(machines: usize) {
             Arc::new(ManualClock::new(Timestamp::from_micros(SAMPLE_MICROS + 10_000_000)));
         let stats = Arc::new(PipelineStats::default());
         let discard = Discard.start();
-        let outputs = BrokerOutputs { minutes: discard.clone().recipient(), rejections: discard.recipient() };
+        let outputs =
+            PipelineOutputs { minutes: discard.clone().recipient(), rejections: discard.recipient() };
         let (publisher, source) = FakeBroker::new();
         let settings = PipelineSettings::from_config(&Config::default());
         let before = rss_kib();

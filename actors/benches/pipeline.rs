@@ -16,10 +16,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use actix::prelude::*;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fleetagg_actors::broker::BrokerOutputs;
 use fleetagg_actors::clock::{Clock, ManualClock};
 use fleetagg_actors::logic::Timestamp;
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
+use fleetagg_actors::service::PipelineOutputs;
 use fleetagg_actors::service::PipelineSettings;
 use fleetagg_actors::source::FakeBroker;
 use fleetagg_actors::stats::PipelineStats;
@@ -90,7 +90,8 @@ impl Bench {
             let (samples, rejections) = (samples.clone(), rejections.clone());
             Counter::start_in_arbiter(&counter_arbiter.handle(), move |_| Counter { samples, rejections })
         };
-        let outputs = BrokerOutputs { minutes: counter.clone().recipient(), rejections: counter.recipient() };
+        let outputs =
+            PipelineOutputs { minutes: counter.clone().recipient(), rejections: counter.recipient() };
         let (publisher, source) = FakeBroker::new();
         let pipeline = Pipeline::start(settings, Box::new(source), outputs, clock, stats.clone())
             .await

@@ -12,7 +12,7 @@
 //! a queue. `docs/architecture.md` has the
 //! picture.
 
-pub mod aggregator;
+pub mod aggregation;
 pub mod broker;
 pub mod clock;
 mod delivery;
@@ -20,7 +20,6 @@ pub mod messages;
 pub mod monitoring;
 pub mod secrets;
 pub mod service;
-pub mod shard;
 pub mod source;
 pub mod stats;
 pub mod writer;

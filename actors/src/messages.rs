@@ -4,8 +4,8 @@
 //! awaited `send()`. Back-pressure must reach the MQTT connection, not pile up in a queue.
 
 use crate::logic::{ClosedMinute, RejectedMessage, Sample};
-use crate::secrets::Credentials;
 use actix::Message;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -102,3 +102,24 @@ pub struct CredentialsChanged(pub Credentials);
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct SubscribeCredentials(pub actix::Recipient<CredentialsChanged>);
+
+/// A database password, and the user name when the secret names one (AWS's
+/// alternating-users rotation switches between two users).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).field("password", &"[REDACTED]").finish()
+    }
+}
+
+impl Credentials {
+    /// True when both would log in the same way.
+    pub fn same_as(&self, other: &Credentials) -> bool {
+        self.user == other.user && self.password.expose_secret() == other.password.expose_secret()
+    }
+}

@@ -5,12 +5,11 @@
 //! its open minutes (partial ones included: the upsert merges them later) to the writer,
 //! then the writer drains its buffer within the shutdown deadline.
 
-use crate::aggregator::AggregatorSettings;
-use crate::broker::{Broker, BrokerOutputs, BrokerSettings};
+use crate::aggregation::{AggregatorSettings, AggregatorShared, Shard};
+use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
 use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
-use crate::messages::SubscribeCredentials;
-use crate::messages::{Drain, DrainReport, StopIntake};
+use crate::messages::{Drain, DrainReport, StopIntake, StoreRejections, SubscribeCredentials, WriteMinutes};
 use crate::monitoring::{self, Heartbeats, MonitorState, ReadinessSettings};
 use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
@@ -52,6 +51,7 @@ const STARTUP_SECRET_ATTEMPTS: u32 = 5;
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub broker: BrokerSettings,
+    pub aggregator: AggregatorSettings,
     pub inbound_capacity: usize,
     /// Arbiters the aggregators are spread over.
     pub shards: usize,
@@ -73,16 +73,21 @@ impl PipelineSettings {
             max_lateness: aggregation.max_lateness,
         };
         PipelineSettings {
-            broker: BrokerSettings {
-                rules,
-                rejects_per_second: config.rejects.max_per_second,
-                aggregator: AggregatorSettings { grace: aggregation.grace, tick: aggregation.tick },
-                idle_alert: config.mqtt.idle_alert,
-            },
+            broker: BrokerSettings { rules, rejects_per_second: config.rejects.max_per_second },
+            aggregator: AggregatorSettings { grace: aggregation.grace, tick: aggregation.tick },
             inbound_capacity: config.mqtt.inbound_capacity,
             shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         }
     }
+}
+
+/// Where the pipeline hands over what leaves it (in the service: the writer).
+#[derive(Debug, Clone)]
+pub struct PipelineOutputs {
+    /// Closed minutes, from the aggregators.
+    pub minutes: Recipient<WriteMinutes>,
+    /// Rejected messages, from the broker.
+    pub rejections: Recipient<StoreRejections>,
 }
 
 /// Source, broker and aggregators: everything up to the writer's mailbox.
@@ -98,7 +103,7 @@ impl Pipeline {
     pub async fn start(
         settings: PipelineSettings,
         mut source: Box<dyn MessageSource>,
-        outputs: BrokerOutputs,
+        outputs: PipelineOutputs,
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
     ) -> Result<Pipeline, SourceError> {
@@ -110,7 +115,22 @@ impl Pipeline {
         // persistent session's backlog arrives right after CONNACK, and with nobody
         // draining the channel paho's receive thread would block on it before reading the
         // SUBACK that `starting` waits for.
-        let broker = Broker::new(source, inbound, settings.broker, &handles, outputs, clock, stats).start();
+        let shared = Arc::new(AggregatorShared {
+            settings: settings.aggregator,
+            clock: clock.clone(),
+            writer: outputs.minutes,
+            stats: stats.clone(),
+        });
+        let shard_addresses = handles
+            .iter()
+            .map(|arbiter| {
+                let shared = shared.clone();
+                Shard::start_in_arbiter(arbiter, move |_| Shard::new(shared))
+            })
+            .collect();
+        let broker =
+            Broker::new(source, inbound, settings.broker, shard_addresses, outputs.rejections, clock, stats)
+                .start();
         if let Err(err) = starting.await {
             let _ = broker.send(StopIntake).await;
             stop_arbiters(shards);
@@ -185,6 +205,8 @@ pub struct Service {
     writer_arbiter: Arbiter,
     stats: Arc<PipelineStats>,
     monitor: Option<Monitor>,
+    /// Warns when connected but silent (`mqtt.idle_alert`).
+    watchdog: Option<actix_rt::task::JoinHandle<()>>,
 }
 
 /// The HTTP listener.
@@ -232,24 +254,43 @@ impl Service {
         let connector = Connector::new(&config.database.url)?;
         // First, so that /readyz can say what start-up is waiting for.
         let monitor = start_monitor(config, &stats).await?;
+        let writer_arbiter = Arbiter::new();
+        let started =
+            Self::start_actors(config, source, clock, &stats, connector, &writer_arbiter, monitor.as_ref())
+                .await;
+        match started {
+            Ok((pipeline, writer, watchdog)) => {
+                Ok(Service { pipeline, writer, writer_arbiter, stats, monitor, watchdog })
+            }
+            Err(err) => {
+                stop_arbiters(vec![writer_arbiter]);
+                stop_monitor(monitor);
+                Err(err)
+            }
+        }
+    }
+
+    /// The secret keeper and the writer on `writer_arbiter`, then the pipeline; the
+    /// caller cleans up when this fails.
+    async fn start_actors(
+        config: &Config,
+        source: Box<dyn MessageSource>,
+        clock: Arc<dyn Clock>,
+        stats: &Arc<PipelineStats>,
+        connector: Connector,
+        writer_arbiter: &Arbiter,
+        monitor: Option<&Monitor>,
+    ) -> Result<(Pipeline, Addr<Writer>, Option<actix_rt::task::JoinHandle<()>>), ServiceError> {
         let settings = WriterSettings {
             batch_max_rows: config.database.batch_max_rows,
             flush_interval: config.database.flush_interval,
             max_buffered_rows: config.database.max_buffered_rows,
             max_buffered_rejections: config.rejects.max_buffered,
         };
-        let writer_arbiter = Arbiter::new();
         let credentials = match &config.database.password {
             Some(password) => {
                 let source = secrets::build_source(password).await;
-                let current = match secrets::fetch_at_start(source.as_ref(), STARTUP_SECRET_ATTEMPTS).await {
-                    Ok(current) => current,
-                    Err(err) => {
-                        stop_arbiters(vec![writer_arbiter]);
-                        stop_monitor(monitor);
-                        return Err(err.into());
-                    }
-                };
+                let current = secrets::fetch_at_start(source.as_ref(), STARTUP_SECRET_ATTEMPTS).await?;
                 tracing::info!(source = %source.describe(), user = ?current.user, "database secret fetched");
                 stats.secret_configured.store(true, Ordering::Relaxed);
                 mark_now(&stats.secret_last_ok_micros);
@@ -279,33 +320,20 @@ impl Service {
             // Control path, once at start-up.
             let _ = keeper.send(SubscribeCredentials(writer.clone().recipient())).await;
         }
-        if let Some(monitor) = &monitor {
+        if let Some(monitor) = monitor {
             monitor.state.heartbeats.watch("writer", &writer_arbiter.handle());
         }
         let outputs =
-            BrokerOutputs { minutes: writer.clone().recipient(), rejections: writer.clone().recipient() };
-        let pipeline = match Pipeline::start(
-            PipelineSettings::from_config(config),
-            source,
-            outputs,
-            clock,
-            stats.clone(),
-        )
-        .await
-        {
-            Ok(pipeline) => pipeline,
-            Err(err) => {
-                stop_arbiters(vec![writer_arbiter]);
-                stop_monitor(monitor);
-                return Err(err.into());
-            }
-        };
-        if let Some(monitor) = &monitor {
+            PipelineOutputs { minutes: writer.clone().recipient(), rejections: writer.clone().recipient() };
+        let settings = PipelineSettings::from_config(config);
+        let pipeline = Pipeline::start(settings, source, outputs, clock.clone(), stats.clone()).await?;
+        if let Some(monitor) = monitor {
             for (core, shard) in pipeline.shards.iter().enumerate() {
                 monitor.state.heartbeats.watch(format!("aggregators-{core}"), &shard.handle());
             }
         }
-        Ok(Service { pipeline, writer, writer_arbiter, stats, monitor })
+        let watchdog = monitoring::spawn_silence_watchdog(stats.clone(), config.mqtt.idle_alert, clock);
+        Ok((pipeline, writer, watchdog))
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
@@ -342,6 +370,9 @@ impl Service {
         tracing::debug!(?writer, "writer drained");
         stop_arbiters(vec![self.writer_arbiter]);
         stop_monitor(self.monitor);
+        if let Some(watchdog) = self.watchdog {
+            watchdog.abort();
+        }
         ShutdownReport { intake_drained, minutes_left_in_aggregators, writer }
     }
 }

@@ -8,11 +8,11 @@
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use fleetagg_actors::broker::BrokerOutputs;
 use fleetagg_actors::clock::{Clock, ManualClock};
 use fleetagg_actors::logic::rows::MAX_STORED_PAYLOAD;
 use fleetagg_actors::logic::{ClosedMinute, MinuteAggregate, RejectReason, RejectedMessage, Timestamp};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
+use fleetagg_actors::service::PipelineOutputs;
 use fleetagg_actors::service::PipelineSettings;
 use fleetagg_actors::source::{FakeBroker, InboundMessage};
 use fleetagg_actors::stats::PipelineStats;
@@ -119,7 +119,7 @@ async fn start(now: &str, configure: impl FnOnce(&mut Config), recorder: Recorde
     let stats = Arc::new(PipelineStats::default());
     let (publisher, source) = FakeBroker::new();
     let address = recorder.clone().start();
-    let outputs = BrokerOutputs { minutes: address.clone().recipient(), rejections: address.recipient() };
+    let outputs = PipelineOutputs { minutes: address.clone().recipient(), rejections: address.recipient() };
     let shared_clock: Arc<dyn Clock> = clock.clone();
     let pipeline =
         Pipeline::start(settings, Box::new(source), outputs, shared_clock, stats.clone()).await.unwrap();

@@ -12,10 +12,10 @@
 //! message a row of its own: it closes once no late sample has arrived for
 //! [`LATE_QUIET`], or [`LATE_HOLD`] after the first one, whichever comes first.
 
+use super::timers::CloseTimers;
 use crate::clock::Clock;
 use crate::logic::{Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes};
 use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, WriteMinutes};
-use crate::shard::CloseTimers;
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use std::future::Future;
@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a reopened (late) minute waits for more late samples before it closes.
-pub const LATE_QUIET: Duration = Duration::from_millis(50);
+pub(super) const LATE_QUIET: Duration = Duration::from_millis(50);
 /// The longest a reopened minute is held while late samples keep coming.
-pub const LATE_HOLD: Duration = Duration::from_secs(2);
+pub(super) const LATE_HOLD: Duration = Duration::from_secs(2);
 
 /// The timing of minute closing.
 #[derive(Debug, Clone, Copy)]

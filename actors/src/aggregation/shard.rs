@@ -17,55 +17,16 @@
 //! that aggregator's mailbox is full is awaited inside `ctx.wait`, so this shard takes no
 //! further batch until it is taken and the broker's send to it waits in turn.
 
-use crate::aggregator::{Aggregator, AggregatorShared};
+use super::aggregator::{Aggregator, AggregatorShared};
+use super::timers::{CloseTimers, TIMER_RESOLUTION};
 use crate::delivery::{count_lost, Deliveries};
 use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, RouteSamples};
 use actix::dev::SendError;
 use actix::prelude::*;
 use futures_util::future::join_all;
-use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How often the shard looks for due close timers: the most a close can be late.
-pub const TIMER_RESOLUTION: Duration = Duration::from_millis(5);
-
-/// When each aggregator of a shard wants to look at its open minutes next: a heap of
-/// (instant, aggregator number). Shared by reference count between the shard and its
-/// aggregators, which all run on the shard's thread (hence `Rc`, not `Arc`); a borrow
-/// never outlives one push or one sweep, so they never overlap.
-#[derive(Debug, Default)]
-pub struct CloseTimers {
-    due: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
-}
-
-impl CloseTimers {
-    /// Asks for aggregator `index` to be sent [`CheckOpenMinutes`] at `at`.
-    pub fn schedule(&self, at: Instant, index: u32) {
-        self.due.borrow_mut().push(Reverse((at, index)));
-    }
-
-    /// Removes the timers due at `now` and returns their aggregators.
-    fn take_due(&self, now: Instant) -> Vec<u32> {
-        let mut due = self.due.borrow_mut();
-        let mut indices = Vec::new();
-        while let Some(&Reverse((at, index))) = due.peek() {
-            if at > now {
-                break;
-            }
-            due.pop();
-            indices.push(index);
-        }
-        if due.is_empty() && due.capacity() > 1024 {
-            // A burst (every machine closing the same minute) should not pin its peak.
-            *due = BinaryHeap::new();
-        }
-        indices
-    }
-}
+use std::time::Instant;
 
 #[derive(Debug)]
 pub struct Shard {

@@ -18,15 +18,12 @@
 
 mod routes;
 
-use crate::aggregator::{AggregatorSettings, AggregatorShared};
+use crate::aggregation::Shard;
 use crate::clock::Clock;
 use crate::delivery::Deliveries;
 use crate::logic::validate::validate_received;
 use crate::logic::{RejectLimiter, RejectedMessage, ValidationRules};
-use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections, WriteMinutes};
-use crate::monitoring::health_silence as silence;
-use crate::monitoring::ReadinessSettings;
-use crate::shard::Shard;
+use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections};
 use crate::source::{InboundMessage, MessageSource};
 use crate::stats::{bump, mark_now, PipelineStats};
 use actix::prelude::*;
@@ -42,13 +39,6 @@ pub const BATCH_MESSAGES: usize = 1024;
 /// How long the broker waits after a partial batch before reading the next one.
 pub const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Where the broker sends what it does not keep.
-#[derive(Debug, Clone)]
-pub struct BrokerOutputs {
-    pub minutes: Recipient<WriteMinutes>,
-    pub rejections: Recipient<StoreRejections>,
-}
-
 #[derive(Debug)]
 pub struct Broker {
     source: Box<dyn MessageSource>,
@@ -59,15 +49,13 @@ pub struct Broker {
     /// One shard actor per aggregator arbiter (core); a machine always lands on the same.
     shards: Vec<Addr<Shard>>,
     routes: RoutingTable,
-    outputs: BrokerOutputs,
+    /// Where rejected messages go to be stored (the writer).
+    rejections: Recipient<StoreRejections>,
     clock: Arc<dyn Clock>,
     stats: Arc<PipelineStats>,
     /// Who waits for the intake to be drained (see [`StopIntake`]).
     on_drained: Vec<oneshot::Sender<()>>,
     drained: bool,
-    idle_alert: Option<std::time::Duration>,
-    /// The watchdog warned about silence; it says so again when messages resume.
-    silence_reported: bool,
 }
 
 /// What a broker needs besides its source and channel.
@@ -75,38 +63,20 @@ pub struct Broker {
 pub struct BrokerSettings {
     pub rules: ValidationRules,
     pub rejects_per_second: u32,
-    pub aggregator: AggregatorSettings,
-    /// `mqtt.idle_alert`: warn when connected but silent for this long.
-    pub idle_alert: Option<std::time::Duration>,
 }
 
 impl Broker {
+    /// A broker routing to `shards` (one per aggregator arbiter, started by the service)
+    /// and sending rejections to `rejections`.
     pub fn new(
         source: Box<dyn MessageSource>,
         inbound: mpsc::Receiver<InboundMessage>,
         settings: BrokerSettings,
-        arbiters: &[ArbiterHandle],
-        outputs: BrokerOutputs,
+        shards: Vec<Addr<Shard>>,
+        rejections: Recipient<StoreRejections>,
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
     ) -> Self {
-        let shared = Arc::new(AggregatorShared {
-            settings: settings.aggregator,
-            clock: clock.clone(),
-            writer: outputs.minutes.clone(),
-            stats: stats.clone(),
-        });
-        let shards: Vec<Addr<Shard>> = if arbiters.is_empty() {
-            vec![Shard::new(shared).start()]
-        } else {
-            arbiters
-                .iter()
-                .map(|arbiter| {
-                    let shared = shared.clone();
-                    Shard::start_in_arbiter(arbiter, move |_| Shard::new(shared))
-                })
-                .collect()
-        };
         Broker {
             source,
             inbound: Some(inbound),
@@ -114,31 +84,11 @@ impl Broker {
             limiter: RejectLimiter::new(settings.rejects_per_second),
             routes: RoutingTable::new(shards.len()),
             shards,
-            outputs,
+            rejections,
             clock,
             stats,
             on_drained: Vec::new(),
             drained: false,
-            idle_alert: settings.idle_alert,
-            silence_reported: false,
-        }
-    }
-
-    /// The "connected but silently stopped" failure: warn once when it starts, and once
-    /// when messages flow again (`/readyz` reports it too).
-    fn watch_silence(&mut self) {
-        let settings = ReadinessSettings { idle_alert: self.idle_alert };
-        let now = chrono::Utc::now().timestamp_micros();
-        match (silence(&self.stats, &settings, now), self.silence_reported) {
-            (Some(silent), false) => {
-                self.silence_reported = true;
-                tracing::warn!(silent_for = ?silent, "connected to the MQTT broker but no message arrives");
-            }
-            (None, true) => {
-                self.silence_reported = false;
-                tracing::info!("messages arrive again");
-            }
-            _ => {}
         }
     }
 
@@ -161,11 +111,6 @@ impl Actor for Broker {
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(receiver) = self.inbound.take() {
             ctx.add_stream(Batches { receiver, max: BATCH_MESSAGES });
-        }
-        if let Some(limit) = self.idle_alert {
-            let every =
-                (limit / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(15));
-            ctx.run_interval(every, |broker, _| broker.watch_silence());
         }
     }
 }
@@ -202,8 +147,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         if waiting.is_empty() && rejections.is_empty() && !lingering {
             return;
         }
-        let stored =
-            (!rejections.is_empty()).then(|| self.outputs.rejections.send(StoreRejections(rejections)));
+        let stored = (!rejections.is_empty()).then(|| self.rejections.send(StoreRejections(rejections)));
         let stats = self.stats.clone();
         ctx.wait(
             async move {

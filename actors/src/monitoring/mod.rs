@@ -6,8 +6,10 @@ mod health;
 mod heartbeat;
 mod http;
 mod metrics;
+mod watchdog;
 
-pub use health::{readiness, silence as health_silence, ReadinessSettings};
+pub use health::{readiness, silence, ReadinessSettings};
 pub use heartbeat::Heartbeats;
 pub use http::{serve, MonitorState};
 pub use metrics::render;
+pub use watchdog::spawn_silence_watchdog;

@@ -19,26 +19,9 @@ use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A database password, and the user name when the secret names one (AWS's
-/// alternating-users rotation switches between two users).
-#[derive(Clone)]
-pub struct Credentials {
-    pub user: Option<String>,
-    pub password: SecretString,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("user", &self.user).field("password", &"[REDACTED]").finish()
-    }
-}
-
-impl Credentials {
-    /// True when both would log in the same way.
-    pub fn same_as(&self, other: &Credentials) -> bool {
-        self.user == other.user && self.password.expose_secret() == other.password.expose_secret()
-    }
-}
+/// Defined with the messages that carry it (`CredentialsChanged`), so that they import
+/// nothing from the layers above them.
+pub use crate::messages::Credentials;
 
 /// Why a secret could not be had. Messages name the source and the problem, never the
 /// secret's content.
