@@ -96,7 +96,7 @@ pub(crate) fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
         let credentials = match &config.database.password {
             Some(password) => {
                 let source = secrets::build_source(password).await;
-                Some(secrets::fetch_at_start(source.as_ref(), 3).await?)
+                Some(secrets::fetch_at_start(source.as_ref()).await?)
             }
             None => None,
         };

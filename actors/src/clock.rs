@@ -1,11 +1,28 @@
-//! Where "now" comes from. Aggregation and validation compare event time with the wall
-//! clock; tests swap in a [`ManualClock`] so that minute closing is deterministic.
+//! Where "now" comes from, the only place in the actors that reads a clock: the wall
+//! clock ([`Clock::now`]: event time is compared with it, timestamps in metrics and
+//! `/readyz` come from it) and the monotonic one ([`Clock::instant`]: timers, back-offs,
+//! latencies, immune to a stepped wall clock). Tests swap in a [`ManualClock`], whose
+//! wall clock moves only when told, so minute closing is deterministic; its monotonic
+//! clock stays real, so timers still fire.
 
 use crate::logic::Timestamp;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Wall-clock time.
     fn now(&self) -> Timestamp;
+
+    /// Monotonic time.
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// The clock of a component built without one: the system's.
+pub fn system() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
 }
 
 /// The system's real-time clock.

@@ -13,6 +13,7 @@
 //! picture.
 
 pub mod aggregation;
+pub mod backoff;
 pub mod broker;
 pub mod clock;
 mod delivery;

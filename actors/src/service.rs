@@ -13,7 +13,7 @@ use crate::messages::{Drain, DrainReport, StopIntake, StoreRejections, Subscribe
 use crate::monitoring::{self, Heartbeats, MonitorState, ReadinessSettings};
 use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
-use crate::stats::{mark_now, PipelineStats};
+use crate::stats::PipelineStats;
 use crate::writer::{Connector, DbError, Writer, WriterCredentials, WriterSettings};
 use actix::prelude::*;
 use fleetagg_config::Config;
@@ -43,9 +43,6 @@ impl ServiceError {
         }
     }
 }
-
-/// Start-up gives up on the secret after this many attempts, with a clear error.
-const STARTUP_SECRET_ATTEMPTS: u32 = 5;
 
 /// What the pipeline needs from the configuration.
 #[derive(Debug, Clone)]
@@ -290,10 +287,10 @@ impl Service {
         let credentials = match &config.database.password {
             Some(password) => {
                 let source = secrets::build_source(password).await;
-                let current = secrets::fetch_at_start(source.as_ref(), STARTUP_SECRET_ATTEMPTS).await?;
+                let current = secrets::fetch_at_start(source.as_ref()).await?;
                 tracing::info!(source = %source.describe(), user = ?current.user, "database secret fetched");
                 stats.secret_configured.store(true, Ordering::Relaxed);
-                mark_now(&stats.secret_last_ok_micros);
+                stats.mark_now(&stats.secret_last_ok_micros);
                 // Stale after two missed refreshes (failed fetches retry faster meanwhile).
                 let max_age = password.refresh_interval.as_secs().saturating_mul(2).saturating_add(60);
                 stats.secret_max_age_seconds.store(max_age, Ordering::Relaxed);

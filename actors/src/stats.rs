@@ -3,12 +3,19 @@
 //! prometheus-client's lock-free histograms) so that counting never takes a lock on the
 //! data path; `/metrics`, `/readyz` and the shutdown summary read them.
 
+use crate::clock::{self, Clock};
 use crate::logic::RejectReason;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct PipelineStats {
+    /// The clock the timestamps below are read from: every component that counts holds
+    /// these stats, so this is how each reads the same "now" (a [`ManualClock`] in tests).
+    ///
+    /// [`ManualClock`]: crate::clock::ManualClock
+    pub clock: StatsClock,
     pub received: AtomicU64,
     pub accepted: AtomicU64,
     pub duplicates: AtomicU64,
@@ -80,12 +87,35 @@ impl Default for Latencies {
     }
 }
 
-/// Stores "now" in a timestamp gauge.
-pub fn mark_now(gauge: &AtomicI64) {
-    gauge.store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
+/// The clock of [`PipelineStats`]: the system's unless a test gives another.
+#[derive(Debug, Clone)]
+pub struct StatsClock(pub Arc<dyn Clock>);
+
+impl Default for StatsClock {
+    fn default() -> Self {
+        StatsClock(clock::system())
+    }
+}
+
+impl std::ops::Deref for StatsClock {
+    type Target = dyn Clock;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl PipelineStats {
+    /// Stats whose timestamps come from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        PipelineStats { clock: StatsClock(clock), ..PipelineStats::default() }
+    }
+
+    /// Stores "now" (wall clock, µs since the epoch) in a timestamp gauge.
+    pub fn mark_now(&self, gauge: &AtomicI64) {
+        gauge.store(self.clock.now().micros(), Ordering::Relaxed);
+    }
+
     pub fn count_rejected(&self, reason: RejectReason) {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     }

@@ -128,7 +128,7 @@ impl Aggregator {
     }
 
     fn close_due(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
+        let now = self.shared.clock.instant();
         if let Some(late) = self.late {
             let settled = (late.last + self.shared.settings.late_quiet())
                 .min(late.first + self.shared.settings.late_hold());
@@ -193,7 +193,7 @@ impl Handler<AcceptSamples> for Aggregator {
             }
             late |= sample.ts.minute().end().saturating_add_micros(grace) <= now;
         }
-        let arrived = Instant::now();
+        let arrived = self.shared.clock.instant();
         if late {
             let first = self.late.map_or(arrived, |late| late.first);
             self.late = Some(LateArrivals { first, last: arrived });
@@ -209,7 +209,7 @@ impl Handler<CheckOpenMinutes> for Aggregator {
     type Result = ();
 
     fn handle(&mut self, _: CheckOpenMinutes, ctx: &mut Self::Context) {
-        let now = Instant::now();
+        let now = self.shared.clock.instant();
         if self.check.is_some_and(|at| at <= now) {
             self.check = None;
         }

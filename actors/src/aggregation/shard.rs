@@ -26,7 +26,6 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(Debug)]
 pub struct Shard {
@@ -44,7 +43,7 @@ impl Shard {
     /// Tells each aggregator whose timer is due to look at its minutes. One whose mailbox
     /// is full is busy anyway; its look is put off by one sweep, never dropped.
     fn fire_due_timers(&mut self, _: &mut Context<Self>) {
-        let now = Instant::now();
+        let now = self.shared.clock.instant();
         for index in self.timers.take_due(now) {
             let Some(aggregator) = self.aggregators.get(index as usize) else { continue };
             if let Err(SendError::Full(_)) = aggregator.try_send(CheckOpenMinutes) {

@@ -25,7 +25,7 @@ use crate::logic::validate::validate_received;
 use crate::logic::{RejectLimiter, RejectedMessage, ValidationRules};
 use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections};
 use crate::source::{InboundMessage, MessageSource};
-use crate::stats::{bump, mark_now, PipelineStats};
+use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use futures_util::future::join_all;
 use routes::RoutingTable;
@@ -119,7 +119,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
     fn handle(&mut self, batch: Vec<InboundMessage>, ctx: &mut Self::Context) {
         let now = self.clock.now();
         bump(&self.stats.received, batch.len() as u64);
-        mark_now(&self.stats.last_message_micros);
+        self.stats.mark_now(&self.stats.last_message_micros);
         let lingering = batch.len() < BATCH_MESSAGES;
         let mut rejections = Vec::new();
         for message in batch {

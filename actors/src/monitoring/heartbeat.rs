@@ -8,6 +8,7 @@
 //! a busy loop, a deadlock): that is what a restart can cure. "Can it do its job" is
 //! `/readyz`'s question.
 
+use crate::clock::{Clock, SystemClock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ pub struct Heartbeats {
 
 impl Default for Heartbeats {
     fn default() -> Self {
-        Heartbeats { origin: Instant::now(), beats: Mutex::new(Vec::new()) }
+        Heartbeats { origin: SystemClock.instant(), beats: Mutex::new(Vec::new()) }
     }
 }
 

@@ -47,7 +47,7 @@ async fn answer(mut stream: TcpStream, state: Arc<MonitorState>) {
         }
         "/healthz" => healthz(&state),
         "/readyz" => {
-            let now = chrono::Utc::now().timestamp_micros();
+            let now = state.stats.clock.now().micros();
             match readiness(&state.stats, &state.readiness, now) {
                 Ok(()) => (200, "text/plain; charset=utf-8", "ready\n".to_owned()),
                 Err(reasons) => (503, "text/plain; charset=utf-8", format!("{}\n", reasons.join("\n"))),

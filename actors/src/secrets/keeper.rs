@@ -7,14 +7,13 @@
 //! attempt.
 
 use super::{Credentials, SecretError, SecretSource};
+use crate::backoff::{self, Retries};
 use crate::messages::{CredentialsChanged, RefreshSecret, SubscribeCredentials};
-use crate::stats::{bump, mark_now, PipelineStats};
+use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Failed logins come in bursts; one fetch per burst is enough.
 const MIN_GAP_BETWEEN_FETCHES: Duration = Duration::from_millis(500);
 
@@ -28,8 +27,8 @@ pub struct SecretKeeper {
     next_fetch: Option<SpawnHandle>,
     fetching: bool,
     last_fetch: Option<Instant>,
-    /// Consecutive failures and the current back-off, while fetches fail.
-    failing: Option<(u32, Duration)>,
+    /// The back-off of the current run of failed fetches.
+    failing: Option<Retries>,
     stats: Arc<PipelineStats>,
 }
 
@@ -65,7 +64,7 @@ impl SecretKeeper {
             return;
         }
         self.fetching = true;
-        self.last_fetch = Some(Instant::now());
+        self.last_fetch = Some(self.stats.clock.instant());
         ctx.spawn(self.source.fetch().into_actor(self).map(|result, keeper, ctx| keeper.absorb(result, ctx)));
     }
 
@@ -74,8 +73,9 @@ impl SecretKeeper {
         bump(&self.stats.secret_fetches, 1);
         match result {
             Ok(credentials) => {
-                mark_now(&self.stats.secret_last_ok_micros);
-                if let Some((failures, _)) = self.failing.take() {
+                self.stats.mark_now(&self.stats.secret_last_ok_micros);
+                if let Some(retries) = self.failing.take() {
+                    let failures = retries.failures();
                     tracing::info!(source = %self.source.describe(), failures, "database secret readable again");
                 }
                 if !credentials.same_as(&self.current) {
@@ -97,17 +97,14 @@ impl SecretKeeper {
             }
             Err(err) => {
                 bump(&self.stats.secret_failures, 1);
-                let (failures, delay) = match self.failing {
-                    None => {
-                        tracing::warn!(error = %err, "fetching the database secret failed; retrying with back-off");
-                        (1, RETRY_MIN)
-                    }
-                    Some((failures, delay)) => {
-                        tracing::debug!(error = %err, failures, "fetching the database secret failed again");
-                        (failures + 1, (delay * 2).min(RETRY_MAX))
-                    }
-                };
-                self.failing = Some((failures, delay));
+                let retries = self.failing.get_or_insert_with(|| {
+                    tracing::warn!(error = %err, "fetching the database secret failed; retrying with back-off");
+                    Retries::new(backoff::SECRET_REFRESH)
+                });
+                let delay = retries.failed();
+                if retries.failures() > 1 {
+                    tracing::debug!(error = %err, failures = retries.failures(), "fetching the database secret failed again");
+                }
                 self.schedule(delay.min(self.refresh_interval), ctx);
             }
         }

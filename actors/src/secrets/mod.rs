@@ -13,11 +13,11 @@ pub use aws::AwsSecretSource;
 pub use keeper::SecretKeeper;
 pub use local::{EnvSecretSource, FileSecretSource};
 
+use crate::backoff::{self, Retries};
 use fleetagg_config::{PasswordConfig, SecretSourceKind};
 use futures_util::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Defined with the messages that carry it (`CredentialsChanged`), so that they import
 /// nothing from the layers above them.
@@ -51,20 +51,18 @@ pub async fn build_source(config: &PasswordConfig) -> Arc<dyn SecretSource> {
     }
 }
 
-/// Fetches with a few retries, for start-up: a service that cannot log in at all should
-/// say so at once, not after a long silent wait.
-pub async fn fetch_at_start(source: &dyn SecretSource, attempts: u32) -> Result<Credentials, SecretError> {
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1;
+/// Fetches with [`backoff::STARTUP_ATTEMPTS`] tries, for start-up: a service that cannot
+/// log in at all should say so soon, not after a long silent wait.
+pub async fn fetch_at_start(source: &dyn SecretSource) -> Result<Credentials, SecretError> {
+    let mut retries = Retries::new(backoff::SECRET_AT_START);
     loop {
         match source.fetch().await {
             Ok(credentials) => return Ok(credentials),
-            Err(err) if attempt >= attempts => return Err(err),
+            Err(err) if retries.failures() + 1 >= backoff::STARTUP_ATTEMPTS => return Err(err),
             Err(err) => {
-                tracing::warn!(error = %err, attempt, "fetching the database secret failed; retrying");
+                let delay = retries.failed();
+                tracing::warn!(error = %err, attempt = retries.failures(), "fetching the secret failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(4));
-                attempt += 1;
             }
         }
     }

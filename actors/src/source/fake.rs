@@ -3,7 +3,7 @@
 //! network.
 
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
-use crate::stats::{mark_now, PipelineStats};
+use crate::stats::PipelineStats;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use std::sync::atomic::Ordering;
@@ -56,7 +56,7 @@ impl MessageSource for FakeSource {
         *self.sink.lock().unwrap_or_else(PoisonError::into_inner) = Some(sink);
         stats.mqtt_connected.store(true, Ordering::Relaxed);
         stats.mqtt_subscribed.store(true, Ordering::Relaxed);
-        mark_now(&stats.mqtt_connected_at_micros);
+        stats.mark_now(&stats.mqtt_connected_at_micros);
         async { Ok(()) }.boxed()
     }
 

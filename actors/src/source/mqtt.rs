@@ -7,7 +7,8 @@
 //! callback, stops reading the socket, and the broker keeps queuing for the session.
 
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
-use crate::stats::{bump, mark_now, PipelineStats};
+use crate::backoff::{self, Retries};
+use crate::stats::{bump, PipelineStats};
 use fleetagg_config::MqttConfig;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -16,9 +17,6 @@ use secrecy::ExposeSecret;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-const RECONNECT_MIN: Duration = Duration::from_secs(1);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 pub struct MqttSource {
     config: MqttConfig,
@@ -87,7 +85,7 @@ impl MessageSource for MqttSource {
             if stats.mqtt_connected_at_micros.load(Ordering::Relaxed) != 0 {
                 bump(&stats.mqtt_reconnects, 1);
             }
-            mark_now(&stats.mqtt_connected_at_micros);
+            stats.mark_now(&stats.mqtt_connected_at_micros);
             stats.mqtt_connected.store(true, Ordering::Relaxed);
             drop(client.subscribe_many(&topics, &qos));
             // Requested, not confirmed: a refused subscription shows in the broker's log.
@@ -146,7 +144,7 @@ fn connect_options(
     builder
         .keep_alive_interval(config.keep_alive)
         .clean_session(false)
-        .automatic_reconnect(RECONNECT_MIN, RECONNECT_MAX)
+        .automatic_reconnect(backoff::MQTT_CONNECT.initial, backoff::MQTT_CONNECT.max)
         .connect_timeout(Duration::from_secs(10));
     let tls = url.starts_with("ssl://") || url.starts_with("wss://") || config.ca_file.is_some();
     if tls {
@@ -179,7 +177,7 @@ async fn connect_and_subscribe(
     let password = match &config.password {
         Some(password) => {
             let source = crate::secrets::build_source(password).await;
-            let credentials = crate::secrets::fetch_at_start(source.as_ref(), 5).await.map_err(|err| {
+            let credentials = crate::secrets::fetch_at_start(source.as_ref()).await.map_err(|err| {
                 SourceError::Client { url: url.to_owned(), message: format!("broker password: {err}") }
             })?;
             Some(credentials.password)
@@ -214,8 +212,7 @@ fn connect_blocking(
     password: Option<&secrecy::SecretString>,
 ) -> Result<(), SourceError> {
     let options = connect_options(config, url, password)?;
-    let mut delay = RECONNECT_MIN;
-    let mut warned = false;
+    let mut retries = Retries::new(backoff::MQTT_CONNECT);
     loop {
         match client.connect(options.clone()).wait() {
             Ok(response) => {
@@ -224,12 +221,10 @@ fn connect_blocking(
                 break;
             }
             Err(err) => {
-                if !warned {
+                if retries.failures() == 0 {
                     tracing::warn!(url, error = %err, "MQTT broker unreachable; retrying with back-off");
-                    warned = true;
                 }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(RECONNECT_MAX);
+                std::thread::sleep(retries.failed());
             }
         }
     }

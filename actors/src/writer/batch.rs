@@ -5,6 +5,7 @@
 //! whose commit was lost with the connection is a no-op instead of a double count: the
 //! upsert merges counts and sums, so it is not idempotent by itself.
 
+use crate::clock::Clock;
 use crate::logic::{ClosedMinute, RejectReason, RejectedMessage};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -67,10 +68,9 @@ pub(super) struct BatchIds {
 
 impl BatchIds {
     pub(super) fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos());
-        BatchIds { nonce: format!("{nanos:x}-{:x}", std::process::id()), next: AtomicU64::new(0) }
+        // The start time (µs) and the process id: no two processes share both.
+        let started = crate::clock::SystemClock.now().micros();
+        BatchIds { nonce: format!("{started:x}-{:x}", std::process::id()), next: AtomicU64::new(0) }
     }
 
     pub(super) fn next(&self) -> String {

@@ -40,7 +40,7 @@ impl FlushJob {
             Err(err) => return FlushOutcome { job: self, error: Some(err) },
         };
         while let Some(batch) = self.batches.pop_front() {
-            let started = Instant::now();
+            let started = self.stats.clock.instant();
             let written = match &batch.rows {
                 Rows::Minutes(rows) => session.upsert_minutes(&batch.id, rows).await,
                 Rows::Rejections(rows) => session.insert_rejections(&batch.id, rows).await,
@@ -85,7 +85,7 @@ impl FlushJob {
                 bump(&stats.rows_written, rows.len() as u64);
                 bump(&stats.write_batches, 1);
                 stats.latencies.write_batch.observe(started.elapsed().as_secs_f64());
-                let now = chrono::Utc::now().timestamp_micros();
+                let now = stats.clock.now().micros();
                 for row in rows {
                     let lag = now.saturating_sub(row.minute.end().micros()) as f64 / 1e6;
                     stats.latencies.commit_lag.observe(lag);

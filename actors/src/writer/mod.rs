@@ -24,13 +24,14 @@ pub use batch::DB_REFUSED;
 pub use error::{DbError, ErrorClass};
 pub use session::{Connector, Session};
 
+use crate::backoff::Retries;
 use crate::logic::{PendingMinutes, RejectedMessage};
 use crate::messages::{CredentialsChanged, Drain, DrainReport, RefreshSecret, StoreRejections, WriteMinutes};
 use crate::secrets::Credentials;
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use batch::{Batch, BatchIds};
-use state::{DrainRequest, FailureStreak, State, PRUNE_EVERY};
+use state::{DrainRequest, State, PRUNE_EVERY};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,8 +81,8 @@ pub struct Writer {
     last_db_success: Instant,
     settings: WriterSettings,
     stats: Arc<PipelineStats>,
-    /// Set while attempts fail.
-    failures: Option<FailureStreak>,
+    /// Set while attempts fail: the back-off of the current run of failures.
+    failures: Option<Retries>,
     /// Replies to `WriteMinutes` held while the buffer is full: each one is a sender
     /// (an aggregator) waiting, which is the back-pressure.
     held_replies: Vec<oneshot::Sender<()>>,
@@ -98,6 +99,7 @@ impl Writer {
         settings: WriterSettings,
         stats: Arc<PipelineStats>,
     ) -> Self {
+        let now = stats.clock.instant();
         Writer {
             connector,
             credentials,
@@ -108,8 +110,8 @@ impl Writer {
             unwritten: VecDeque::new(),
             ids: Arc::new(BatchIds::new()),
             // Prune once soon after start, then every PRUNE_EVERY.
-            last_prune: Instant::now().checked_sub(PRUNE_EVERY).unwrap_or_else(Instant::now),
-            last_db_success: Instant::now(),
+            last_prune: now.checked_sub(PRUNE_EVERY).unwrap_or(now),
+            last_db_success: now,
             settings,
             stats,
             failures: None,
@@ -192,7 +194,7 @@ impl Actor for Writer {
         ctx.run_interval(self.settings.flush_interval, Self::step);
         if let State::BackingOff { until, .. } = &self.state {
             // After a supervised restart: the old context's back-off timer is gone.
-            ctx.run_later(until.saturating_duration_since(Instant::now()), Self::step);
+            ctx.run_later(until.saturating_duration_since(self.stats.clock.instant()), Self::step);
         }
     }
 }
@@ -267,7 +269,7 @@ impl Handler<CredentialsChanged> for Writer {
             self.reconnect = true;
             // A failed login waits for exactly this: try again now, not after the back-off.
             if let State::BackingOff { until, .. } = &mut self.state {
-                *until = Instant::now();
+                *until = self.stats.clock.instant();
             }
             self.step(ctx);
         }
@@ -281,7 +283,8 @@ impl Handler<Drain> for Writer {
     /// then is cancelled. Answers with what was not written.
     fn handle(&mut self, Drain { deadline }: Drain, ctx: &mut Self::Context) -> Self::Result {
         let (reply, report) = oneshot::channel();
-        let timer = ctx.run_later(deadline.saturating_duration_since(Instant::now()), Self::drain_deadline);
+        let timer = ctx
+            .run_later(deadline.saturating_duration_since(self.stats.clock.instant()), Self::drain_deadline);
         if let Some(previous) = self.drain.replace(DrainRequest { deadline, reply, timer }) {
             // A second drain supersedes the first, which is answered with what is held now.
             ctx.cancel_future(previous.timer);
@@ -291,7 +294,7 @@ impl Handler<Drain> for Writer {
         self.release_replies();
         if let State::BackingOff { until, .. } = &mut self.state {
             // A drain does not wait out a long back-off: one more attempt now.
-            *until = Instant::now();
+            *until = self.stats.clock.instant();
         }
         self.step(ctx);
         let stats = self.stats.clone();

@@ -22,14 +22,13 @@ use super::batch::{Batch, Rows};
 use super::flush::{FlushJob, FlushOutcome};
 use super::session::Session;
 use super::Writer;
+use crate::backoff::{self, Retries};
 use crate::messages::DrainReport;
-use crate::stats::{bump, mark_now};
+use crate::stats::bump;
 use actix::prelude::*;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-pub(super) const RETRY_MIN: Duration = Duration::from_millis(100);
-pub(super) const RETRY_MAX: Duration = Duration::from_secs(10);
 /// An idle connection is pinged this often, so `/readyz` knows the database answers.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How often old ids are removed from the batch ledger.
@@ -72,14 +71,6 @@ pub(super) struct Attempt {
     pub(super) rejections: usize,
 }
 
-/// A run of failed attempts: sets the next back-off, and keeps a failure logged once when
-/// it starts and once when it ends instead of at every attempt.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FailureStreak {
-    pub(super) delay: Duration,
-    pub(super) failures: u32,
-}
-
 /// A `Drain` in progress.
 #[derive(Debug)]
 pub(super) struct DrainRequest {
@@ -95,7 +86,7 @@ impl Writer {
     /// arrived (after the linger), an attempt finished, a back-off or the flush interval
     /// elapsed, the credentials changed, a drain began.
     pub(super) fn step(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
+        let now = self.stats.clock.instant();
         if self.drain.is_some() && self.is_empty() && self.in_flight() == (0, 0) {
             // Nothing left to write: a connect or ping in flight need not be waited for.
             self.finish_drain(ctx, true);
@@ -152,7 +143,7 @@ impl Writer {
         batches.extend(self.ids.cut(std::mem::take(&mut self.rejections), max, Rows::Rejections));
         let prune_ledger = self.last_prune.elapsed() >= PRUNE_EVERY;
         if prune_ledger {
-            self.last_prune = Instant::now();
+            self.last_prune = self.stats.clock.instant();
         }
         FlushJob {
             connector: self.connector.clone(),
@@ -181,11 +172,11 @@ impl Writer {
             self.reconnect = false;
         }
         let Some(err) = error else {
-            self.last_db_success = Instant::now();
+            self.last_db_success = self.stats.clock.instant();
             self.stats.db_healthy.store(true, Ordering::Relaxed);
-            mark_now(&self.stats.db_last_ok_micros);
-            if let Some(streak) = self.failures.take() {
-                tracing::info!(failed_attempts = streak.failures, "database writes recovered");
+            self.stats.mark_now(&self.stats.db_last_ok_micros);
+            if let Some(retries) = self.failures.take() {
+                tracing::info!(failed_attempts = retries.failures(), "database writes recovered");
             }
             self.state = job.session.map_or(State::Disconnected, State::Connected);
             self.after_change(ctx);
@@ -196,22 +187,21 @@ impl Writer {
         if err.is_auth_failure() {
             self.request_fresh_secret(ctx);
         }
-        let streak = match self.failures {
-            None => {
-                tracing::warn!(
-                    error = %err, class = ?err.class(), buffered_minutes = self.buffered_minutes(),
-                    "database write failed; rows kept, retrying with back-off"
-                );
-                FailureStreak { delay: RETRY_MIN, failures: 1 }
-            }
-            Some(previous) => {
-                tracing::debug!(error = %err, failures = previous.failures + 1, "database write failed again");
-                FailureStreak { delay: (previous.delay * 2).min(RETRY_MAX), failures: previous.failures + 1 }
-            }
-        };
-        self.failures = Some(streak);
-        self.state = State::BackingOff { session: job.session, until: Instant::now() + streak.delay };
-        ctx.run_later(streak.delay, Self::step);
+        // Logged when a run of failures starts and when it ends, not at every attempt.
+        let buffered_minutes = self.buffered_minutes();
+        let retries = self.failures.get_or_insert_with(|| {
+            tracing::warn!(
+                error = %err, class = ?err.class(), buffered_minutes,
+                "database write failed; rows kept, retrying with back-off"
+            );
+            Retries::new(backoff::DATABASE_WRITES)
+        });
+        let delay = retries.failed();
+        if retries.failures() > 1 {
+            tracing::debug!(error = %err, failures = retries.failures(), "database write failed again");
+        }
+        self.state = State::BackingOff { session: job.session, until: self.stats.clock.instant() + delay };
+        ctx.run_later(delay, Self::step);
         if err.broke_connection() && self.drain.is_none() {
             // The supervisor restarts the writer with its rows (a supervised actor keeps
             // its state); `started` steps again once the back-off has passed.
