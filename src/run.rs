@@ -6,7 +6,7 @@ use fleetagg_actors::clock::SystemClock;
 use fleetagg_actors::secrets;
 use fleetagg_actors::source::MqttSource;
 use fleetagg_actors::writer::Connector;
-use fleetagg_actors::{Service, ShutdownReport};
+use fleetagg_actors::{Service, ServiceError, ShutdownReport};
 use fleetagg_config::Config;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Exit code when a stop could not write everything it had accepted.
 const EXIT_ROWS_UNWRITTEN: u8 = 3;
+/// Exit code when start-up failed on something that may heal by itself (the secret could
+/// not be fetched, say): BSD's EX_TEMPFAIL. A configuration error exits 1, so systemd
+/// can restart on this one and not on that (`RestartPreventExitStatus=1`).
+const EXIT_START_UP_MAY_HEAL: u8 = 75;
 /// How often the counters are logged.
 const STATS_EVERY: Duration = Duration::from_secs(60);
 
@@ -24,7 +28,10 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
         tokio::pin!(starting);
         let timeout = config.service.shutdown_timeout;
         let (service, early_stop) = tokio::select! {
-            started = &mut starting => (started?, None),
+            started = &mut starting => match started {
+                Ok(service) => (service, None),
+                Err(err) => return start_up_failed(err),
+            },
             signal = shutdown_signal() => {
                 // Not dropped on the spot: once connected, paho acknowledges what it
                 // hands to the inbound channel, so a start-up cut short would lose it.
@@ -34,7 +41,8 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
                 let deadline = Instant::now() + timeout;
                 tracing::info!(signal, "signal during start-up: finishing start-up, then stopping");
                 match tokio::time::timeout_at(deadline.into(), &mut starting).await {
-                    Ok(started) => (started?, Some((signal, deadline))),
+                    Ok(Ok(service)) => (service, Some((signal, deadline))),
+                    Ok(Err(err)) => return start_up_failed(err),
                     Err(_) => {
                         // Still connecting after the deadline: nothing was received.
                         tracing::warn!(signal, "start-up did not finish before the deadline; stopped");
@@ -88,6 +96,18 @@ pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_ROWS_UNWRITTEN))
         }
     })
+}
+
+/// A start-up that failed: exit 75 when trying again later may work, else the error
+/// (exit 1).
+fn start_up_failed(err: ServiceError) -> anyhow::Result<ExitCode> {
+    if err.is_retriable() {
+        tracing::error!(error = %err, "start-up failed; a later start may succeed");
+        eprintln!("fleetagg: {err}");
+        Ok(ExitCode::from(EXIT_START_UP_MAY_HEAL))
+    } else {
+        Err(err.into())
+    }
 }
 
 pub(crate) fn migrate(config: &Config) -> anyhow::Result<ExitCode> {

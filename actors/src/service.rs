@@ -34,6 +34,8 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// Whether a later start may succeed without a change of configuration (the binary
+    /// exits 75 then, 1 otherwise).
     pub fn is_retriable(&self) -> bool {
         match self {
             ServiceError::Source(err) => err.is_retriable(),

@@ -59,7 +59,11 @@ impl Collector for StatsCollector {
             ("rejections_written", "Rejected messages stored", get(&s.rejects_written)),
             ("write_batches", "Upsert statements that succeeded", get(&s.write_batches)),
             ("write_failures", "Flushes that failed (rows kept for a retry)", get(&s.write_failures)),
-            ("db_reconnects", "PostgreSQL connections opened by the writer", get(&s.db_connects)),
+            (
+                "db_connects",
+                "PostgreSQL connections opened by the writer, the first one included",
+                get(&s.db_connects),
+            ),
             (
                 "batches_replayed",
                 "Retried batches the ledger recognised as already applied",
@@ -75,7 +79,7 @@ impl Collector for StatsCollector {
                 "Rejected messages PostgreSQL refused to store",
                 get(&s.rejections_dropped),
             ),
-            ("secret_refreshes", "Fetches of the database secret", get(&s.secret_fetches)),
+            ("secret_fetches", "Fetches of the database secret by the secret keeper", get(&s.secret_fetches)),
             ("secret_refresh_failures", "Failed fetches of the database secret", get(&s.secret_failures)),
             ("secret_changes", "Times the database secret changed", get(&s.secret_changes)),
             ("mqtt_reconnects", "Reconnections to the MQTT broker", get(&s.mqtt_reconnects)),
@@ -160,7 +164,12 @@ mod tests {
         bump(&stats.received, 7);
         stats.count_rejected(RejectReason::TooLate);
         stats.latencies.write_batch.observe(0.002);
+        bump(&stats.db_connects, 2);
+        bump(&stats.secret_fetches, 3);
         let text = render(&stats);
+        // Each series is named after the field it reads.
+        assert!(text.contains("fleetagg_db_connects_total 2"), "{text}");
+        assert!(text.contains("fleetagg_secret_fetches_total 3"), "{text}");
         assert!(text.contains("fleetagg_messages_received_total 7"), "{text}");
         assert!(text.contains("fleetagg_messages_rejected_total{reason=\"too_late\"} 1"), "{text}");
         assert!(text.contains("fleetagg_actor_restarts_total{actor=\"writer\"} 0"), "{text}");
