@@ -4,7 +4,7 @@
 use super::batch::{refused_minute, Batch, BatchIds, Rows};
 use super::error::{DbError, ErrorClass};
 use super::session::{Connector, Session};
-use crate::secrets::Credentials;
+use crate::messages::Credentials;
 use crate::stats::{bump, PipelineStats};
 use std::collections::VecDeque;
 use std::sync::Arc;

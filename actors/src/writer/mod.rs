@@ -26,8 +26,8 @@ pub use session::{Connector, Session};
 
 use crate::backoff::Retries;
 use crate::logic::{PendingMinutes, RejectedMessage};
+use crate::messages::Credentials;
 use crate::messages::{CredentialsChanged, Drain, DrainReport, RefreshSecret, StoreRejections, WriteMinutes};
-use crate::secrets::Credentials;
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use batch::{Batch, BatchIds};

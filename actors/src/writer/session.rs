@@ -7,7 +7,7 @@
 use super::error::DbError;
 use super::schema;
 use crate::logic::{ClosedMinute, RejectedMessage};
-use crate::secrets::Credentials;
+use crate::messages::Credentials;
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
 use secrecy::ExposeSecret;
