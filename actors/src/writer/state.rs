@@ -19,6 +19,7 @@
 //! `Writer::hold_reply`), not by stopping the mailbox.
 
 use super::batch::{Batch, Rows};
+use super::error::ErrorClass;
 use super::flush::{FlushJob, FlushOutcome};
 use super::session::Session;
 use super::Writer;
@@ -196,8 +197,14 @@ impl Writer {
             );
             Retries::new(backoff::DATABASE_WRITES)
         });
-        let delay = retries.failed();
-        if retries.failures() > 1 {
+        let mut delay = retries.failed();
+        if err.class() == ErrorClass::Fatal {
+            // Retrying cannot help until an operator acts (an unusable URL is refused at
+            // start-up, so this is defence in depth): say so at every attempt, and retry
+            // only at the slowest pace, keeping the rows.
+            tracing::error!(error = %err, "database configuration error; rows kept until it is fixed");
+            delay = backoff::DATABASE_WRITES.max;
+        } else if retries.failures() > 1 {
             tracing::debug!(error = %err, failures = retries.failures(), "database write failed again");
         }
         self.state = State::BackingOff { session: job.session, until: self.stats.clock.instant() + delay };
