@@ -44,6 +44,15 @@ async fn publish_closed_minutes(url: &str, prefix: &str, machines: usize) {
     }
 }
 
+/// Waits until `/metrics` says the writer holds `minutes` minutes.
+async fn wait_until_writer_holds(metrics: &PortLease, minutes: u32) {
+    eventually(Duration::from_secs(30), &format!("{minutes} minutes held by the writer"), || async {
+        let (_, text) = http_get(metrics.port(), "/metrics").await;
+        metric(&text, "fleetagg_rows_buffered") == Some(f64::from(minutes))
+    })
+    .await;
+}
+
 /// SIGTERM, then the exit status, the time from the signal to the exit, and the log.
 async fn stop(service: ServiceProcess) -> (ExitStatus, Duration, String) {
     let log_path = service.log_path.clone();
@@ -97,11 +106,7 @@ async fn an_attempt_hanging_on_a_black_holed_server_is_cut_at_the_deadline() {
     let service = ServiceProcess::start_with_env(&text, &[], false).await;
     publish_closed_minutes(&broker_url(), &prefix, 3).await;
     // The writer's first attempt (connect) hangs; the minutes close and wait behind it.
-    eventually(Duration::from_secs(30), "three minutes held by the writer", || async {
-        let (_, text) = http_get(metrics.port(), "/metrics").await;
-        metric(&text, "fleetagg_rows_buffered") == Some(3.0)
-    })
-    .await;
+    wait_until_writer_holds(&metrics, 3).await;
     let (status, took, log) = stop(service).await;
     assert_eq!(status.code(), Some(3), "log:\n{log}");
     assert_in_time(took, &log);
@@ -119,11 +124,7 @@ async fn a_second_signal_exits_at_once() {
     );
     let service = ServiceProcess::start_with_env(&text, &[], false).await;
     publish_closed_minutes(&broker_url(), &prefix, 2).await;
-    eventually(Duration::from_secs(30), "two minutes held by the writer", || async {
-        let (_, text) = http_get(metrics.port(), "/metrics").await;
-        metric(&text, "fleetagg_rows_buffered") == Some(2.0)
-    })
-    .await;
+    wait_until_writer_holds(&metrics, 2).await;
     service.send_sigterm();
     service.wait_for_log("stopping: flushing open minutes", Duration::from_secs(10)).await;
     let log_path = service.log_path.clone();
