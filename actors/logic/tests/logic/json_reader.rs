@@ -3,9 +3,13 @@
 //! arbitrary documents; the `NaN`/`Infinity` extension serde_json refuses; the nesting
 //! limit at its edge; and no panic and linear time on hostile input.
 
-use super::support::*;
+use fleetagg_logic::json::{parse_telemetry, JsonValue};
+use fleetagg_logic::{validate, RejectReason};
+use proptest::prelude::*;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use super::support::{accepted, assert_rejected, message_with, now, object, rules, valid_fields};
 
 const TELEMETRY_KEYS: [&str; 4] = ["machine", "ts", "load_rate", "mileage"];
 

@@ -1,6 +1,12 @@
 //! Aggregation, duplicate detection, closing of minutes, and the writer's pending rows.
 
-use super::support::*;
+use fleetagg_logic::{
+    Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes, PendingMinutes, Timestamp,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::support::{aggregate_all, sample, MICROS_PER_MINUTE};
 
 // ---------------------------------------------------------------------------------------
 // Aggregation, duplicates, closing, pending rows

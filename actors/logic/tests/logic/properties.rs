@@ -1,7 +1,22 @@
 //! Properties (proptest): the parser never panics, valid messages round-trip, merging is
 //! associative and commutative and equals aggregating everything at once.
 
-use super::support::*;
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use chrono_tz::Tz;
+use fleetagg_logic::json::parse_telemetry;
+use fleetagg_logic::{
+    validate, Accepted, ClosedMinute, EpochUnit, Minute, MinuteAggregate, OpenMinutes, PendingMinutes,
+    RejectReason, Rejection, Sample, Telemetry, Timestamp,
+};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::support::{
+    accepted_ts, aggregate_all, merged, message_at, message_with, now, object, rules, rules_in, sample, utc,
+    MICROS_PER_MINUTE, MICROS_PER_SECOND,
+};
 
 // ---------------------------------------------------------------------------------------
 // Properties
@@ -39,7 +54,7 @@ fn machine_id() -> impl Strategy<Value = String> {
 /// (surrogate pairs beyond the BMP).
 fn encode_machine(text: &str, escape_all: bool) -> String {
     if !escape_all {
-        return json_string(text);
+        return serde_json::to_string(text).expect("a string is valid JSON");
     }
     let mut out = String::from("\"");
     for unit in text.encode_utf16() {

@@ -1,6 +1,14 @@
 //! Every rejection reason, with its exact reason and an informative detail.
 
-use super::support::*;
+use chrono::SecondsFormat;
+use chrono_tz::Tz;
+use fleetagg_logic::{EpochUnit, RejectReason};
+use std::time::Duration;
+
+use super::support::{
+    accepted, accepted_ts, assert_rejected, message_at, message_with, message_without, object, pad_to, rules,
+    timeless_rules, utc, valid_fields, RECENT,
+};
 
 // ---------------------------------------------------------------------------------------
 // The reasons themselves
@@ -68,7 +76,10 @@ fn too_large_payloads_over_the_limit_are_rejected() {
     let beyond = pad_to(&valid, 65_537);
     assert_rejected(&beyond, &rules(), RejectReason::TooLarge, &["65537", "65536"]);
     // A huge machine id is too large before it is a bad machine.
-    let huge_machine = message_with(&[("machine", &json_string(&"m".repeat(70_000)))]);
+    let huge_machine = message_with(&[(
+        "machine",
+        &serde_json::to_string(&"m".repeat(70_000)).expect("a string is valid JSON"),
+    )]);
     assert_rejected(&huge_machine, &rules(), RejectReason::TooLarge, &["65536"]);
     // A limit of zero refuses everything but the empty payload (which is malformed).
     let mut zero = rules();
@@ -259,12 +270,15 @@ fn bad_machine_empty_is_rejected() {
 fn bad_machine_length_is_counted_in_characters() {
     for (unit, name) in [("a", "ascii"), ("é", "two-byte"), ("機", "three-byte"), ("😀", "four-byte")] {
         let at_limit = unit.repeat(128);
-        let telemetry = accepted(message_with(&[("machine", &json_string(&at_limit))]), &rules());
+        let telemetry = accepted(
+            message_with(&[("machine", &serde_json::to_string(&at_limit).expect("a string is valid JSON"))]),
+            &rules(),
+        );
         assert_eq!(telemetry.machine, at_limit, "{name}");
 
         let over = unit.repeat(129);
         assert_rejected(
-            message_with(&[("machine", &json_string(&over))]),
+            message_with(&[("machine", &serde_json::to_string(&over).expect("a string is valid JSON"))]),
             &rules(),
             RejectReason::BadMachine,
             &["`machine`", "129", "128"],

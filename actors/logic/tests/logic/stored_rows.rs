@@ -1,8 +1,10 @@
 //! What a stored rejection holds: every field cut to 4 KiB, text never split inside a
 //! UTF-8 character, so one flood of huge garbage costs the database 12 KiB a row at most.
 
-use super::support::*;
 use fleetagg_logic::rows::{RejectedMessage, MAX_STORED_PAYLOAD};
+use fleetagg_logic::RejectReason;
+
+use super::support::{assert_rejected, message_at, rules};
 
 const LIMIT: usize = MAX_STORED_PAYLOAD;
 

@@ -1,17 +1,12 @@
 //! Fixtures and helpers shared by the logic tests.
 
-pub(crate) use chrono::{DateTime, FixedOffset, NaiveDate, SecondsFormat, TimeZone, Utc};
-pub(crate) use chrono_tz::Tz;
-pub(crate) use fleetagg_logic::json::{parse_telemetry, JsonValue};
-pub(crate) use fleetagg_logic::EpochUnit;
-pub(crate) use fleetagg_logic::{
-    validate, Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes, PendingMinutes, RejectReason,
-    Rejection, Sample, Telemetry, Timestamp, TimestampRules, ValidationRules,
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use fleetagg_logic::{
+    validate, EpochUnit, MinuteAggregate, RejectReason, Rejection, Sample, Telemetry, Timestamp,
+    TimestampRules, ValidationRules,
 };
-pub(crate) use proptest::prelude::*;
-pub(crate) use std::collections::{BTreeMap, BTreeSet, HashSet};
-pub(crate) use std::sync::Arc;
-pub(crate) use std::time::Duration;
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -102,21 +97,6 @@ pub(crate) fn message_without(missing: &[&str]) -> String {
 /// A valid message whose `ts` is the given JSON string.
 pub(crate) fn message_at(ts: &str) -> String {
     message_with(&[("ts", &format!("\"{ts}\""))])
-}
-
-/// A JSON string literal holding `text` (quotes and backslashes escaped, controls as \u).
-pub(crate) fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in text.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// `text` followed by spaces up to `len` bytes: still the same JSON object.

@@ -7,7 +7,10 @@
 //! [whitespace] YYYY-MM-DD (T|t|space) HH:MM[:SS[.digits]] [Z|z|±HH:MM] [whitespace]
 //! ```
 
-use super::support::*;
+use chrono_tz::Tz;
+use fleetagg_logic::{EpochUnit, RejectReason, Timestamp, ValidationRules};
+
+use super::support::{accepted_ts, assert_rejected, message_at, message_with, timeless_rules, utc};
 
 /// Rules that accept any instant, so only the reading of the text is tested.
 fn any_time() -> ValidationRules {
@@ -121,7 +124,10 @@ fn form_surrounding_whitespace() {
         "  2026-03-01 11:59:30  ",
     ] {
         assert_eq!(
-            accepted_ts(message_with(&[("ts", &json_string(text))]), &any_time()),
+            accepted_ts(
+                message_with(&[("ts", &serde_json::to_string(text).expect("a string is valid JSON"))]),
+                &any_time()
+            ),
             expected,
             "{text:?}"
         );
@@ -165,7 +171,7 @@ fn unlisted_forms_are_refused() {
         "11:59:30",
     ] {
         assert_rejected(
-            message_with(&[("ts", &json_string(text))]),
+            message_with(&[("ts", &serde_json::to_string(text).expect("a string is valid JSON"))]),
             &any_time(),
             RejectReason::BadTimestamp,
             &["YYYY-MM-DD"],

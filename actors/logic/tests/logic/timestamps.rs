@@ -1,6 +1,15 @@
 //! Timestamp forms and time zones, minute bucketing, and exact epoch fractions.
 
-use super::support::*;
+use chrono::{NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use fleetagg_logic::json::{parse_telemetry, JsonValue};
+use fleetagg_logic::{EpochUnit, Minute, RejectReason, Timestamp};
+use proptest::prelude::*;
+
+use super::support::{
+    accepted, accepted_ts, assert_rejected, check, message_at, message_with, object, rules, rules_in,
+    timeless_rules, utc, valid_fields, MICROS_PER_MINUTE, MICROS_PER_SECOND,
+};
 
 // ---------------------------------------------------------------------------------------
 // Time zones and timestamp forms
