@@ -250,7 +250,7 @@ impl Service {
         clock: Arc<dyn Clock>,
     ) -> Result<Service, ServiceError> {
         let stats = Arc::new(PipelineStats::default());
-        let connector = Connector::new(&config.database.url)?;
+        let connector = Connector::new(&config.database.url)?.with_statements(config.database.statements);
         // First, so that /readyz can say what start-up is waiting for.
         let monitor = start_monitor(config, &stats).await?;
         let writer_arbiter = Arbiter::new();

@@ -17,5 +17,5 @@ pub use load::{load, load_from_str, ENV_PREFIX};
 pub use secret::{PasswordConfig, SecretSourceKind, AWS_CURRENT};
 pub use sections::{
     AggregationConfig, Config, DatabaseConfig, EpochUnit, MetricsConfig, MqttConfig, RejectsConfig,
-    ServiceConfig,
+    ServiceConfig, Statements,
 };

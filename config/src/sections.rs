@@ -177,6 +177,8 @@ pub struct DatabaseConfig {
     /// taking more, and back-pressure reaches the MQTT connection (the broker keeps
     /// queuing for the persistent session): nothing is dropped.
     pub max_buffered_rows: usize,
+    /// How statements are sent: see [`Statements`].
+    pub statements: Statements,
     /// Where the password comes from; absent means none (trust or peer authentication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<PasswordConfig>,
@@ -189,9 +191,30 @@ impl Default for DatabaseConfig {
             batch_max_rows: 5_000,
             flush_interval: Duration::from_secs(1),
             max_buffered_rows: 1_000_000,
+            statements: Statements::Auto,
             password: None,
         }
     }
+}
+
+/// How the writer sends its statements (`database.statements`).
+///
+/// A transaction pooler (PgBouncer in `pool_mode = transaction`, RDS Proxy, Supavisor)
+/// hands each transaction whichever server connection is free, so a statement prepared
+/// on one is unknown on the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Statements {
+    /// Prepared and cached per connection, until PostgreSQL says a prepared statement
+    /// does not exist (26000) or already exists (42P05): then unnamed for the life of the
+    /// process, logged once.
+    #[default]
+    Auto,
+    /// Prepared once per connection and cached by SQL text: the fastest, directly on
+    /// PostgreSQL or behind a session pooler.
+    Prepared,
+    /// Each statement sent unnamed in one round trip: works behind any pooler.
+    Unnamed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod black_hole;
 pub mod cluster;
 pub mod mosquitto;
 pub mod moto;
+pub mod pgbouncer;
 pub mod ports;
 
 use std::path::{Path, PathBuf};

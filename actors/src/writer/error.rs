@@ -12,6 +12,14 @@ pub enum DbError {
     Connect { target: String, message: String, code: Option<SqlState> },
     #[error("PostgreSQL {operation} failed: {message}")]
     Statement { operation: &'static str, message: String, code: Option<SqlState>, connection_closed: bool },
+    /// `database.statements = "prepared"` where prepared statements do not survive
+    /// (a transaction pooler): retrying cannot help, the setting must change.
+    #[error(
+        "PostgreSQL {operation} failed: {message}; prepared statements do not work here (a \
+         transaction pooler hands out another server connection each time): set \
+         database.statements = \"auto\" or \"unnamed\""
+    )]
+    PreparedStatementsRefused { operation: &'static str, message: String },
 }
 
 /// What to do about an error.
@@ -42,7 +50,7 @@ impl DbError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            DbError::Config(_) => ErrorClass::Fatal,
+            DbError::Config(_) | DbError::PreparedStatementsRefused { .. } => ErrorClass::Fatal,
             DbError::Connect { .. } => ErrorClass::Retriable { reconnect: true },
             DbError::Statement { connection_closed: true, .. } | DbError::Statement { code: None, .. } => {
                 ErrorClass::Retriable { reconnect: true }
@@ -61,7 +69,7 @@ impl DbError {
     pub fn is_auth_failure(&self) -> bool {
         let code = match self {
             DbError::Connect { code, .. } | DbError::Statement { code, .. } => code.as_ref(),
-            DbError::Config(_) => None,
+            DbError::Config(_) | DbError::PreparedStatementsRefused { .. } => None,
         };
         code.is_some_and(|code| {
             *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION

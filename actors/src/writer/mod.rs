@@ -19,6 +19,7 @@ mod flush;
 pub mod schema;
 mod session;
 mod state;
+mod statements;
 
 pub use batch::DB_REFUSED;
 pub use error::{DbError, ErrorClass};

@@ -2,6 +2,7 @@
 //! with an advisory lock, so several instances starting together cannot race.
 
 use super::error::DbError;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 /// `(version, description, SQL)`. Append only: never edit a migration that has shipped.
@@ -65,8 +66,10 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
         )
         .await
         .map_err(fail)?;
+    // Unnamed statements (`*_typed`) here: a named one could meet another client's of the
+    // same name on a pooler's server connection.
     let current: i32 = transaction
-        .query_one("SELECT coalesce(max(version), 0) FROM fleetagg_schema_migrations", &[])
+        .query_typed_one("SELECT coalesce(max(version), 0) FROM fleetagg_schema_migrations", &[])
         .await
         .map_err(fail)?
         .get(0);
@@ -74,9 +77,9 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
     for (version, description, sql) in MIGRATIONS.iter().filter(|(version, ..)| *version > current) {
         transaction.batch_execute(sql).await.map_err(fail)?;
         transaction
-            .execute(
+            .execute_typed(
                 "INSERT INTO fleetagg_schema_migrations (version, description) VALUES ($1, $2)",
-                &[version, description],
+                &[(version, Type::INT4), (description, Type::TEXT)],
             )
             .await
             .map_err(fail)?;

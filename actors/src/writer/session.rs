@@ -6,13 +6,16 @@
 
 use super::error::DbError;
 use super::schema;
+use super::statements::StatementPolicy;
 use crate::logic::{ClosedMinute, RejectedMessage};
 use crate::messages::Credentials;
 use chrono::{DateTime, Utc};
+use fleetagg_config::Statements;
 use rustc_hash::FxHashMap;
 use secrecy::ExposeSecret;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// One statement for a whole batch: arrays in, `unnest` out, and the upsert merges each
@@ -77,6 +80,8 @@ pub struct Connector {
     config: tokio_postgres::Config,
     /// `host:port/dbname`, for logs: never the full URL.
     target: String,
+    /// Prepared or unnamed statements; shared with every session it opens.
+    statements: Arc<StatementPolicy>,
 }
 
 impl Connector {
@@ -92,7 +97,14 @@ impl Connector {
         // Detect a silently dead server instead of waiting forever on a half-open socket.
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let target = describe_target(&config);
-        Ok(Connector { config, target })
+        Ok(Connector { config, target, statements: Arc::new(StatementPolicy::new(Statements::default())) })
+    }
+
+    /// How statements are sent (`database.statements`; `auto` unless set).
+    #[must_use]
+    pub fn with_statements(mut self, statements: Statements) -> Self {
+        self.statements = Arc::new(StatementPolicy::new(statements));
+        self
     }
 
     pub fn target(&self) -> &str {
@@ -103,7 +115,7 @@ impl Connector {
     /// brings the schema up to date.
     pub async fn connect(&self, credentials: Option<&Credentials>) -> Result<Session, DbError> {
         let (client, _) = self.open_migrated(credentials).await?;
-        Ok(Session { client, statements: FxHashMap::default() })
+        Ok(Session { client, prepared: FxHashMap::default(), policy: self.statements.clone() })
     }
 
     /// Applies pending migrations on a fresh connection; returns the versions applied.
@@ -162,7 +174,9 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
 #[derive(Debug)]
 pub struct Session {
     client: Client,
-    statements: FxHashMap<&'static str, Statement>,
+    /// Statements prepared on this connection, by SQL text.
+    prepared: FxHashMap<&'static str, Statement>,
+    policy: Arc<StatementPolicy>,
 }
 
 impl Session {
@@ -170,20 +184,42 @@ impl Session {
         self.client.is_closed()
     }
 
-    async fn statement(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement, DbError> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
+    /// Runs one of the writer's statements: prepared (cached by SQL text) or unnamed, as
+    /// the policy says now; returns the rows touched.
+    async fn execute(
+        &mut self,
+        operation: &'static str,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, DbError> {
+        if self.policy.unnamed() {
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+                params.iter().zip(types).map(|(param, kind)| (*param, kind.clone())).collect();
+            return self
+                .client
+                .execute_typed(sql, &typed)
+                .await
+                .map_err(|err| self.policy.error(operation, &err));
         }
-        let statement =
-            self.client.prepare_typed(sql, types).await.map_err(|err| DbError::statement("prepare", &err))?;
-        self.statements.insert(sql, statement.clone());
-        Ok(statement)
+        let statement = match self.prepared.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = self
+                    .client
+                    .prepare_typed(sql, types)
+                    .await
+                    .map_err(|err| self.policy.error("prepare", &err))?;
+                self.prepared.insert(sql, statement.clone());
+                statement
+            }
+        };
+        self.client.execute(&statement, params).await.map_err(|err| self.policy.error(operation, &err))
     }
 
     /// Upserts one batch of minutes (each (machine, minute) at most once). False when the
     /// ledger shows the batch was already applied.
     pub async fn upsert_minutes(&mut self, batch_id: &str, rows: &[ClosedMinute]) -> Result<bool, DbError> {
-        let statement = self.statement(UPSERT_MINUTES, UPSERT_MINUTES_TYPES).await?;
         let machines: Vec<&str> = rows.iter().map(|row| &*row.machine).collect();
         let starts: Vec<DateTime<Utc>> = rows.iter().map(|row| row.minute.start().to_chrono()).collect();
         let samples: Vec<i32> =
@@ -195,9 +231,10 @@ impl Session {
         let mileage_min = column(|row| row.aggregate.mileage_min);
         let mileage_max = column(|row| row.aggregate.mileage_max);
         let touched = self
-            .client
             .execute(
-                &statement,
+                "upsert into loading_rate",
+                UPSERT_MINUTES,
+                UPSERT_MINUTES_TYPES,
                 &[
                     &machines,
                     &starts,
@@ -210,8 +247,7 @@ impl Session {
                     &batch_id,
                 ],
             )
-            .await
-            .map_err(|err| DbError::statement("upsert into loading_rate", &err))?;
+            .await?;
         Ok(touched > 0 || rows.is_empty())
     }
 
@@ -221,16 +257,18 @@ impl Session {
         batch_id: &str,
         rows: &[RejectedMessage],
     ) -> Result<bool, DbError> {
-        let statement = self.statement(INSERT_REJECTIONS, INSERT_REJECTIONS_TYPES).await?;
         let topics: Vec<&str> = rows.iter().map(|row| row.topic.as_str()).collect();
         let reasons: Vec<&str> = rows.iter().map(|row| row.reason.as_str()).collect();
         let details: Vec<&str> = rows.iter().map(|row| row.detail.as_str()).collect();
         let payloads: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_slice()).collect();
         let touched = self
-            .client
-            .execute(&statement, &[&topics, &reasons, &details, &payloads, &batch_id])
-            .await
-            .map_err(|err| DbError::statement("insert into rejected_message", &err))?;
+            .execute(
+                "insert into rejected_message",
+                INSERT_REJECTIONS,
+                INSERT_REJECTIONS_TYPES,
+                &[&topics, &reasons, &details, &payloads, &batch_id],
+            )
+            .await?;
         Ok(touched > 0 || rows.is_empty())
     }
 
@@ -241,6 +279,10 @@ impl Session {
 
     /// Forgets ledger entries old enough that no retry can refer to them.
     pub async fn prune_ledger(&mut self) -> Result<u64, DbError> {
-        self.client.execute(PRUNE_LEDGER, &[]).await.map_err(|err| DbError::statement("ledger pruning", &err))
+        // Unnamed, whatever the policy: once an hour, not worth a prepared statement.
+        self.client
+            .execute_typed(PRUNE_LEDGER, &[])
+            .await
+            .map_err(|err| DbError::statement("ledger pruning", &err))
     }
 }

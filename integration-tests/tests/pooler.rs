@@ -1,0 +1,132 @@
+//! fleetagg behind a transaction pooler (a private PgBouncer in `pool_mode = transaction`
+//! with several server connections handed out in turn): with `database.statements` =
+//! `auto` (it falls back to unnamed statements) and `unnamed`, one and then two instances
+//! on a shared subscription, `loading_rate` is exact; with `prepared` the writer says
+//! which setting to change instead of restarting in a loop.
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use fleetagg_integration_tests::cluster::PgCluster;
+use fleetagg_integration_tests::pgbouncer::PgBouncer;
+use fleetagg_integration_tests::{
+    broker_url, connect, eventually, expected_rows, loading_rate, service_config, unique, Publisher,
+    ServiceProcess,
+};
+use std::time::Duration;
+
+type Sample = (String, DateTime<Utc>, f64, f64);
+
+/// A service through `bouncer` with `statements`, small batches (many statements, so
+/// many server connections), on `prefix`'s topics, optionally in a shared group.
+fn config(bouncer: &PgBouncer, prefix: &str, statements: &str, group: Option<&str>) -> String {
+    let mut text = service_config(&bouncer.url_for("fleet"), prefix, &unique("fleetagg"), "1s").replace(
+        "flush_interval = \"200ms\"",
+        &format!("flush_interval = \"200ms\"\nbatch_max_rows = 3\nstatements = \"{statements}\""),
+    );
+    if let Some(group) = group {
+        text = text.replace("max_payload_bytes", &format!("shared_group = \"{group}\"\nmax_payload_bytes"));
+    }
+    text
+}
+
+/// Publishes `count` samples of 12 machines over the last three closed minutes.
+async fn publish(prefix: &str, count: usize) -> Vec<Sample> {
+    let publisher = Publisher::connect(&broker_url()).await;
+    let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(4);
+    let mut sent = Vec::new();
+    for n in 0..count {
+        let machine = format!("m{}", n % 12);
+        let ts = start + TimeDelta::milliseconds(i64::try_from(n).expect("small") * 180_000 / count as i64);
+        let (load_rate, mileage) = ((n % 97) as f64, n as f64);
+        let payload = format!(
+            r#"{{"machine":"{machine}","ts":"{}","load_rate":{load_rate},"mileage":{mileage}}}"#,
+            ts.to_rfc3339()
+        );
+        publisher.publish(&format!("{prefix}/{machine}/telemetry"), payload).await;
+        sent.push((machine, ts, load_rate, mileage));
+    }
+    sent
+}
+
+async fn stopped_log(service: ServiceProcess) -> String {
+    let log_path = service.log_path.clone();
+    let status = service.terminate(Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert!(status.success(), "fleetagg exited with {status}; log:\n{log}");
+    log
+}
+
+async fn pooled_cluster() -> (PgCluster, PgBouncer) {
+    let cluster = PgCluster::start_trust().await;
+    cluster.admin_execute("CREATE DATABASE fleet").await;
+    let bouncer = PgBouncer::start_transaction_pooling(cluster.port, "fleet").await;
+    // The pool exists once a client has logged in; then PgBouncer opens its three server
+    // connections. Only with several open does each transaction get another one.
+    let through_pooler = connect(&bouncer.url_for("fleet")).await;
+    through_pooler.simple_query("SELECT 1").await.expect("a query through the pooler");
+    let admin = connect(&cluster.admin_url()).await;
+    eventually(Duration::from_secs(30), "three server connections from the pooler", || {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = 'fleet'", &[])
+                .await
+                .expect("count the pooler's server connections");
+            row.get::<_, i64>(0) >= 3
+        }
+    })
+    .await;
+    (cluster, bouncer)
+}
+
+async fn assert_rows_exact(cluster: &PgCluster, sent: &[Sample], what: &str) {
+    let client = connect(&cluster.url_for("postgres", "fleet")).await;
+    let expected = expected_rows(sent);
+    eventually(Duration::from_secs(60), what, || {
+        let (client, expected) = (&client, &expected);
+        async move { loading_rate(client).await == *expected }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn auto_falls_back_to_unnamed_statements_and_writes_every_row_exactly() {
+    let (cluster, bouncer) = pooled_cluster().await;
+    let prefix = unique("pooler_auto");
+    let service = ServiceProcess::start(&config(&bouncer, &prefix, "auto", None)).await;
+    let sent = publish(&prefix, 240).await;
+    assert_rows_exact(&cluster, &sent, "every row through the pooler in auto").await;
+    let log = stopped_log(service).await;
+    assert!(log.contains("sending statements unnamed from now on"), "auto should have fallen back:\n{log}");
+    // One restart (a fresh connection at the switch), no loop.
+    assert!(log.matches("writer restarted by its supervisor").count() <= 1, "no restart loop:\n{log}");
+}
+
+#[actix_rt::test]
+async fn two_instances_with_unnamed_statements_share_a_subscription_exactly() {
+    let (cluster, bouncer) = pooled_cluster().await;
+    let prefix = unique("pooler_unnamed");
+    let group = unique("group");
+    let first = ServiceProcess::start(&config(&bouncer, &prefix, "unnamed", Some(&group))).await;
+    let second = ServiceProcess::start(&config(&bouncer, &prefix, "unnamed", Some(&group))).await;
+    let sent = publish(&prefix, 240).await;
+    assert_rows_exact(&cluster, &sent, "every row from two instances through the pooler").await;
+    for log in [stopped_log(first).await, stopped_log(second).await] {
+        assert!(!log.contains("database write failed"), "unnamed statements pass any pooler:\n{log}");
+    }
+    assert_rows_exact(&cluster, &sent, "still exact after both stopped").await;
+}
+
+#[actix_rt::test]
+async fn prepared_statements_behind_a_transaction_pooler_name_the_setting_to_change() {
+    let (_cluster, bouncer) = pooled_cluster().await;
+    let prefix = unique("pooler_prepared");
+    let text = config(&bouncer, &prefix, "prepared", None) + "\n[service]\nshutdown_timeout = \"2s\"\n";
+    let service = ServiceProcess::start(&text).await;
+    publish(&prefix, 60).await;
+    service.wait_for_log(r#"set database.statements = "auto" or "unnamed""#, Duration::from_secs(60)).await;
+    let log_path = service.log_path.clone();
+    let status = service.terminate(Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "the rows could not be written; log:\n{log}");
+    assert!(!log.contains("writer restarted by its supervisor"), "a fatal error is no restart loop:\n{log}");
+}
