@@ -66,6 +66,52 @@ impl PgCluster {
     }
 
     async fn start_with_host_auth(host_auth: &str) -> PgCluster {
+        let cluster = Self::in_new_dir();
+        cluster.initdb(host_auth);
+        cluster.launch("").await;
+        cluster
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup`, then `primary_conninfo`): for
+    /// failover tests, with [`PgCluster::promote`]. It trusts what the primary trusts.
+    pub async fn start_standby_of(primary: &PgCluster) -> PgCluster {
+        let cluster = Self::in_new_dir();
+        let mut command = cluster.program("pg_basebackup");
+        command.arg("-D").arg(cluster.data_dir()).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "--no-sync",
+            // An immediate checkpoint: the default spreads it over minutes.
+            "--checkpoint=fast",
+        ]);
+        cluster.run_checked(&mut command, "copy the primary with pg_basebackup");
+        let signal = cluster.data_dir().join("standby.signal");
+        std::fs::write(&signal, "").unwrap_or_else(|err| panic!("cannot write {}: {err}", signal.display()));
+        cluster
+            .launch(&format!("primary_conninfo = 'host=127.0.0.1 port={} user=postgres'\n", primary.port))
+            .await;
+        cluster
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, which waits until it is).
+    pub fn promote(&self) {
+        let output = self.pg_ctl(&["promote"]);
+        assert!(
+            output.status.success(),
+            "pg_ctl promote failed: {}\nserver log:\n{}",
+            describe(&output),
+            self.log()
+        );
+    }
+
+    /// A new directory with a leased port; the caller fills `data/` and launches.
+    fn in_new_dir() -> PgCluster {
         let bindir = postgres_bindir();
         let as_postgres = running_as_root();
         reap_abandoned_clusters(&bindir, as_postgres);
@@ -83,14 +129,17 @@ impl PgCluster {
                 "chown the cluster directory to the postgres user",
             );
         }
-        cluster.initdb(host_auth);
-
-        cluster.write_settings();
-        if let Err(error) = cluster.pg_ctl_start() {
-            panic!("the test PostgreSQL cluster in {} did not start: {error}", cluster.dir.display());
-        }
-        cluster.wait_until_accepting().await;
         cluster
+    }
+
+    /// Writes the settings (and `extra` ones), starts the server and waits until it
+    /// accepts connections.
+    async fn launch(&self, extra_settings: &str) {
+        self.write_settings(extra_settings);
+        if let Err(error) = self.pg_ctl_start() {
+            panic!("the test PostgreSQL cluster in {} did not start: {error}", self.dir.display());
+        }
+        self.wait_until_accepting().await;
     }
 
     /// A tokio-postgres connection string for the `postgres` superuser over the unix
@@ -194,7 +243,7 @@ impl PgCluster {
 
     /// Writes the server settings into the data directory, so that a plain `pg_ctl start`
     /// (first start, or [`PgCluster::start`] after a stop) always uses the same port.
-    fn write_settings(&self) {
+    fn write_settings(&self, extra: &str) {
         let settings = format!(
             "# Written by fleetagg's integration tests (integration-tests/src/cluster.rs).\n\
              port = {port}\n\
@@ -204,7 +253,7 @@ impl PgCluster {
              log_connections = on\n\
              fsync = off\n\
              shared_buffers = 16MB\n\
-             max_connections = 50\n",
+             max_connections = 50\n{extra}",
             port = self.port,
             socket_dir = self.dir.display(),
         );

@@ -1,0 +1,67 @@
+//! Failover to a new primary: `database.url` lists a primary and its streaming standby
+//! with `target_session_attrs=read-write`; the primary is stopped mid-stream and the
+//! standby promoted. The writer keeps the rows while neither takes writes, reconnects to
+//! whichever is the primary now, and `loading_rate` on it ends exact: nothing lost,
+//! nothing written twice (a batch whose commit reached the old primary reached the
+//! standby too, with its ledger entry, so its retry is recognised).
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use fleetagg_integration_tests::cluster::PgCluster;
+use fleetagg_integration_tests::{
+    broker_url, connect, eventually, expected_rows, loading_rate, service_config, unique, Publisher,
+    ServiceProcess,
+};
+use std::time::{Duration, Instant};
+
+#[actix_rt::test]
+async fn writes_follow_a_promoted_standby_and_stay_exact() {
+    let primary = PgCluster::start_trust().await;
+    primary.admin_execute("CREATE DATABASE fleet").await;
+    let standby = PgCluster::start_standby_of(&primary).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/fleet?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let prefix = unique("failover");
+    let config = service_config(&url, &prefix, &unique("fleetagg"), "1s");
+    let service = ServiceProcess::start(&config).await;
+
+    let publisher = Publisher::connect(&broker_url()).await;
+    let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(4);
+    let mut sent = Vec::new();
+    let began = Instant::now();
+    let mut failed_over = false;
+    for n in 0..400_i64 {
+        let machine = format!("m{}", n % 7);
+        let ts = start + TimeDelta::milliseconds(n * 450);
+        let (load_rate, mileage) = ((n % 89) as f64, n as f64);
+        let payload = format!(
+            r#"{{"machine":"{machine}","ts":"{}","load_rate":{load_rate},"mileage":{mileage}}}"#,
+            ts.to_rfc3339()
+        );
+        publisher.publish(&format!("{prefix}/{machine}/telemetry"), payload).await;
+        sent.push((machine, ts, load_rate, mileage));
+        if !failed_over && began.elapsed() > Duration::from_secs(2) {
+            // Rows are being written (minutes close as the stream goes): fail over now.
+            failed_over = true;
+            primary.stop();
+            standby.promote();
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(failed_over, "the stream should have outlasted the failover");
+
+    let client = connect(&standby.url_for("postgres", "fleet")).await;
+    let expected = expected_rows(&sent);
+    eventually(Duration::from_secs(60), "every row on the new primary", || {
+        let (client, expected) = (&client, &expected);
+        async move { loading_rate(client).await == *expected }
+    })
+    .await;
+    let log_path = service.log_path.clone();
+    let status = service.terminate(Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert!(status.success(), "{status}; log:\n{log}");
+    assert!(log.contains("database write failed"), "the failover should have interrupted writes:\n{log}");
+    assert_eq!(loading_rate(&client).await, expected, "still exact after the stop");
+}
