@@ -50,9 +50,35 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
+/// The newest version, for the check that needs no privilege beyond reading.
+fn latest_version() -> i32 {
+    MIGRATIONS.iter().map(|(version, ..)| *version).max().unwrap_or(0)
+}
+
 /// Brings the schema up to date; returns the versions it applied (empty when current).
+///
+/// A schema already current is only read, so `run` can use a role limited to writing
+/// rows (`fleetagg migrate` run once by the tables' owner); only a pending migration
+/// needs the right to create tables.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
     let fail = |err: tokio_postgres::Error| DbError::statement("migration", &err);
+    let exists: bool = client
+        .query_typed_one("SELECT to_regclass('fleetagg_schema_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    let current: Option<i32> = if exists {
+        let row = client
+            .query_typed_one("SELECT coalesce(max(version), 0) FROM fleetagg_schema_migrations", &[])
+            .await
+            .map_err(fail)?;
+        Some(row.get(0))
+    } else {
+        None
+    };
+    if current.is_some_and(|current| current >= latest_version()) {
+        return Ok(Vec::new());
+    }
     let transaction = client.transaction().await.map_err(fail)?;
     transaction
         .batch_execute(
