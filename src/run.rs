@@ -112,7 +112,9 @@ fn start_up_failed(err: ServiceError) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     actix_rt::System::new().block_on(async {
-        let connector = Connector::new(&config.database.url)?.with_statements(config.database.statements);
+        let connector = Connector::new(&config.database.url)?
+            .with_statements(config.database.statements)
+            .with_tls(config.database.tls.clone());
         let credentials = match &config.database.password {
             Some(password) => {
                 let source = secrets::build_source(password).await;

@@ -250,7 +250,9 @@ impl Service {
         clock: Arc<dyn Clock>,
     ) -> Result<Service, ServiceError> {
         let stats = Arc::new(PipelineStats::default());
-        let connector = Connector::new(&config.database.url)?.with_statements(config.database.statements);
+        let connector = Connector::new(&config.database.url)?
+            .with_statements(config.database.statements)
+            .with_tls(config.database.tls.clone());
         // First, so that /readyz can say what start-up is waiting for.
         let monitor = start_monitor(config, &stats).await?;
         let writer_arbiter = Arbiter::new();

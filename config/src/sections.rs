@@ -179,6 +179,8 @@ pub struct DatabaseConfig {
     pub max_buffered_rows: usize,
     /// How statements are sent: see [`Statements`].
     pub statements: Statements,
+    /// TLS to PostgreSQL, with libpq's modes.
+    pub tls: DatabaseTlsConfig,
     /// Where the password comes from; absent means none (trust or peer authentication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<PasswordConfig>,
@@ -192,9 +194,46 @@ impl Default for DatabaseConfig {
             flush_interval: Duration::from_secs(1),
             max_buffered_rows: 1_000_000,
             statements: Statements::Auto,
+            tls: DatabaseTlsConfig::default(),
             password: None,
         }
     }
+}
+
+/// `[database.tls]`: TLS to PostgreSQL. The files are read again at every connection,
+/// so they can be rotated without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseTlsConfig {
+    pub mode: TlsMode,
+    /// CA certificates (PEM) the server's certificate must chain to; without it,
+    /// `verify-ca` and `verify-full` use the system's trust store, and `require` does not
+    /// verify (as libpq does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) and its key, for `cert` authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// libpq's `sslmode`, with its meanings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it, else plaintext (logged as a warning); the
+    /// certificate is not verified.
+    #[default]
+    Prefer,
+    /// TLS or nothing; the certificate is verified against `ca_file` when one is given.
+    Require,
+    /// TLS, and the server's certificate must chain to a trusted CA.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host connected to.
+    VerifyFull,
 }
 
 /// How the writer sends its statements (`database.statements`).
@@ -336,6 +375,16 @@ impl Config {
             return Err(ConfigError::key("aggregation.tick", "must be longer than zero"));
         }
 
+        let tls = &self.database.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(ConfigError::key("database.tls.cert_file", "and database.tls.key_file go together"));
+        }
+        if tls.mode == TlsMode::Disable && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
+            return Err(ConfigError::key(
+                "database.tls.mode",
+                "is \"disable\", yet certificate files are set",
+            ));
+        }
         positive("database.batch_max_rows", self.database.batch_max_rows)?;
         if self.database.max_buffered_rows < self.database.batch_max_rows {
             return Err(ConfigError::key(

@@ -72,6 +72,37 @@ impl PgCluster {
         cluster
     }
 
+    /// A cluster that accepts only TLS on TCP (`hostssl` lines, no `host` ones), with the
+    /// server certificate and key of `certs`: `host_auth` for passwords (`trust`,
+    /// `scram-sha-256`) or `cert` for client certificates (issued by `certs`' CA).
+    pub async fn start_tls_only(certs: &crate::certs::TestCertificates, host_auth: &str) -> PgCluster {
+        let cluster = Self::in_new_dir();
+        cluster.initdb("trust");
+        // The key must belong to the server's user and be private; copies in the data
+        // directory get both right.
+        for name in ["server.crt", "server.key", "ca.crt"] {
+            let copy = cluster.data_dir().join(name);
+            std::fs::copy(certs.path(name), &copy).unwrap_or_else(|err| panic!("copy {name}: {err}"));
+            if cluster.as_postgres {
+                cluster.run_checked(Command::new("chown").arg("postgres:").arg(&copy), "chown a certificate");
+            }
+        }
+        cluster.run_checked(
+            Command::new("chmod").arg("600").arg(cluster.data_dir().join("server.key")),
+            "make the server key private",
+        );
+        let hba = format!(
+            "local all all trust\nhostssl all all 127.0.0.1/32 {host_auth}\nhostssl replication all 127.0.0.1/32 trust\n"
+        );
+        let hba_path = cluster.data_dir().join("pg_hba.conf");
+        std::fs::write(&hba_path, hba)
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", hba_path.display()));
+        cluster
+            .launch("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'\n")
+            .await;
+        cluster
+    }
+
     /// A streaming standby of `primary` (`pg_basebackup`, then `primary_conninfo`): for
     /// failover tests, with [`PgCluster::promote`]. It trusts what the primary trusts.
     pub async fn start_standby_of(primary: &PgCluster) -> PgCluster {

@@ -6,6 +6,7 @@
 //! a failure with a clear message, never a skipped test.
 
 pub mod black_hole;
+pub mod certs;
 pub mod cluster;
 pub mod mosquitto;
 pub mod moto;

@@ -66,4 +66,7 @@ async fn run_works_with_a_role_that_may_only_write_rows() {
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
     assert!(status.success(), "{status}; log:\n{log}");
     assert!(!log.contains("permission denied"), "{log}");
+    // This private cluster offers no TLS, and the default mode is `prefer`: said once
+    // per connection.
+    assert!(log.contains("PostgreSQL connection is not encrypted"), "{log}");
 }

@@ -20,6 +20,7 @@ pub mod schema;
 mod session;
 mod state;
 mod statements;
+mod tls;
 
 pub use batch::DB_REFUSED;
 pub use error::{DbError, ErrorClass};

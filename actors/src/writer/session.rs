@@ -7,16 +7,17 @@
 use super::error::DbError;
 use super::schema;
 use super::statements::StatementPolicy;
+use super::tls::{self, TlsAttempt};
 use crate::logic::{ClosedMinute, RejectedMessage};
 use crate::messages::Credentials;
 use chrono::{DateTime, Utc};
-use fleetagg_config::Statements;
+use fleetagg_config::{DatabaseTlsConfig, Statements, TlsMode};
 use rustc_hash::FxHashMap;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// One statement for a whole batch: arrays in, `unnest` out, and the upsert merges each
 /// part into its row exactly (counts and sums add, minima and maxima combine). The batch
@@ -82,6 +83,8 @@ pub struct Connector {
     target: String,
     /// Prepared or unnamed statements; shared with every session it opens.
     statements: Arc<StatementPolicy>,
+    /// `[database.tls]`: the mode and the files read at each connection.
+    tls: DatabaseTlsConfig,
 }
 
 impl Connector {
@@ -97,7 +100,20 @@ impl Connector {
         // Detect a silently dead server instead of waiting forever on a half-open socket.
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let target = describe_target(&config);
-        Ok(Connector { config, target, statements: Arc::new(StatementPolicy::new(Statements::default())) })
+        Ok(Connector {
+            config,
+            target,
+            statements: Arc::new(StatementPolicy::new(Statements::default())),
+            tls: DatabaseTlsConfig::default(),
+        })
+    }
+
+    /// TLS as `[database.tls]` says (`prefer` unless set); it decides over an `sslmode`
+    /// in the URL.
+    #[must_use]
+    pub fn with_tls(mut self, tls: DatabaseTlsConfig) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// How statements are sent (`database.statements`; `auto` unless set).
@@ -138,22 +154,45 @@ impl Connector {
         // `connect_timeout` bounds only the TCP connect; a server that accepts and never
         // answers (black-holed, frozen) would hold the start-up handshake forever.
         let handshake = self.config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let (mut client, connection) = tokio::time::timeout(handshake, config.connect(NoTls))
-            .await
-            .map_err(|_| DbError::Connect {
-                target: target.clone(),
-                message: format!("no answer to the start-up handshake within {handshake:?}"),
-                code: None,
-            })?
-            .map_err(|err| DbError::connect(&target, &err))?;
+        config.ssl_mode(tls::ssl_mode(self.tls.mode));
+        let attempt = TlsAttempt::new(&self.tls, &target)?;
+        let (mut client, connection) =
+            tokio::time::timeout(handshake, config.connect(attempt.connector.clone()))
+                .await
+                .map_err(|_| DbError::Connect {
+                    target: target.clone(),
+                    message: format!("no answer to the start-up handshake within {handshake:?}"),
+                    code: None,
+                })?
+                .map_err(|err| attempt.describe_failure(&err, &target))?;
         let target = self.target.clone();
         actix_rt::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::warn!(target = %target, error = %err, "PostgreSQL connection ended");
             }
         });
+        self.check_encryption(&client).await;
         let applied = schema::migrate(&mut client).await?;
         Ok((client, applied))
+    }
+
+    /// Logs whether the connection is encrypted; a warning when `prefer` ended in
+    /// plaintext (the server offers no TLS, or something in between stripped it).
+    async fn check_encryption(&self, client: &Client) {
+        let encrypted = client
+            .query_typed_opt("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|row| row.get::<_, bool>(0));
+        match (self.tls.mode, encrypted) {
+            (TlsMode::Prefer, Some(false)) => tracing::warn!(
+                target = %self.target,
+                "PostgreSQL connection is not encrypted: database.tls.mode = \"prefer\" and the server \
+                 offered no TLS; set \"require\" or stricter to refuse plaintext"
+            ),
+            (_, encrypted) => tracing::debug!(target = %self.target, ?encrypted, "PostgreSQL connection"),
+        }
     }
 }
 
