@@ -19,32 +19,14 @@ pub struct MosquittoBroker {
 
 impl MosquittoBroker {
     pub async fn start() -> MosquittoBroker {
-        let dir = std::env::temp_dir().join(crate::unique("fleetagg_mosquitto"));
-        std::fs::create_dir_all(&dir).expect("broker dir");
-        let lease = PortLease::acquire();
-        let port = lease.port();
-        // Unlimited queues: a persistent session must not lose messages while the
-        // service is away. `user root` keeps a root-started broker from switching to a
-        // user that cannot write the test's directory.
-        let as_root = std::env::var("USER").map_or(true, |user| user == "root");
-        let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             max_queued_messages 0\nmax_inflight_messages 100\nlog_dest file {}/mosquitto.log\n{}",
-            dir.display(),
-            dir.display(),
-            if as_root { "user root\n" } else { "" }
-        );
-        std::fs::write(dir.join("mosquitto.conf"), config).expect("broker config");
-        let broker = MosquittoBroker { port, lease, dir, child: Mutex::new(None) };
-        broker.resume().await;
-        broker
+        let dir = new_dir();
+        Self::launch(dir, "allow_anonymous true\n").await
     }
 
     /// A broker that refuses anonymous clients and accepts `user` with `password` only
     /// (a password file written by `mosquitto_passwd`, which comes with mosquitto).
     pub async fn start_with_password(user: &str, password: &str) -> MosquittoBroker {
-        let dir = std::env::temp_dir().join(crate::unique("fleetagg_mosquitto"));
-        std::fs::create_dir_all(&dir).expect("broker dir");
+        let dir = new_dir();
         let password_file = dir.join("passwords");
         let created = Command::new("mosquitto_passwd")
             .args(["-b", "-c"])
@@ -63,17 +45,24 @@ impl MosquittoBroker {
             std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))
                 .expect("restrict the password file");
         }
+        let auth = format!("allow_anonymous false\npassword_file {}\n", password_file.display());
+        Self::launch(dir, &auth).await
+    }
+
+    /// Writes the configuration (the common part and `auth`) and starts the broker on a
+    /// leased port.
+    async fn launch(dir: PathBuf, auth: &str) -> MosquittoBroker {
         let lease = PortLease::acquire();
         let port = lease.port();
+        // Unlimited queues: a persistent session must not lose messages while the
+        // service is away. `user root` keeps a root-started broker from switching to a
+        // user that cannot write the test's directory.
         let as_root = std::env::var("USER").map_or(true, |user| user == "root");
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\n\
-             persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 100\n\
-             log_dest file {}/mosquitto.log\n{}",
-            password_file.display(),
-            dir.display(),
-            dir.display(),
-            if as_root { "user root\n" } else { "" }
+            "listener {port} 127.0.0.1\n{auth}persistence true\npersistence_location {dir}/\n\
+             max_queued_messages 0\nmax_inflight_messages 100\nlog_dest file {dir}/mosquitto.log\n{user}",
+            dir = dir.display(),
+            user = if as_root { "user root\n" } else { "" }
         );
         std::fs::write(dir.join("mosquitto.conf"), config).expect("broker config");
         let broker = MosquittoBroker { port, lease, dir, child: Mutex::new(None) };
@@ -136,6 +125,12 @@ impl MosquittoBroker {
             let _ = child.wait();
         }
     }
+}
+
+fn new_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(crate::unique("fleetagg_mosquitto"));
+    std::fs::create_dir_all(&dir).expect("broker dir");
+    dir
 }
 
 impl Drop for MosquittoBroker {

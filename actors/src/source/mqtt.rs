@@ -87,9 +87,21 @@ impl MessageSource for MqttSource {
             }
             stats.mark_now(&stats.mqtt_connected_at_micros);
             stats.mqtt_connected.store(true, Ordering::Relaxed);
-            drop(client.subscribe_many(&topics, &qos));
-            // Requested, not confirmed: a refused subscription shows in the broker's log.
-            stats.mqtt_subscribed.store(true, Ordering::Relaxed);
+            // Confirmed off paho's callback thread, which must stay free to read the SUBACK.
+            let token = client.subscribe_many(&topics, &qos);
+            let (topics, stats) = (topics.clone(), stats.clone());
+            std::thread::spawn(move || match token.wait().map_err(|err| err.to_string()).and_then(|response| {
+                refused_topics(&topics, response.subscribe_many_response().as_deref())
+            }) {
+                Ok(()) => {
+                    stats.mqtt_subscribed.store(true, Ordering::Relaxed);
+                    tracing::info!(topics = ?topics, "subscribed again");
+                }
+                Err(message) => {
+                    stats.mqtt_subscribed.store(false, Ordering::Relaxed);
+                    tracing::error!(topics = ?topics, error = %message, "the broker refused the subscription");
+                }
+            });
         });
         let lost_stats = stats.clone();
         client.set_connection_lost_callback(move |_| {
@@ -233,7 +245,43 @@ fn connect_blocking(
     client
         .subscribe_many(&topics, &qos)
         .wait()
-        .map_err(|err| SourceError::Subscribe { topics: topics.clone(), message: err.to_string() })?;
+        .map_err(|err| err.to_string())
+        .and_then(|response| refused_topics(&topics, response.subscribe_many_response().as_deref()))
+        .map_err(|message| SourceError::Subscribe { topics: topics.clone(), message })?;
     tracing::info!(topics = ?topics, qos = config.qos, "subscribed");
     Ok(())
+}
+
+/// A SUBACK grants each topic filter a QoS, or refuses it with a failure code (0x80 and
+/// up: MQTT 3.1.1's "failure", MQTT 5's reason codes), typically the broker's ACL: an
+/// error naming the refused filters, since nothing would ever arrive on them.
+fn refused_topics(topics: &[String], granted: Option<&[i32]>) -> Result<(), String> {
+    let Some(granted) = granted else { return Ok(()) };
+    let refused: Vec<String> = topics
+        .iter()
+        .zip(granted)
+        .filter(|(_, code)| **code >= 0x80)
+        .map(|(topic, code)| format!("{topic} (code 0x{code:02x})"))
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("refused by the broker (not authorized by its ACL?): {}", refused.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_topics;
+
+    #[test]
+    fn a_suback_failure_code_names_the_refused_filters() {
+        let topics = vec!["a/+/telemetry".to_owned(), "b/+/telemetry".to_owned()];
+        assert_eq!(refused_topics(&topics, Some(&[1, 1])), Ok(()));
+        assert_eq!(refused_topics(&topics, None), Ok(()));
+        let refused = refused_topics(&topics, Some(&[1, 0x80])).expect_err("0x80 is a refusal");
+        assert!(refused.contains("b/+/telemetry (code 0x80)") && !refused.contains("a/+"), "{refused}");
+        // MQTT 5 reason codes: 0x87 "not authorized".
+        assert!(refused_topics(&topics, Some(&[0x87, 0])).is_err());
+    }
 }
