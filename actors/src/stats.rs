@@ -53,6 +53,8 @@ pub struct PipelineStats {
     pub mqtt_connected: AtomicBool,
     pub mqtt_subscribed: AtomicBool,
     pub mqtt_reconnects: AtomicU64,
+    /// Why connecting to the broker fails, while it does (for `/readyz`).
+    pub mqtt_problem: std::sync::Mutex<Option<String>>,
     /// When the MQTT connection was last established (µs since the epoch).
     pub mqtt_connected_at_micros: AtomicI64,
     /// When the last message arrived (µs since the epoch; 0: none yet).
@@ -109,6 +111,15 @@ impl PipelineStats {
     /// Stats whose timestamps come from `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         PipelineStats { clock: StatsClock(clock), ..PipelineStats::default() }
+    }
+
+    /// Records why connecting to the broker fails (`None`: it works); true when that
+    /// changed, so a cause is logged when it starts, not at every retry.
+    pub fn set_mqtt_problem(&self, problem: Option<String>) -> bool {
+        let mut current = self.mqtt_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *current != problem;
+        *current = problem;
+        changed
     }
 
     /// Stores "now" (wall clock, µs since the epoch) in a timestamp gauge.

@@ -25,7 +25,11 @@ pub fn readiness(
     let age = |at: i64| Duration::from_micros(u64::try_from(now_micros.saturating_sub(at)).unwrap_or(0));
     let mut reasons = Vec::new();
     if !stats.mqtt_subscribed.load(Ordering::Relaxed) {
-        reasons.push("not subscribed to the MQTT broker".to_owned());
+        let problem = stats.mqtt_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        reasons.push(match problem {
+            Some(problem) => format!("not subscribed to the MQTT broker: {problem}"),
+            None => "not subscribed to the MQTT broker".to_owned(),
+        });
     }
     let db_ok_at = stats.db_last_ok_micros.load(Ordering::Relaxed);
     if db_ok_at == 0 {

@@ -6,6 +6,7 @@
 //! with a blocking send. While the service is slow, paho's receive thread waits in that
 //! callback, stops reading the socket, and the broker keeps queuing for the session.
 
+use super::connect_error;
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
 use crate::backoff::{self, Retries};
 use crate::stats::{bump, PipelineStats};
@@ -113,7 +114,7 @@ impl MessageSource for MqttSource {
         self.client = Some(client.clone());
         self.sink = Some(sink);
         async move {
-            connect_and_subscribe(&client, &config, &url).await?;
+            connect_and_subscribe(&client, &config, &url, stats.clone()).await?;
             stats.mqtt_subscribed.store(true, Ordering::Relaxed);
             Ok(())
         }
@@ -185,6 +186,7 @@ async fn connect_and_subscribe(
     client: &mqtt::AsyncClient,
     config: &MqttConfig,
     url: &str,
+    stats: Arc<PipelineStats>,
 ) -> Result<(), SourceError> {
     let password = match &config.password {
         Some(password) => {
@@ -197,9 +199,11 @@ async fn connect_and_subscribe(
         None => None,
     };
     let (client, config, url) = (client.clone(), config.clone(), url.to_owned());
-    off_runtime(move || connect_blocking(&client, &config, &url, password.as_ref())).await.unwrap_or_else(
-        || Err(SourceError::Client { url: String::new(), message: "MQTT control thread failed".into() }),
-    )
+    off_runtime(move || connect_blocking(&client, &config, &url, password.as_ref(), &stats))
+        .await
+        .unwrap_or_else(|| {
+            Err(SourceError::Client { url: String::new(), message: "MQTT control thread failed".into() })
+        })
 }
 
 /// Runs paho calls on a thread of their own. paho's API takes its global mutex, which its
@@ -222,6 +226,7 @@ fn connect_blocking(
     config: &MqttConfig,
     url: &str,
     password: Option<&secrecy::SecretString>,
+    stats: &PipelineStats,
 ) -> Result<(), SourceError> {
     let options = connect_options(config, url, password)?;
     let mut retries = Retries::new(backoff::MQTT_CONNECT);
@@ -230,11 +235,15 @@ fn connect_blocking(
             Ok(response) => {
                 let resumed = response.connect_response().is_some_and(|r| r.session_present);
                 tracing::info!(url, client_id = %config.client_id, resumed_session = resumed, "MQTT connected");
+                stats.set_mqtt_problem(None);
                 break;
             }
             Err(err) => {
-                if retries.failures() == 0 {
-                    tracing::warn!(url, error = %err, "MQTT broker unreachable; retrying with back-off");
+                // Logged when a cause starts (or changes), not at every retry; `/readyz`
+                // says it meanwhile.
+                let (kind, cause) = connect_error::describe(&err, url);
+                if stats.set_mqtt_problem(Some(cause.clone())) {
+                    tracing::warn!(url, cause = %cause, "{}", kind.headline());
                 }
                 std::thread::sleep(retries.failed());
             }
