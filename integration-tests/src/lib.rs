@@ -289,19 +289,32 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// A publisher over TLS that logs in with `certs`' client certificate.
+    pub async fn connect_tls(url: &str, certs: &certs::TestCertificates) -> Publisher {
+        let ssl = paho_mqtt::SslOptionsBuilder::new()
+            .trust_store(certs.path("ca.crt"))
+            .and_then(|ssl| ssl.key_store(certs.path("client.crt")))
+            .and_then(|ssl| ssl.private_key(certs.path("client.key")))
+            .expect("the test certificates exist")
+            .finalize();
+        let options = paho_mqtt::ConnectOptionsBuilder::new().clean_session(true).ssl_options(ssl).finalize();
+        Self::connect_with(url, options).await
+    }
+
     pub async fn connect(url: &str) -> Publisher {
+        Self::connect_with(url, paho_mqtt::ConnectOptionsBuilder::new().clean_session(true).finalize()).await
+    }
+
+    async fn connect_with(url: &str, options: paho_mqtt::ConnectOptions) -> Publisher {
         let client = paho_mqtt::CreateOptionsBuilder::new()
             .server_uri(url)
             .client_id(unique("it_publisher"))
             .persistence(paho_mqtt::PersistenceType::None)
             .create_client()
             .expect("mqtt client");
-        client
-            .connect(paho_mqtt::ConnectOptionsBuilder::new().clean_session(true).finalize())
-            .await
-            .unwrap_or_else(|err| {
-                panic!("MQTT broker at {url} is not reachable ({err}); scripts/test starts it")
-            });
+        client.connect(options).await.unwrap_or_else(|err| {
+            panic!("MQTT broker at {url} is not reachable ({err}); scripts/test starts it")
+        });
         Publisher { client }
     }
 

@@ -14,6 +14,8 @@ pub struct MosquittoBroker {
     /// finds its port free.
     lease: PortLease,
     dir: PathBuf,
+    /// Speaks only TLS (`ssl://` URLs).
+    tls: bool,
     child: Mutex<Option<Child>>,
 }
 
@@ -49,9 +51,35 @@ impl MosquittoBroker {
         Self::launch(dir, &auth).await
     }
 
+    /// A broker that speaks only TLS with the server certificate of `certs` and accepts
+    /// only clients with a certificate from `certs`' CA, logged in as the certificate's
+    /// common name (`require_certificate`, `use_identity_as_username`).
+    pub async fn start_tls_with_client_certificates(
+        certs: &crate::certs::TestCertificates,
+    ) -> MosquittoBroker {
+        let dir = new_dir();
+        let auth = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n\
+             allow_anonymous false\n",
+            certs.path("ca.crt").display(),
+            certs.path("server.crt").display(),
+            certs.path("server.key").display()
+        );
+        let mut broker = Self::launch_unstarted(dir, &auth);
+        broker.tls = true;
+        broker.resume().await;
+        broker
+    }
+
     /// Writes the configuration (the common part and `auth`) and starts the broker on a
     /// leased port.
     async fn launch(dir: PathBuf, auth: &str) -> MosquittoBroker {
+        let broker = Self::launch_unstarted(dir, auth);
+        broker.resume().await;
+        broker
+    }
+
+    fn launch_unstarted(dir: PathBuf, auth: &str) -> MosquittoBroker {
         let lease = PortLease::acquire();
         let port = lease.port();
         // Unlimited queues: a persistent session must not lose messages while the
@@ -65,13 +93,12 @@ impl MosquittoBroker {
             user = if as_root { "user root\n" } else { "" }
         );
         std::fs::write(dir.join("mosquitto.conf"), config).expect("broker config");
-        let broker = MosquittoBroker { port, lease, dir, child: Mutex::new(None) };
-        broker.resume().await;
-        broker
+        MosquittoBroker { port, lease, dir, tls: false, child: Mutex::new(None) }
     }
 
     pub fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "ssl" } else { "tcp" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts the broker again after [`MosquittoBroker::stop`]; waits until it listens.

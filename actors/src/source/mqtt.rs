@@ -162,6 +162,9 @@ fn connect_options(
     let tls = url.starts_with("ssl://") || url.starts_with("wss://") || config.ca_file.is_some();
     if tls {
         let mut ssl = mqtt::SslOptionsBuilder::new();
+        // The certificate must also name the host connected to (paho checks the chain
+        // only, unless asked).
+        ssl.verify(true);
         if let Some(ca) = &config.ca_file {
             ssl.trust_store(ca).map_err(|err| client_error(format!("mqtt.ca_file: {err}")))?;
         }

@@ -1,0 +1,82 @@
+//! The broker over TLS with client-certificate login (Mosquitto's `require_certificate`
+//! with `use_identity_as_username`), certificates made by `openssl` at test time: the
+//! right CA and certificate write every row; a broker certificate from another CA is
+//! named as a TLS failure, not as an unreachable broker.
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use fleetagg_integration_tests::certs::TestCertificates;
+use fleetagg_integration_tests::mosquitto::MosquittoBroker;
+use fleetagg_integration_tests::{
+    broker_url, eventually, expected_rows, loading_rate, service_config, unique, Publisher, ServiceProcess,
+    TestDatabase,
+};
+use std::time::Duration;
+
+fn config(
+    db: &TestDatabase,
+    broker: &MosquittoBroker,
+    prefix: &str,
+    certs: &TestCertificates,
+    ca: &str,
+) -> String {
+    let tls = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        certs.path(ca).display(),
+        certs.path("client.crt").display(),
+        certs.path("client.key").display()
+    );
+    service_config(&db.url, prefix, &unique("fleetagg"), "1s")
+        .replace(&broker_url(), &broker.url())
+        .replace("max_payload_bytes", &format!("{tls}max_payload_bytes"))
+}
+
+#[actix_rt::test]
+async fn a_client_certificate_login_over_tls_writes_every_row() {
+    let certs = TestCertificates::make("IP:127.0.0.1,DNS:localhost", "fleetagg-test-client");
+    let broker = MosquittoBroker::start_tls_with_client_certificates(&certs).await;
+    let db = TestDatabase::create().await;
+    let prefix = unique("broker_tls");
+    let service = ServiceProcess::start(&config(&db, &broker, &prefix, &certs, "ca.crt")).await;
+    let publisher = Publisher::connect_tls(&broker.url(), &certs).await;
+    let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
+    let mut sent = Vec::new();
+    for n in 0..8_i64 {
+        let ts = minute + TimeDelta::seconds(n * 5);
+        let payload = format!(r#"{{"machine":"m1","ts":"{}","load_rate":{n},"mileage":2}}"#, ts.to_rfc3339());
+        publisher.publish(&format!("{prefix}/m1/telemetry"), payload).await;
+        sent.push(("m1".to_owned(), ts, n as f64, 2.0));
+    }
+    let client = db.client().await;
+    let expected = expected_rows(&sent);
+    eventually(Duration::from_secs(30), "every row through the TLS broker", || {
+        let (client, expected) = (&client, &expected);
+        async move { loading_rate(client).await == *expected }
+    })
+    .await;
+    let status = service.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+}
+
+#[actix_rt::test]
+async fn a_broker_certificate_from_another_ca_is_named_a_tls_failure() {
+    let certs = TestCertificates::make("IP:127.0.0.1,DNS:localhost", "fleetagg-test-client");
+    let broker = MosquittoBroker::start_tls_with_client_certificates(&certs).await;
+    let db = TestDatabase::create().await;
+    let service = ServiceProcess::spawn_unchecked(
+        &config(&db, &broker, &unique("tls_bad"), &certs, "other-ca.crt"),
+        &[],
+    );
+    service.wait_for_log("TLS with the MQTT broker failed", Duration::from_secs(30)).await;
+    assert!(!service.log().contains("MQTT broker unreachable"), "{}", service.log());
+}
+
+#[actix_rt::test]
+async fn a_broker_certificate_for_another_host_is_refused() {
+    let certs = TestCertificates::make("DNS:broker.example.net", "fleetagg-test-client");
+    let broker = MosquittoBroker::start_tls_with_client_certificates(&certs).await;
+    let db = TestDatabase::create().await;
+    let service =
+        ServiceProcess::spawn_unchecked(&config(&db, &broker, &unique("tls_host"), &certs, "ca.crt"), &[]);
+    service.wait_for_log("TLS with the MQTT broker failed", Duration::from_secs(30)).await;
+    assert!(!service.log().contains("MQTT connected"), "{}", service.log());
+}
