@@ -143,10 +143,12 @@ async fn a_signal_during_start_up_gives_start_up_and_stop_one_deadline() {
     let broker = MosquittoBroker::start().await;
     let (hole, metrics) = (BlackHole::start(), PortLease::acquire());
     let prefix = unique("stop_starting");
-    let timeout = Duration::from_secs(5);
+    // Start-up ends about 3 s into it, leaving room for a loaded machine; a stop that got
+    // a deadline of its own after start-up would end after 3 + 8 s, past 8 + 1 s.
+    let timeout = Duration::from_secs(8);
     let text = config(&hole.database_url(), &prefix, &metrics, "")
         .replace(&broker_url(), &broker.url())
-        .replace("shutdown_timeout = \"3s\"", "shutdown_timeout = \"5s\"");
+        .replace("shutdown_timeout = \"3s\"", "shutdown_timeout = \"8s\"");
     // A first run creates the persistent session; three closed minutes queue for it.
     let (status, _, log) = stop(ServiceProcess::start_with_env(&text, &[], false).await).await;
     assert!(status.success(), "nothing to write: {status}; log:\n{log}");
@@ -159,9 +161,9 @@ async fn a_signal_during_start_up_gives_start_up_and_stop_one_deadline() {
     service.send_sigterm();
     service.wait_for_log("signal during start-up", Duration::from_secs(10)).await;
     // paho retries 1 s and 3 s after its first attempt: back before the second retry,
-    // start-up ends about 3 s into the 5 s deadline. The backlog then waits for a
+    // start-up ends about 3 s into the 8 s deadline. The backlog then waits for a
     // black-holed database: the stop must end at the deadline counted from the signal,
-    // not 5 s after start-up.
+    // not 8 s after start-up.
     actix_rt::time::sleep_until((signalled + Duration::from_millis(1500)).into()).await;
     broker.resume().await;
     let log_path = service.log_path.clone();

@@ -88,21 +88,11 @@ impl MessageSource for MqttSource {
             }
             stats.mark_now(&stats.mqtt_connected_at_micros);
             stats.mqtt_connected.store(true, Ordering::Relaxed);
-            // Confirmed off paho's callback thread, which must stay free to read the SUBACK.
-            let token = client.subscribe_many(&topics, &qos);
-            let (topics, stats) = (topics.clone(), stats.clone());
-            std::thread::spawn(move || match token.wait().map_err(|err| err.to_string()).and_then(|response| {
-                refused_topics(&topics, response.subscribe_many_response().as_deref())
-            }) {
-                Ok(()) => {
-                    stats.mqtt_subscribed.store(true, Ordering::Relaxed);
-                    tracing::info!(topics = ?topics, "subscribed again");
-                }
-                Err(message) => {
-                    stats.mqtt_subscribed.store(false, Ordering::Relaxed);
-                    tracing::error!(topics = ?topics, error = %message, "the broker refused the subscription");
-                }
-            });
+            // Not waited for here: waiting on the SUBACK from this callback (or a thread it
+            // starts) stalled a start-up connect that paho completed in the background
+            // (stop::a_signal_during_start_up_…). Refusals are checked at start-up.
+            drop(client.subscribe_many(&topics, &qos));
+            stats.mqtt_subscribed.store(true, Ordering::Relaxed);
         });
         let lost_stats = stats.clone();
         client.set_connection_lost_callback(move |_| {
