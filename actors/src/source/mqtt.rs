@@ -88,9 +88,8 @@ impl MessageSource for MqttSource {
             }
             stats.mark_now(&stats.mqtt_connected_at_micros);
             stats.mqtt_connected.store(true, Ordering::Relaxed);
-            // Not waited for here: waiting on the SUBACK from this callback (or a thread it
-            // starts) stalled a start-up connect that paho completed in the background
-            // (stop::a_signal_during_start_up_…). Refusals are checked at start-up.
+            // Not waited for here (paho's callback thread must stay free): a refused
+            // subscription is checked at start-up only.
             drop(client.subscribe_many(&topics, &qos));
             stats.mqtt_subscribed.store(true, Ordering::Relaxed);
         });
@@ -214,6 +213,10 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
     result.await.ok()
 }
 
+/// How long one connect of ours may take before the loop looks again (paho's own
+/// connect timeout is 10 s; this only bounds a token that never completes).
+const CONNECT_WAIT: Duration = Duration::from_secs(15);
+
 fn connect_blocking(
     client: &mqtt::AsyncClient,
     config: &MqttConfig,
@@ -224,13 +227,22 @@ fn connect_blocking(
     let options = connect_options(config, url, password)?;
     let mut retries = Retries::new(backoff::MQTT_CONNECT);
     loop {
-        match client.connect(options.clone()).wait() {
+        // With automatic reconnect on, paho retries a failed first connect by itself too;
+        // when it wins, a connect of ours would never complete (seen: start-up stuck after
+        // paho had connected and acknowledged the backlog). Take its connection.
+        if client.is_connected() {
+            tracing::info!(url, client_id = %config.client_id, "MQTT connected (by paho's own retry)");
+            stats.set_mqtt_problem(None);
+            break;
+        }
+        match client.connect(options.clone()).wait_for(CONNECT_WAIT) {
             Ok(response) => {
                 let resumed = response.connect_response().is_some_and(|r| r.session_present);
                 tracing::info!(url, client_id = %config.client_id, resumed_session = resumed, "MQTT connected");
                 stats.set_mqtt_problem(None);
                 break;
             }
+            Err(_) if client.is_connected() => continue,
             Err(err) => {
                 // Logged when a cause starts (or changes), not at every retry; `/readyz`
                 // says it meanwhile.
