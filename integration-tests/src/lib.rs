@@ -345,6 +345,34 @@ impl Publisher {
     }
 }
 
+/// A sample as sent: `(machine, ts, load_rate, mileage)`, for [`expected_rows`].
+pub type SentSample = (String, chrono::DateTime<chrono::Utc>, f64, f64);
+
+/// Publishes `count` samples of machines `m0`…`m{machines-1}` in turn on `prefix`'s topics,
+/// `step` apart from `start`, with varying load rates; returns what was sent.
+pub async fn publish_samples(
+    publisher: &Publisher,
+    prefix: &str,
+    machines: usize,
+    start: chrono::DateTime<chrono::Utc>,
+    step: chrono::TimeDelta,
+    count: usize,
+) -> Vec<SentSample> {
+    let mut sent = Vec::with_capacity(count);
+    for n in 0..count {
+        let machine = format!("m{}", n % machines.max(1));
+        let ts = start + step * i32::try_from(n).expect("a test's sample count fits");
+        let (load_rate, mileage) = ((n % 97) as f64, n as f64);
+        let payload = format!(
+            r#"{{"machine":"{machine}","ts":"{}","load_rate":{load_rate},"mileage":{mileage}}}"#,
+            ts.to_rfc3339()
+        );
+        publisher.publish(&format!("{prefix}/{machine}/telemetry"), payload).await;
+        sent.push((machine, ts, load_rate, mileage));
+    }
+    sent
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where

@@ -7,8 +7,8 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::certs::TestCertificates;
 use fleetagg_integration_tests::mosquitto::MosquittoBroker;
 use fleetagg_integration_tests::{
-    broker_url, eventually, expected_rows, loading_rate, service_config, unique, Publisher, ServiceProcess,
-    TestDatabase,
+    broker_url, eventually, expected_rows, loading_rate, publish_samples, service_config, unique, Publisher,
+    ServiceProcess, TestDatabase,
 };
 use std::time::Duration;
 
@@ -39,13 +39,7 @@ async fn a_client_certificate_login_over_tls_writes_every_row() {
     let service = ServiceProcess::start(&config(&db, &broker, &prefix, &certs, "ca.crt")).await;
     let publisher = Publisher::connect_tls(&broker.url(), &certs).await;
     let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
-    let mut sent = Vec::new();
-    for n in 0..8_i64 {
-        let ts = minute + TimeDelta::seconds(n * 5);
-        let payload = format!(r#"{{"machine":"m1","ts":"{}","load_rate":{n},"mileage":2}}"#, ts.to_rfc3339());
-        publisher.publish(&format!("{prefix}/m1/telemetry"), payload).await;
-        sent.push(("m1".to_owned(), ts, n as f64, 2.0));
-    }
+    let sent = publish_samples(&publisher, &prefix, 1, minute, TimeDelta::seconds(5), 8).await;
     let client = db.client().await;
     let expected = expected_rows(&sent);
     eventually(Duration::from_secs(30), "every row through the TLS broker", || {

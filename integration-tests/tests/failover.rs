@@ -62,6 +62,11 @@ async fn writes_follow_a_promoted_standby_and_stay_exact() {
     let status = service.terminate(Duration::from_secs(30)).await;
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
     assert!(status.success(), "{status}; log:\n{log}");
-    assert!(log.contains("database write failed"), "the failover should have interrupted writes:\n{log}");
+    // The failover cost the writer its connection (a write failed on it, or it was found
+    // closed between writes), and it connected again, to the new primary.
+    assert!(
+        log.matches("connected to PostgreSQL").count() >= 2,
+        "the writer should have reconnected:\n{log}"
+    );
     assert_eq!(loading_rate(&client).await, expected, "still exact after the stop");
 }

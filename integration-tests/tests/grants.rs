@@ -6,8 +6,8 @@
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::{
-    broker_url, connect, eventually, expected_rows, fleetagg_bin, loading_rate, rejection_reasons,
-    service_config, unique, Publisher, ServiceProcess,
+    broker_url, connect, eventually, expected_rows, fleetagg_bin, loading_rate, publish_samples,
+    rejection_reasons, service_config, unique, Publisher, ServiceProcess,
 };
 use std::time::Duration;
 
@@ -45,15 +45,7 @@ async fn run_works_with_a_role_that_may_only_write_rows() {
     let service = ServiceProcess::start(&config).await;
     let publisher = Publisher::connect(&broker_url()).await;
     let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(3);
-    let mut sent = Vec::new();
-    for n in 0..30_i64 {
-        let machine = format!("m{}", n % 3);
-        let ts = start + TimeDelta::seconds(n * 4);
-        let payload =
-            format!(r#"{{"machine":"{machine}","ts":"{}","load_rate":{n},"mileage":1}}"#, ts.to_rfc3339());
-        publisher.publish(&format!("{prefix}/{machine}/telemetry"), payload).await;
-        sent.push((machine, ts, n as f64, 1.0));
-    }
+    let sent = publish_samples(&publisher, &prefix, 3, start, TimeDelta::seconds(4), 30).await;
     publisher.publish(&format!("{prefix}/m0/telemetry"), "not json").await;
     let expected = expected_rows(&sent);
     eventually(Duration::from_secs(30), "every row and the rejection, as the limited role", || {

@@ -4,16 +4,14 @@
 //! on a shared subscription, `loading_rate` is exact; with `prepared` the writer says
 //! which setting to change instead of restarting in a loop.
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::pgbouncer::PgBouncer;
 use fleetagg_integration_tests::{
-    broker_url, connect, eventually, expected_rows, loading_rate, service_config, unique, Publisher,
-    ServiceProcess,
+    broker_url, connect, eventually, expected_rows, loading_rate, publish_samples, service_config, unique,
+    Publisher, SentSample, ServiceProcess,
 };
 use std::time::Duration;
-
-type Sample = (String, DateTime<Utc>, f64, f64);
 
 /// A service through `bouncer` with `statements`, small batches (many statements, so
 /// many server connections), on `prefix`'s topics, optionally in a shared group.
@@ -29,22 +27,11 @@ fn config(bouncer: &PgBouncer, prefix: &str, statements: &str, group: Option<&st
 }
 
 /// Publishes `count` samples of 12 machines over the last three closed minutes.
-async fn publish(prefix: &str, count: usize) -> Vec<Sample> {
+async fn publish(prefix: &str, count: usize) -> Vec<SentSample> {
     let publisher = Publisher::connect(&broker_url()).await;
     let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(4);
-    let mut sent = Vec::new();
-    for n in 0..count {
-        let machine = format!("m{}", n % 12);
-        let ts = start + TimeDelta::milliseconds(i64::try_from(n).expect("small") * 180_000 / count as i64);
-        let (load_rate, mileage) = ((n % 97) as f64, n as f64);
-        let payload = format!(
-            r#"{{"machine":"{machine}","ts":"{}","load_rate":{load_rate},"mileage":{mileage}}}"#,
-            ts.to_rfc3339()
-        );
-        publisher.publish(&format!("{prefix}/{machine}/telemetry"), payload).await;
-        sent.push((machine, ts, load_rate, mileage));
-    }
-    sent
+    let step = TimeDelta::milliseconds(180_000 / i64::try_from(count).expect("small"));
+    publish_samples(&publisher, prefix, 12, start, step, count).await
 }
 
 async fn stopped_log(service: ServiceProcess) -> String {
@@ -78,7 +65,7 @@ async fn pooled_cluster() -> (PgCluster, PgBouncer) {
     (cluster, bouncer)
 }
 
-async fn assert_rows_exact(cluster: &PgCluster, sent: &[Sample], what: &str) {
+async fn assert_rows_exact(cluster: &PgCluster, sent: &[SentSample], what: &str) {
     let client = connect(&cluster.url_for("postgres", "fleet")).await;
     let expected = expected_rows(sent);
     eventually(Duration::from_secs(60), what, || {

@@ -8,8 +8,8 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::certs::TestCertificates;
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::{
-    broker_url, connect, eventually, expected_rows, loading_rate, service_config, unique, Publisher,
-    ServiceProcess,
+    broker_url, connect, eventually, expected_rows, loading_rate, publish_samples, service_config, unique,
+    Publisher, ServiceProcess,
 };
 use std::time::Duration;
 
@@ -33,14 +33,7 @@ fn config(cluster: &PgCluster, prefix: &str, tls: &str) -> String {
 async fn publish(prefix: &str) -> Vec<fleetagg_integration_tests::LoadingRateRow> {
     let publisher = Publisher::connect(&broker_url()).await;
     let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
-    let mut sent = Vec::new();
-    for n in 0..6_i64 {
-        let ts = minute + TimeDelta::seconds(n * 7);
-        let payload = format!(r#"{{"machine":"m1","ts":"{}","load_rate":{n},"mileage":1}}"#, ts.to_rfc3339());
-        publisher.publish(&format!("{prefix}/m1/telemetry"), payload).await;
-        sent.push(("m1".to_owned(), ts, n as f64, 1.0));
-    }
-    expected_rows(&sent)
+    expected_rows(&publish_samples(&publisher, prefix, 1, minute, TimeDelta::seconds(7), 6).await)
 }
 
 async fn fleet_rows(cluster: &PgCluster) -> Vec<fleetagg_integration_tests::LoadingRateRow> {
