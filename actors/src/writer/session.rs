@@ -196,17 +196,29 @@ impl Connector {
     }
 }
 
+/// `user@host:port/dbname` for logs, every host listed when there are several (a
+/// failover list: which one answered is not known here).
 fn describe_target(config: &tokio_postgres::Config) -> String {
     use tokio_postgres::config::Host;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(host)) => host.clone(),
-        Some(Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let name = match host {
+                Host::Tcp(host) => host.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            // One port for all hosts, or one per host.
+            let port = ports.get(index).or_else(|| ports.first()).copied().unwrap_or(5432);
+            format!("{name}:{port}")
+        })
+        .collect();
+    let hosts = if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") };
     let user = config.get_user().unwrap_or("(default user)");
     let dbname = config.get_dbname().unwrap_or("(default database)");
-    format!("{user}@{host}:{port}/{dbname}")
+    format!("{user}@{hosts}/{dbname}")
 }
 
 /// An open connection with its statement cache.
