@@ -8,10 +8,10 @@
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::{
-    broker_url, connect, eventually, expected_rows, loading_rate, service_config, unique, Publisher,
-    ServiceProcess,
+    broker_url, connect, eventually, expected_rows, loading_rate, publish_samples, service_config, unique,
+    Publisher, ServiceProcess,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[actix_rt::test]
 async fn writes_follow_a_promoted_standby_and_stay_exact() {
@@ -28,28 +28,18 @@ async fn writes_follow_a_promoted_standby_and_stay_exact() {
 
     let publisher = Publisher::connect(&broker_url()).await;
     let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(4);
-    let mut sent = Vec::new();
-    let began = Instant::now();
-    let mut failed_over = false;
-    for n in 0..400_i64 {
-        let machine = format!("m{}", n % 7);
-        let ts = start + TimeDelta::milliseconds(n * 450);
-        let (load_rate, mileage) = ((n % 89) as f64, n as f64);
-        let payload = format!(
-            r#"{{"machine":"{machine}","ts":"{}","load_rate":{load_rate},"mileage":{mileage}}}"#,
-            ts.to_rfc3339()
-        );
-        publisher.publish(&format!("{prefix}/{machine}/telemetry"), payload).await;
-        sent.push((machine, ts, load_rate, mileage));
-        if !failed_over && began.elapsed() > Duration::from_secs(2) {
-            // Rows are being written (minutes close as the stream goes): fail over now.
-            failed_over = true;
-            primary.stop();
-            standby.promote();
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(failed_over, "the stream should have outlasted the failover");
+    let step = TimeDelta::milliseconds(450);
+    let mut sent = publish_samples(&publisher, &prefix, 7, start, step, 200).await;
+    // Rows are being written to the primary: fail over now, with more to come.
+    let primary_client = connect(&primary.url_for("postgres", "fleet")).await;
+    eventually(Duration::from_secs(30), "rows on the primary", || async {
+        !loading_rate(&primary_client).await.is_empty()
+    })
+    .await;
+    drop(primary_client);
+    primary.stop();
+    standby.promote();
+    sent.extend(publish_samples(&publisher, &prefix, 7, start + step * 200, step, 200).await);
 
     let client = connect(&standby.url_for("postgres", "fleet")).await;
     let expected = expected_rows(&sent);
