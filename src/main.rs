@@ -35,7 +35,7 @@ const EXIT_PANIC: i32 = 70;
 /// actix's Supervisor restarts stopped actors, not panicked ones: a panic in a handler
 /// would leave a dead actor and a service that looks alive. So any panic is logged and
 /// ends the process, and the process manager (systemd `Restart=on-failure`) starts it
-/// again; the broker redelivers what was not acknowledged.
+/// again, and the journal replays what the process held (docs/architecture.md).
 fn exit_on_panic() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

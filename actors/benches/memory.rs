@@ -18,7 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use actix::prelude::*;
 use fleetagg_actors::clock::{Clock, ManualClock};
-use fleetagg_actors::logic::{OpenMinutes, Sample, Timestamp};
+use fleetagg_actors::logic::{JournalMark, OpenMinutes, Sample, Timestamp};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
 use fleetagg_actors::service::PipelineOutputs;
 use fleetagg_actors::service::PipelineSettings;
@@ -61,7 +61,12 @@ fn report(scenario: &str, machines: usize, before: u64, after: u64) {
 
 fn open_minutes(machines: usize) {
     let before = rss_kib();
-    let sample = Sample { ts: Timestamp::from_micros(SAMPLE_MICROS), load_rate: 42.0, mileage: 1.0 };
+    let sample = Sample {
+        ts: Timestamp::from_micros(SAMPLE_MICROS),
+        load_rate: 42.0,
+        mileage: 1.0,
+        mark: JournalMark::NONE,
+    };
     let held: Vec<OpenMinutes> = (0..machines)
         .map(|_| {
             let mut open = OpenMinutes::default();

@@ -1,5 +1,5 @@
 //! One back-off for every retry loop (writer, secret keeper, secret at start-up, MQTT
-//! connection at start-up): exponential from `initial` by `factor` up to `max`, each
+//! connection at start-up, journal appends): exponential from `initial` by `factor` up to `max`, each
 //! delay spread by ±`jitter` so that many instances restarted together (a plant's
 //! power cut) do not retry in lockstep against the database or the broker.
 
@@ -28,6 +28,12 @@ pub const SECRET_AT_START: Backoff =
 /// connected, takes the same `initial` and `max`).
 pub const MQTT_CONNECT: Backoff =
     Backoff { initial: Duration::from_secs(1), factor: 2, max: Duration::from_secs(30), jitter: 0.1 };
+
+/// A journal append that failed (a full disk): the delivering thread waits, so the
+/// broker queues meanwhile; at most 2 s between tries, so intake resumes soon after space
+/// returns.
+pub const JOURNAL_APPEND: Backoff =
+    Backoff { initial: Duration::from_millis(50), factor: 2, max: Duration::from_secs(2), jitter: 0.1 };
 
 /// How many times a secret is fetched at start-up (service, migrate, MQTT password)
 /// before start-up fails with the error.

@@ -18,10 +18,11 @@ pub mod aggregation;
 pub mod writer;
 
 // What the stages share: the messages between them and their delivery policy, time,
-// retries and counters.
+// retries, counters, and the journal that makes what they hold survive a crash.
 pub mod backoff;
 pub mod clock;
 mod delivery;
+pub mod journal;
 pub mod messages;
 pub mod stats;
 

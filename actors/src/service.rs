@@ -6,9 +6,12 @@
 //! then the writer drains its buffer within the shutdown deadline.
 
 use crate::aggregation::{AggregatorSettings, AggregatorShared, Shard};
+use crate::backoff::{self, Retries};
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
+use crate::journal::{self, Journal, JournalError, Recovered, ReplayFilter};
 use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
+use crate::messages::Credentials;
 use crate::messages::{Drain, DrainReport, StopIntake, StoreRejections, SubscribeCredentials, WriteMinutes};
 use crate::monitoring::{self, Heartbeats, MonitorState, ReadinessSettings};
 use crate::secrets::{self, SecretError, SecretKeeper};
@@ -31,6 +34,8 @@ pub enum ServiceError {
     Secret(#[from] SecretError),
     #[error("metrics listener: {0}")]
     Monitor(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 impl ServiceError {
@@ -42,6 +47,7 @@ impl ServiceError {
             ServiceError::Database(err) => err.is_retriable(),
             ServiceError::Secret(_) => true,
             ServiceError::Monitor(_) => false,
+            ServiceError::Journal(err) => err.is_retriable(),
         }
     }
 }
@@ -89,6 +95,14 @@ pub struct PipelineOutputs {
     pub rejections: Recipient<StoreRejections>,
 }
 
+/// A journal to append to, and what to replay from it before the source starts.
+#[derive(Debug)]
+pub struct JournalReplay {
+    pub journal: Arc<Journal>,
+    pub recovered: Recovered,
+    pub filter: ReplayFilter,
+}
+
 /// Source, broker and aggregators: everything up to the writer's mailbox.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -101,15 +115,31 @@ impl Pipeline {
     /// Starts the source and the actors; fails only if the source cannot start.
     pub async fn start(
         settings: PipelineSettings,
-        mut source: Box<dyn MessageSource>,
+        source: Box<dyn MessageSource>,
         outputs: PipelineOutputs,
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
     ) -> Result<Pipeline, SourceError> {
+        Self::start_journaled(settings, source, outputs, clock, stats, None).await
+    }
+
+    /// [`Pipeline::start`] with a journal: every message is appended to it before it is
+    /// processed, and what it recovered is replayed before the source connects.
+    pub async fn start_journaled(
+        settings: PipelineSettings,
+        mut source: Box<dyn MessageSource>,
+        outputs: PipelineOutputs,
+        clock: Arc<dyn Clock>,
+        stats: Arc<PipelineStats>,
+        journal: Option<JournalReplay>,
+    ) -> Result<Pipeline, SourceError> {
         let shards: Vec<Arbiter> = (0..settings.shards.max(1)).map(|_| Arbiter::new()).collect();
         let handles: Vec<ArbiterHandle> = shards.iter().map(Arbiter::handle).collect();
-        let (sink, inbound) = InboundSink::channel(settings.inbound_capacity);
-        let starting = source.start(sink, stats.clone());
+        let appender = journal.as_ref().map(|replay| replay.journal.clone());
+        let (sink, inbound) = InboundSink::channel(settings.inbound_capacity, appender, stats.clone());
+        // Creates the client and its callbacks; it connects only when awaited, after the
+        // replay.
+        let starting = source.start(sink.clone(), stats.clone());
         // The broker (the channel's consumer) starts before the source has connected: a
         // persistent session's backlog arrives right after CONNACK, and with nobody
         // draining the channel paho's receive thread would block on it before reading the
@@ -127,9 +157,24 @@ impl Pipeline {
                 Shard::start_in_arbiter(arbiter, move |_| Shard::new(shared))
             })
             .collect();
-        let broker =
-            Broker::new(source, inbound, settings.broker, shard_addresses, outputs.rejections, clock, stats)
-                .start();
+        let broker = Broker::new(
+            source,
+            inbound,
+            settings.broker,
+            shard_addresses,
+            outputs.rejections,
+            clock,
+            stats.clone(),
+        );
+        let (broker, recovered) = match journal {
+            Some(JournalReplay { journal, recovered, filter }) => {
+                (broker.with_journal(journal, filter).start(), Some(recovered))
+            }
+            None => (broker.start(), None),
+        };
+        if let Some(recovered) = recovered {
+            replay(&recovered, &sink, &stats).await;
+        }
         if let Err(err) = starting.await {
             let _ = broker.send(StopIntake).await;
             stop_arbiters(shards);
@@ -160,6 +205,29 @@ impl Pipeline {
         stop_arbiters(self.shards);
         drained
     }
+}
+
+/// Feeds what the journal recovered through the pipeline, as if it had just arrived
+/// (the broker skips what committed rows already count).
+async fn replay(recovered: &Recovered, sink: &InboundSink, stats: &PipelineStats) {
+    if recovered.messages == 0 {
+        return;
+    }
+    tracing::info!(messages = recovered.messages, "replaying the journal");
+    let mut segments = recovered.messages();
+    while let Some(messages) = segments.next_segment() {
+        for message in messages {
+            if !sink.deliver(message).await {
+                return;
+            }
+            crate::stats::bump(&stats.journal_replayed, 1);
+        }
+    }
+    tracing::info!(
+        messages = stats.journal_replayed.load(Ordering::Relaxed),
+        already_committed = stats.journal_replay_skipped.load(Ordering::Relaxed),
+        "journal replayed"
+    );
 }
 
 fn stop_arbiters(arbiters: Vec<Arbiter>) {
@@ -206,7 +274,13 @@ pub struct Service {
     monitor: Option<Monitor>,
     /// Warns when connected but silent (`mqtt.idle_alert`).
     watchdog: Option<actix_rt::task::JoinHandle<()>>,
+    /// Emptied at a stop that wrote everything.
+    journal: Option<Arc<Journal>>,
 }
+
+/// What `start_actors` hands back: the pipeline, the writer, the silence watchdog and
+/// the journal.
+type StartedActors = (Pipeline, Addr<Writer>, Option<actix_rt::task::JoinHandle<()>>, Option<Arc<Journal>>);
 
 /// The HTTP listener.
 #[derive(Debug)]
@@ -260,8 +334,8 @@ impl Service {
             Self::start_actors(config, source, clock, &stats, connector, &writer_arbiter, monitor.as_ref())
                 .await;
         match started {
-            Ok((pipeline, writer, watchdog)) => {
-                Ok(Service { pipeline, writer, writer_arbiter, stats, monitor, watchdog })
+            Ok((pipeline, writer, watchdog, journal)) => {
+                Ok(Service { pipeline, writer, writer_arbiter, stats, monitor, watchdog, journal })
             }
             Err(err) => {
                 stop_arbiters(vec![writer_arbiter]);
@@ -281,7 +355,7 @@ impl Service {
         connector: Connector,
         writer_arbiter: &Arbiter,
         monitor: Option<&Monitor>,
-    ) -> Result<(Pipeline, Addr<Writer>, Option<actix_rt::task::JoinHandle<()>>), ServiceError> {
+    ) -> Result<StartedActors, ServiceError> {
         let settings = WriterSettings {
             batch_max_rows: config.database.batch_max_rows,
             flush_interval: config.database.flush_interval,
@@ -307,6 +381,10 @@ impl Service {
             }
             None => None,
         };
+        let journal =
+            open_journal(config, &connector, credentials.as_ref().map(|(_, current)| current), stats).await?;
+        let writer_journal = journal.as_ref().map(|replay| replay.journal.clone());
+        let writer_journal_handle = writer_journal.clone();
         let writer_stats = stats.clone();
         let writer_credentials = credentials.as_ref().map(|(keeper, current)| WriterCredentials {
             current: current.clone(),
@@ -315,7 +393,7 @@ impl Service {
         // Supervised: a writer that stops on a broken connection is restarted with its
         // state (the buffered rows) and its mailbox intact.
         let writer = Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |_| {
-            Writer::new(connector, writer_credentials, settings, writer_stats)
+            Writer::new(connector, writer_credentials, settings, writer_stats).with_journal(writer_journal)
         });
         if let Some((keeper, _)) = &credentials {
             // Control path, once at start-up.
@@ -327,14 +405,16 @@ impl Service {
         let outputs =
             PipelineOutputs { minutes: writer.clone().recipient(), rejections: writer.clone().recipient() };
         let settings = PipelineSettings::from_config(config);
-        let pipeline = Pipeline::start(settings, source, outputs, clock.clone(), stats.clone()).await?;
+        let pipeline =
+            Pipeline::start_journaled(settings, source, outputs, clock.clone(), stats.clone(), journal)
+                .await?;
         if let Some(monitor) = monitor {
             for (core, shard) in pipeline.shards.iter().enumerate() {
                 monitor.state.heartbeats.watch(format!("aggregators-{core}"), &shard.handle());
             }
         }
         let watchdog = monitoring::spawn_silence_watchdog(stats.clone(), config.mqtt.idle_alert, clock);
-        Ok((pipeline, writer, watchdog))
+        Ok((pipeline, writer, watchdog, writer_journal_handle))
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
@@ -369,12 +449,90 @@ impl Service {
             }
         };
         tracing::debug!(?writer, "writer drained");
+        if let Some(journal) = &self.journal {
+            if intake_drained && writer.is_complete() && journal.close_if_finished() {
+                tracing::info!(dir = %journal.dir().display(), "journal emptied: everything it held is committed");
+            }
+        }
         stop_arbiters(vec![self.writer_arbiter]);
         stop_monitor(self.monitor);
         if let Some(watchdog) = self.watchdog {
             watchdog.abort();
         }
         ShutdownReport { intake_drained, minutes_left_in_aggregators, writer }
+    }
+}
+
+/// Opens `[journal]` when enabled, and works out what its replay must skip: the batches
+/// among its intents that PostgreSQL's ledger holds (so a journal with intents needs
+/// the database at start-up; without, none is asked).
+async fn open_journal(
+    config: &Config,
+    connector: &Connector,
+    credentials: Option<&Credentials>,
+    stats: &Arc<PipelineStats>,
+) -> Result<Option<JournalReplay>, ServiceError> {
+    let settings = &config.journal;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let identity = format!("client_id={} database={}", config.mqtt.client_id, connector.database_name());
+    let (journal, mut recovered) = Journal::open(settings, &identity, stats.clone())?;
+    if settings.sync == fleetagg_config::JournalSync::Fsync {
+        journal::spawn_sync_thread(&journal, settings.sync_interval).map_err(|err| {
+            JournalError::Directory {
+                dir: settings.dir.clone(),
+                message: format!("cannot start the sync thread: {err}"),
+            }
+        })?;
+    }
+    let ids = recovered.batch_ids();
+    let committed = if ids.is_empty() {
+        Default::default()
+    } else {
+        committed_batches(connector, credentials, &ids).await?
+    };
+    let filter = ReplayFilter::new(
+        recovered.last_seq,
+        &recovered.minutes_intents,
+        &recovered.rejections_intents,
+        &committed,
+    );
+    tracing::info!(
+        dir = %settings.dir.display(),
+        sync = ?settings.sync,
+        messages_to_replay = recovered.messages,
+        batches_found = ids.len(),
+        batches_committed = committed.len(),
+        "journal opened"
+    );
+    // The filter has what the replay needs from them.
+    recovered.minutes_intents = Vec::new();
+    recovered.rejections_intents = Vec::new();
+    Ok(Some(JournalReplay { journal, recovered, filter }))
+}
+
+/// The ledger lookup for the replay, retried like the other start-up steps.
+async fn committed_batches(
+    connector: &Connector,
+    credentials: Option<&Credentials>,
+    ids: &[String],
+) -> Result<rustc_hash::FxHashSet<String>, DbError> {
+    let mut retries = Retries::new(backoff::DATABASE_WRITES);
+    loop {
+        let looked_up = async {
+            let mut session = connector.connect(credentials).await?;
+            session.committed_batches(ids).await
+        };
+        match looked_up.await {
+            Ok(committed) => return Ok(committed),
+            Err(err) if err.is_retriable() && retries.failures() + 1 < backoff::STARTUP_ATTEMPTS => {
+                let wait = retries.failed();
+                tracing::warn!(error = %err, ?wait, "cannot ask PostgreSQL which journaled batches it committed; retrying");
+                actix_rt::time::sleep(wait).await;
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 

@@ -50,6 +50,26 @@ pub struct PipelineStats {
     pub writer_restarts: AtomicU64,
     /// Minutes held by aggregators (a gauge).
     pub open_minutes: AtomicI64,
+    /// `[journal]` is on (the gauges below mean something).
+    pub journal_enabled: AtomicBool,
+    /// Messages appended to the journal.
+    pub journal_appended: AtomicU64,
+    /// Bytes and segment files the journal holds (gauges).
+    pub journal_bytes: AtomicU64,
+    pub journal_segments: AtomicU64,
+    /// Messages read back from the journal at start-up, and how many of their samples
+    /// were already in committed rows (not counted again).
+    pub journal_replayed: AtomicU64,
+    pub journal_replay_skipped: AtomicU64,
+    /// Bytes of damaged records (torn or corrupt) found at start-up and skipped.
+    pub journal_lost_bytes: AtomicU64,
+    /// Appends that failed (a full disk); each is retried.
+    pub journal_write_errors: AtomicU64,
+    /// When the oldest segment with unfinished messages was started (µs since the epoch;
+    /// 0: none): the oldest sample not yet committed is at most this old.
+    pub journal_oldest_pending_micros: AtomicI64,
+    /// Why the journal cannot append, while it cannot (for `/readyz`).
+    pub journal_problem: std::sync::Mutex<Option<String>>,
     pub mqtt_connected: AtomicBool,
     pub mqtt_subscribed: AtomicBool,
     pub mqtt_reconnects: AtomicU64,
@@ -89,6 +109,14 @@ impl Default for Latencies {
     }
 }
 
+/// Stores a component's current problem; true when it changed.
+fn replace_problem(slot: &std::sync::Mutex<Option<String>>, problem: Option<String>) -> bool {
+    let mut current = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let changed = *current != problem;
+    *current = problem;
+    changed
+}
+
 /// The clock of [`PipelineStats`]: the system's unless a test gives another.
 #[derive(Debug, Clone)]
 pub struct StatsClock(pub Arc<dyn Clock>);
@@ -115,11 +143,13 @@ impl PipelineStats {
 
     /// Records why connecting to the broker fails (`None`: it works); true when that
     /// changed, so a cause is logged when it starts, not at every retry.
+    /// Sets or clears the journal's problem; true when it changed (log then).
+    pub fn set_journal_problem(&self, problem: Option<String>) -> bool {
+        replace_problem(&self.journal_problem, problem)
+    }
+
     pub fn set_mqtt_problem(&self, problem: Option<String>) -> bool {
-        let mut current = self.mqtt_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changed = *current != problem;
-        *current = problem;
-        changed
+        replace_problem(&self.mqtt_problem, problem)
     }
 
     /// Stores "now" (wall clock, µs since the epoch) in a timestamp gauge.

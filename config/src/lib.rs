@@ -16,6 +16,6 @@ pub use error::ConfigError;
 pub use load::{load, load_from_str, ENV_PREFIX};
 pub use secret::{PasswordConfig, SecretSourceKind, AWS_CURRENT};
 pub use sections::{
-    AggregationConfig, Config, DatabaseConfig, DatabaseTlsConfig, EpochUnit, MetricsConfig, MqttConfig,
-    RejectsConfig, ServiceConfig, Statements, TlsMode,
+    AggregationConfig, Config, DatabaseConfig, DatabaseTlsConfig, EpochUnit, JournalConfig, JournalSync,
+    MetricsConfig, MqttConfig, RejectsConfig, ServiceConfig, Statements, TlsMode,
 };

@@ -18,6 +18,7 @@ pub struct Config {
     pub aggregation: AggregationConfig,
     pub database: DatabaseConfig,
     pub rejects: RejectsConfig,
+    pub journal: JournalConfig,
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
 }
@@ -117,6 +118,54 @@ pub enum EpochUnit {
     S,
     /// Unix epoch milliseconds, fractions allowed.
     Ms,
+}
+
+/// `[journal]`: every message is appended here before it is processed, and replayed at
+/// start-up until the minutes it fed are committed, so a crash (kill -9, a panic, an OOM
+/// kill) loses nothing paho acknowledged to the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Off, a crash loses what the service held in memory (up to a minute + grace of the
+    /// whole fleet): the broker does not resend what paho acknowledged.
+    pub enabled: bool,
+    /// Relative paths are under the working directory; the systemd unit in
+    /// docs/operations.md uses `StateDirectory=`. One instance per directory (a lock).
+    pub dir: PathBuf,
+    pub sync: JournalSync,
+    /// With `sync = "fsync"`: how often appended records are flushed to the disk (one
+    /// `fdatasync` for everything appended meanwhile). A power loss loses at most this
+    /// much of the stream.
+    #[serde(with = "human")]
+    pub sync_interval: Duration,
+    /// A segment file is closed at this size and removed once every minute it fed is
+    /// committed.
+    pub segment_bytes: u64,
+}
+
+/// What a journal record survives once appended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalSync {
+    /// Written to the operating system before the message is processed: survives the
+    /// process's crash, not the machine's.
+    #[default]
+    Os,
+    /// Also `fdatasync`ed every `sync_interval`, and before each batch is written to
+    /// PostgreSQL: survives a power loss, except the last `sync_interval` of messages.
+    Fsync,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            enabled: true,
+            dir: PathBuf::from("fleetagg-journal"),
+            sync: JournalSync::Os,
+            sync_interval: Duration::from_millis(100),
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -396,6 +445,18 @@ impl Config {
             return Err(ConfigError::key("database.flush_interval", "must be longer than zero"));
         }
         check_database_url(&self.database.url)?;
+        let journal = &self.journal;
+        if journal.enabled {
+            if journal.dir.as_os_str().is_empty() {
+                return Err(ConfigError::key("journal.dir", "must not be empty"));
+            }
+            if journal.segment_bytes < 1024 * 1024 {
+                return Err(ConfigError::key("journal.segment_bytes", "must be at least 1 MiB"));
+            }
+            if journal.sync_interval.is_zero() {
+                return Err(ConfigError::key("journal.sync_interval", "must be longer than zero"));
+            }
+        }
         match &self.database.password {
             Some(password) => password.validate_as("database.password"),
             None => Ok(()),

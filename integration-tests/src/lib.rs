@@ -148,8 +148,28 @@ impl ServiceProcess {
 
     /// Starts again with the same config file and environment, logging to a new file.
     pub async fn restart(&self) -> ServiceProcess {
-        let log = self.log_path.with_extension(format!("{}.log", unique("restart")));
+        let log = self.restart_log_path();
         Self::spawn(&self.config_path, &log, self.env.clone(), true).await
+    }
+
+    /// Starts again with the same config file and environment, without waiting for
+    /// anything (a kill may then land during start-up or the journal's replay).
+    pub fn restart_unchecked(&self) -> ServiceProcess {
+        let log = self.restart_log_path();
+        Self::spawn_child(&self.config_path, &log, self.env.clone())
+    }
+
+    /// A new log file beside the config for a restart (names do not grow with restarts).
+    fn restart_log_path(&self) -> PathBuf {
+        self.config_path.with_file_name(format!("{}.log", unique("restart")))
+    }
+
+    /// SIGKILL, as an OOM kill or a lost node would end it; waits until it is gone.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Spawns `fleetagg run` without waiting for anything (for start-up failures).
@@ -173,6 +193,7 @@ impl ServiceProcess {
         let child = Command::new(fleetagg_bin())
             .args(["run", "--config"])
             .arg(&config_path)
+            .current_dir(working_dir(&config_path))
             .env("RUST_LOG", rust_log)
             .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdout(log.try_clone().expect("log file handle"))
@@ -187,6 +208,7 @@ impl ServiceProcess {
         let child = Command::new(fleetagg_bin())
             .args(["--log-level", "info,fleetagg_actors=debug", "run", "--config"])
             .arg(config_path)
+            .current_dir(working_dir(config_path))
             .env_remove("RUST_LOG")
             .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdout(Stdio::null())
@@ -267,6 +289,18 @@ impl Drop for ServiceProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// A service runs in its config file's directory, so its journal (`fleetagg-journal`
+/// under the working directory by default) is its own, and a restart with the same config
+/// finds it again.
+fn working_dir(config_path: &Path) -> &Path {
+    config_path.parent().unwrap_or(Path::new("."))
+}
+
+/// Where a service's journal is, with the default `journal.dir`.
+pub fn journal_dir(service: &ServiceProcess) -> PathBuf {
+    working_dir(&service.config_path).join("fleetagg-journal")
 }
 
 fn write_config(config_toml: &str) -> PathBuf {

@@ -28,6 +28,7 @@ fn part(machine: &str, minute: i64, samples: u32, sum: f64, min: f64, max: f64) 
             mileage_min: min * 10.0,
             mileage_max: max * 10.0,
         },
+        tally: Default::default(),
     }
 }
 

@@ -73,6 +73,7 @@ fn samples(count: usize, step_micros: i64) -> Vec<Sample> {
                 ts: Timestamp::from_micros(BASE_MICROS + n * step_micros),
                 load_rate: (n % 100) as f64,
                 mileage: 1_000.0 + n as f64 * 0.01,
+                mark: fleetagg_logic::JournalMark::NONE,
             }
         })
         .collect()

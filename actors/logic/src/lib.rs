@@ -6,13 +6,15 @@
 
 pub mod json;
 pub mod minute;
+pub mod provenance;
 pub mod reject_limit;
 pub mod rfc3339;
 pub mod rows;
 pub mod time;
 pub mod validate;
 
-pub use minute::{Accepted, MinuteAggregate, OpenMinutes};
+pub use minute::{Accepted, MinuteAggregate, MinutePart, OpenMinutes};
+pub use provenance::{JournalMark, JournalTally};
 pub use reject_limit::RejectLimiter;
 pub use rows::{ClosedMinute, PendingMinutes, RejectedMessage};
 pub use time::{EpochUnit, Minute, Timestamp, TimestampRules};

@@ -5,6 +5,7 @@
 //! instances behind a shared subscription) and the database upsert combines the parts
 //! into the same row one pass over all samples would give.
 
+use crate::provenance::JournalTally;
 use crate::time::{duration_micros, Minute, Timestamp};
 use crate::validate::Sample;
 use std::time::Duration;
@@ -68,15 +69,23 @@ struct OpenMinute {
     /// mostly in order (so an insert is an append after one comparison), and one sample
     /// costs 8 bytes instead of a 4-bucket table.
     seen: Vec<i64>,
+    /// The journal records this minute answers for, duplicates included.
+    tally: JournalTally,
 }
 
 impl OpenMinute {
     fn of(sample: &Sample) -> Self {
-        OpenMinute { aggregate: MinuteAggregate::of(sample), seen: vec![sample.ts.micros()] }
+        OpenMinute {
+            aggregate: MinuteAggregate::of(sample),
+            seen: vec![sample.ts.micros()],
+            tally: JournalTally::of(sample.mark),
+        }
     }
 
     /// Adds the sample unless its timestamp is already held.
     fn add(&mut self, sample: &Sample) -> Accepted {
+        // A duplicate's record is finished when this minute is committed, like a sample's.
+        self.tally.note(sample.mark);
         let ts = sample.ts.micros();
         let position = match self.seen.last() {
             Some(&last) if last < ts => self.seen.len(),
@@ -88,6 +97,20 @@ impl OpenMinute {
         self.seen.insert(position, ts);
         self.aggregate.add(sample);
         Accepted::Added
+    }
+}
+
+/// A minute taken out of [`OpenMinutes`]: closed, or partial at shutdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinutePart {
+    pub minute: Minute,
+    pub aggregate: MinuteAggregate,
+    pub tally: JournalTally,
+}
+
+impl MinutePart {
+    fn of(minute: Minute, open: OpenMinute) -> Self {
+        MinutePart { minute, aggregate: open.aggregate, tally: open.tally }
     }
 }
 
@@ -124,11 +147,11 @@ impl OpenMinutes {
     }
 
     /// Removes and returns the minutes whose end + `grace` is at or before `now`.
-    pub fn take_closed(&mut self, now: Timestamp, grace: Duration) -> Vec<(Minute, MinuteAggregate)> {
+    pub fn take_closed(&mut self, now: Timestamp, grace: Duration) -> Vec<MinutePart> {
         let grace = duration_micros(grace);
         let due =
             self.minutes.partition_point(|(minute, _)| minute.end().saturating_add_micros(grace) <= now);
-        let closed = self.minutes.drain(..due).map(|(minute, open)| (minute, open.aggregate)).collect();
+        let closed = self.minutes.drain(..due).map(|(minute, open)| MinutePart::of(minute, open)).collect();
         if self.minutes.is_empty() {
             // A machine that went quiet keeps no allocation.
             self.minutes = Vec::new();
@@ -137,8 +160,11 @@ impl OpenMinutes {
     }
 
     /// Removes and returns every open minute (shutdown: partial minutes merge later).
-    pub fn take_all(&mut self) -> Vec<(Minute, MinuteAggregate)> {
-        std::mem::take(&mut self.minutes).into_iter().map(|(minute, open)| (minute, open.aggregate)).collect()
+    pub fn take_all(&mut self) -> Vec<MinutePart> {
+        std::mem::take(&mut self.minutes)
+            .into_iter()
+            .map(|(minute, open)| MinutePart::of(minute, open))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -153,9 +179,15 @@ impl OpenMinutes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provenance::JournalMark;
 
     fn sample(seconds: i64, load_rate: f64, mileage: f64) -> Sample {
-        Sample { ts: Timestamp::from_micros(seconds * 1_000_000), load_rate, mileage }
+        Sample {
+            ts: Timestamp::from_micros(seconds * 1_000_000),
+            load_rate,
+            mileage,
+            mark: JournalMark::NONE,
+        }
     }
 
     #[test]
@@ -167,7 +199,7 @@ mod tests {
         assert_eq!(open.accept(&sample(125, 50.0, 8.0)), Accepted::Added);
         let closed = open.take_closed(Timestamp::from_micros(125_000_000), Duration::from_secs(5));
         assert_eq!(closed.len(), 1);
-        let (minute, aggregate) = closed[0];
+        let MinutePart { minute, aggregate, .. } = closed[0].clone();
         assert_eq!(minute.index(), 1);
         assert_eq!(aggregate.samples, 2);
         assert_eq!(aggregate.load_rate_avg(), 20.0);

@@ -1,6 +1,7 @@
 //! The rows the writer stores, and the buffer that merges closed minutes by key.
 
 use crate::minute::MinuteAggregate;
+use crate::provenance::JournalTally;
 use crate::time::Minute;
 use crate::validate::RejectReason;
 use rustc_hash::FxHashMap;
@@ -17,6 +18,8 @@ pub struct ClosedMinute {
     pub machine: Arc<str>,
     pub minute: Minute,
     pub aggregate: MinuteAggregate,
+    /// The journal records the row answers for: committed, they are finished.
+    pub tally: JournalTally,
 }
 
 /// A rejected message as stored in `rejected_message`. Build it with
@@ -31,6 +34,9 @@ pub struct RejectedMessage {
     /// The first [`MAX_STORED_PAYLOAD`] bytes of the payload, less a UTF-8 character the
     /// limit would split.
     pub payload: Vec<u8>,
+    /// The journal record of the rejected message (of the samples, for a minute the
+    /// database refused).
+    pub tally: JournalTally,
 }
 
 impl RejectedMessage {
@@ -38,7 +44,7 @@ impl RejectedMessage {
         topic.truncate(stored_len(topic.as_bytes()));
         detail.truncate(stored_len(detail.as_bytes()));
         let payload = payload[..stored_len(payload)].to_vec();
-        RejectedMessage { topic, reason, detail, payload }
+        RejectedMessage { topic, reason, detail, payload, tally: JournalTally::default() }
     }
 }
 
@@ -86,15 +92,18 @@ fn stored_len(bytes: &[u8]) -> usize {
 /// and a minute that arrives in parts costs one row write instead of several.
 #[derive(Debug, Default)]
 pub struct PendingMinutes {
-    rows: FxHashMap<(Arc<str>, Minute), MinuteAggregate>,
+    rows: FxHashMap<(Arc<str>, Minute), (MinuteAggregate, JournalTally)>,
 }
 
 impl PendingMinutes {
     pub fn add(&mut self, row: ClosedMinute) {
         self.rows
             .entry((row.machine, row.minute))
-            .and_modify(|held| held.merge(&row.aggregate))
-            .or_insert(row.aggregate);
+            .and_modify(|(aggregate, tally)| {
+                aggregate.merge(&row.aggregate);
+                tally.merge(&row.tally);
+            })
+            .or_insert((row.aggregate, row.tally));
     }
 
     pub fn extend(&mut self, rows: impl IntoIterator<Item = ClosedMinute>) {
@@ -107,7 +116,7 @@ impl PendingMinutes {
     pub fn take_all(&mut self) -> Vec<ClosedMinute> {
         std::mem::take(&mut self.rows)
             .into_iter()
-            .map(|((machine, minute), aggregate)| ClosedMinute { machine, minute, aggregate })
+            .map(|((machine, minute), (aggregate, tally))| ClosedMinute { machine, minute, aggregate, tally })
             .collect()
     }
 
@@ -123,7 +132,7 @@ impl PendingMinutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Sample, Timestamp};
+    use crate::{JournalMark, Sample, Timestamp};
 
     #[test]
     fn rows_of_the_same_minute_merge() {
@@ -135,7 +144,9 @@ mod tests {
                 ts: Timestamp::from_micros(0),
                 load_rate,
                 mileage: 1.0,
+                mark: JournalMark::NONE,
             }),
+            tally: JournalTally::of(JournalMark { seq: load_rate as u64, segment: 1 }),
         };
         let mut pending = PendingMinutes::default();
         pending.add(part(10.0));
@@ -146,6 +157,9 @@ mod tests {
         rows.sort_by_key(|row| row.minute);
         assert_eq!(rows[0].aggregate.samples, 2);
         assert_eq!(rows[0].aggregate.load_rate_sum, 40.0);
+        // The merged row answers for both parts' journal records.
+        assert_eq!(rows[0].tally.max_seq, 30);
+        assert_eq!(rows[0].tally.segments().collect::<Vec<_>>(), vec![(1, 2)]);
         assert!(pending.is_empty());
     }
 

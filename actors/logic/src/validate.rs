@@ -2,6 +2,7 @@
 //! check names the reason, and every reason carries a detail a person can act on.
 
 use crate::json::{parse_telemetry, JsonValue};
+use crate::provenance::JournalMark;
 use crate::time::{duration_micros, parse_epoch, parse_text_timestamp, Timestamp, TimestampRules};
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ pub struct Sample {
     pub ts: Timestamp,
     pub load_rate: f64,
     pub mileage: f64,
+    /// Its message's record in the journal (`JournalMark::NONE` until the broker sets it).
+    pub mark: JournalMark,
 }
 
 /// A message that passed every check.
@@ -185,7 +188,10 @@ pub fn validate_received(
             format!("ts {ts} is earlier than now - {} ({oldest})", humanize(rules.max_lateness)),
         ));
     }
-    Ok(Telemetry { machine: machine.into_owned(), sample: Sample { ts, load_rate, mileage } })
+    Ok(Telemetry {
+        machine: machine.into_owned(),
+        sample: Sample { ts, load_rate, mileage, mark: JournalMark::NONE },
+    })
 }
 
 fn present<'a>(name: &str, value: Option<JsonValue<'a>>) -> Result<JsonValue<'a>, Rejection> {

@@ -14,7 +14,7 @@
 
 use super::timers::CloseTimers;
 use crate::clock::Clock;
-use crate::logic::{Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes};
+use crate::logic::{Accepted, ClosedMinute, MinutePart, OpenMinutes};
 use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, WriteMinutes};
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
@@ -155,10 +155,15 @@ impl Aggregator {
         }
     }
 
-    fn hand_over(&self, minutes: Vec<(Minute, MinuteAggregate)>) -> impl Future<Output = ()> + 'static {
+    fn hand_over(&self, minutes: Vec<MinutePart>) -> impl Future<Output = ()> + 'static {
         let rows: Vec<ClosedMinute> = minutes
             .into_iter()
-            .map(|(minute, aggregate)| ClosedMinute { machine: self.machine.clone(), minute, aggregate })
+            .map(|part| ClosedMinute {
+                machine: self.machine.clone(),
+                minute: part.minute,
+                aggregate: part.aggregate,
+                tally: part.tally,
+            })
             .collect();
         let shared = self.shared.clone();
         let machine = self.machine.clone();
@@ -167,7 +172,8 @@ impl Aggregator {
             match shared.writer.send(WriteMinutes(rows)).await {
                 Ok(()) => bump(&shared.stats.minutes_closed, count),
                 Err(err) => {
-                    tracing::error!(machine = %machine, minutes = count, error = %err, "writer unavailable; closed minutes lost");
+                    // Still in the journal, when there is one: the next start replays them.
+                    tracing::error!(machine = %machine, minutes = count, error = %err, "writer unavailable; closed minutes not handed over");
                 }
             }
         }

@@ -21,8 +21,9 @@ mod routes;
 use crate::aggregation::Shard;
 use crate::clock::Clock;
 use crate::delivery::Deliveries;
+use crate::journal::{Journal, ReplayFilter};
 use crate::logic::validate::validate_received;
-use crate::logic::{RejectLimiter, RejectedMessage, ValidationRules};
+use crate::logic::{JournalTally, RejectLimiter, RejectedMessage, ValidationRules};
 use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections};
 use crate::source::{InboundMessage, MessageSource};
 use crate::stats::{bump, PipelineStats};
@@ -56,6 +57,10 @@ pub struct Broker {
     /// Who waits for the intake to be drained (see [`StopIntake`]).
     on_drained: Vec<oneshot::Sender<()>>,
     drained: bool,
+    /// Where messages finished here (a rejection not stored) are released.
+    journal: Option<Arc<Journal>>,
+    /// During a replay: what committed rows already count, so it is not counted again.
+    replay: Option<ReplayFilter>,
 }
 
 /// What a broker needs besides its source and channel.
@@ -89,6 +94,33 @@ impl Broker {
             stats,
             on_drained: Vec::new(),
             drained: false,
+            journal: None,
+            replay: None,
+        }
+    }
+
+    /// Releases what this actor finishes in `journal`, and skips replayed messages that
+    /// `replay` says are already committed.
+    pub fn with_journal(mut self, journal: Arc<Journal>, replay: ReplayFilter) -> Self {
+        self.journal = Some(journal);
+        self.replay = Some(replay);
+        self
+    }
+
+    /// A replayed message's sample whose row is committed already: finished here.
+    fn already_committed(&self, machine: &str, sample: &crate::logic::Sample) -> bool {
+        let Some(replay) = &self.replay else { return false };
+        if !replay.sample_committed(machine, sample.ts.minute().index(), sample.mark.seq) {
+            return false;
+        }
+        bump(&self.stats.journal_replay_skipped, 1);
+        self.release(sample.mark);
+        true
+    }
+
+    fn release(&self, mark: crate::logic::JournalMark) {
+        if let Some(journal) = &self.journal {
+            journal.release_mark(mark);
         }
     }
 
@@ -124,20 +156,35 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         let mut rejections = Vec::new();
         for message in batch {
             // On the length as received: a payload over the limit is held cut.
+            let mark = message.mark;
             match validate_received(&message.payload, message.payload_len, now, &self.rules) {
-                Ok(telemetry) => self.routes.add(&telemetry.machine, telemetry.sample),
+                Ok(mut telemetry) => {
+                    telemetry.sample.mark = mark;
+                    if !self.already_committed(&telemetry.machine, &telemetry.sample) {
+                        self.routes.add(&telemetry.machine, telemetry.sample);
+                    }
+                }
                 Err(rejection) => {
+                    // A replayed rejection that was stored before the crash: neither
+                    // counted nor stored again.
+                    if self.replay.as_ref().is_some_and(|replay| replay.rejection_committed(mark.seq)) {
+                        self.release(mark);
+                        continue;
+                    }
                     self.stats.count_rejected(rejection.reason);
                     tracing::debug!(topic = %message.topic, reason = %rejection.reason, detail = %rejection.detail, "message rejected");
                     if self.limiter.allow(now) {
-                        rejections.push(RejectedMessage::new(
+                        let mut row = RejectedMessage::new(
                             message.topic,
                             rejection.reason,
                             rejection.detail,
                             &message.payload,
-                        ));
+                        );
+                        row.tally = JournalTally::of(mark);
+                        rejections.push(row);
                     } else {
                         bump(&self.stats.rejects_not_stored, 1);
+                        self.release(mark);
                     }
                 }
             }

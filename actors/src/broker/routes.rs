@@ -91,10 +91,10 @@ impl RoutingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logic::Timestamp;
+    use crate::logic::{JournalMark, Timestamp};
 
     fn sample(micros: i64) -> Sample {
-        Sample { ts: Timestamp::from_micros(micros), load_rate: 1.0, mileage: 1.0 }
+        Sample { ts: Timestamp::from_micros(micros), load_rate: 1.0, mileage: 1.0, mark: JournalMark::NONE }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Readiness: the service is ready when it is subscribed to the broker, its last
-//! database operation succeeded recently, its secret is fresh, and messages flow. Each
+//! database operation succeeded recently, its secret is fresh, its journal can write, and
+//! messages flow. Each
 //! failed condition gives a short reason for the 503 body.
 
 use crate::stats::PipelineStats;
@@ -51,6 +52,10 @@ pub fn readiness(
         if fetched > max_age {
             reasons.push(format!("database secret not refreshed for {}s", fetched.as_secs()));
         }
+    }
+    let journal = stats.journal_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    if let Some(problem) = journal {
+        reasons.push(format!("journal cannot write, intake waits: {problem}"));
     }
     if let Some(silent) = silence(stats, settings, now_micros) {
         reasons.push(format!("connected but no message for {}s", silent.as_secs()));
@@ -134,6 +139,16 @@ mod tests {
         stats.secret_max_age_seconds.store(60, Ordering::Relaxed);
         stats.secret_last_ok_micros.store(NOW - 61 * SECOND, Ordering::Relaxed);
         assert!(readiness(&stats, &settings(), NOW).unwrap_err()[0].contains("secret"));
+
+        let stats = healthy();
+        stats.set_journal_problem(Some("cannot append to the journal j: No space left on device".into()));
+        assert_eq!(
+            readiness(&stats, &settings(), NOW),
+            Err(vec![
+                "journal cannot write, intake waits: cannot append to the journal j: No space left on device"
+                    .to_owned()
+            ])
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn get(counter: &AtomicU64) -> u64 {
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let counters: [(&str, &str, u64); 18] = [
+        let counters: [(&str, &str, u64); 23] = [
             ("messages_received", "Messages received from the broker", get(&s.received)),
             ("samples_accepted", "Samples accepted into a minute", get(&s.accepted)),
             ("duplicates", "Redelivered samples dropped as duplicates", get(&s.duplicates)),
@@ -83,6 +83,23 @@ impl Collector for StatsCollector {
             ("secret_refresh_failures", "Failed fetches of the database secret", get(&s.secret_failures)),
             ("secret_changes", "Times the database secret changed", get(&s.secret_changes)),
             ("mqtt_reconnects", "Reconnections to the MQTT broker", get(&s.mqtt_reconnects)),
+            ("journal_appended", "Messages appended to the journal", get(&s.journal_appended)),
+            ("journal_replayed", "Messages replayed from the journal at start-up", get(&s.journal_replayed)),
+            (
+                "journal_replay_already_committed",
+                "Replayed samples already in a committed row (not counted again)",
+                get(&s.journal_replay_skipped),
+            ),
+            (
+                "journal_damaged_bytes",
+                "Bytes of torn or corrupt journal records skipped at start-up",
+                get(&s.journal_lost_bytes),
+            ),
+            (
+                "journal_write_errors",
+                "Journal appends that failed (each is retried)",
+                get(&s.journal_write_errors),
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
@@ -112,7 +129,7 @@ impl Collector for StatsCollector {
 
         let flag = |value: &AtomicBool| i64::from(value.load(Ordering::Relaxed));
         let seconds = |value: &AtomicI64| value.load(Ordering::Relaxed) as f64 / 1e6;
-        let gauges: [(&str, &str, i64); 7] = [
+        let gauges: [(&str, &str, i64); 9] = [
             ("open_minutes", "Minutes held by aggregators", s.open_minutes.load(Ordering::Relaxed)),
             ("rows_buffered", "Minutes held by the writer, not yet written", get(&s.rows_buffered) as i64),
             (
@@ -128,12 +145,17 @@ impl Collector for StatsCollector {
             ("mqtt_connected", "1 while connected to the MQTT broker", flag(&s.mqtt_connected)),
             ("mqtt_subscribed", "1 while subscribed", flag(&s.mqtt_subscribed)),
             ("database_healthy", "1 while the last PostgreSQL operation succeeded", flag(&s.db_healthy)),
+            ("journal_bytes", "Bytes the journal holds", get(&s.journal_bytes) as i64),
+            ("journal_segments", "Segment files the journal holds", get(&s.journal_segments) as i64),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
-        let timestamps: [(&str, &str, f64); 2] = [
+        let oldest = s.journal_oldest_pending_micros.load(Ordering::Relaxed);
+        let oldest_age =
+            if oldest == 0 { 0.0 } else { (s.clock.now().micros() - oldest).max(0) as f64 / 1e6 };
+        let timestamps: [(&str, &str, f64); 3] = [
             (
                 "last_message_received_timestamp_seconds",
                 "When the last message arrived (Unix time)",
@@ -143,6 +165,11 @@ impl Collector for StatsCollector {
                 "last_database_success_timestamp_seconds",
                 "When PostgreSQL last answered (Unix time)",
                 seconds(&s.db_last_ok_micros),
+            ),
+            (
+                "journal_oldest_pending_age_seconds",
+                "Age of the oldest journal segment with a sample not yet committed (0: none)",
+                oldest_age,
             ),
         ];
         for (name, help, value) in timestamps {

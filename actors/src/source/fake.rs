@@ -3,6 +3,7 @@
 //! network.
 
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
+use crate::logic::JournalMark;
 use crate::stats::PipelineStats;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -33,7 +34,13 @@ impl FakeBroker {
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> bool {
         let payload = payload.into();
         let payload_len = payload.len();
-        self.deliver(InboundMessage { topic: topic.to_owned(), payload, payload_len }).await
+        self.deliver(InboundMessage {
+            topic: topic.to_owned(),
+            payload,
+            payload_len,
+            mark: JournalMark::NONE,
+        })
+        .await
     }
 
     /// Hands over a message exactly as given, e.g. one built by

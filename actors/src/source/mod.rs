@@ -9,7 +9,10 @@ mod mqtt;
 pub use fake::{FakeBroker, FakeSource};
 pub use mqtt::MqttSource;
 
+use crate::backoff::{self, Retries};
+use crate::journal::Journal;
 use crate::logic::rows::MAX_STORED_PAYLOAD;
+use crate::logic::JournalMark;
 use crate::stats::PipelineStats;
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +31,9 @@ pub struct InboundMessage {
     pub payload: Vec<u8>,
     /// The payload's length as received: `too_large` is decided on it and reports it.
     pub payload_len: usize,
+    /// Its record in the journal: set by the sink when it appends the message, or by the
+    /// replay; `NONE` without a journal.
+    pub mark: JournalMark,
 }
 
 impl InboundMessage {
@@ -40,7 +46,12 @@ impl InboundMessage {
     pub fn received(topic: &str, payload: &[u8], max_payload_bytes: usize) -> InboundMessage {
         let keep = max_payload_bytes.saturating_add(1).max(MAX_STORED_PAYLOAD + 4);
         let kept = payload.get(..keep).unwrap_or(payload);
-        InboundMessage { topic: topic.to_owned(), payload: kept.to_vec(), payload_len: payload.len() }
+        InboundMessage {
+            topic: topic.to_owned(),
+            payload: kept.to_vec(),
+            payload_len: payload.len(),
+            mark: JournalMark::NONE,
+        }
     }
 }
 
@@ -49,26 +60,72 @@ impl InboundMessage {
 /// It can be closed from the outside (at shutdown) while a delivery is blocked: each
 /// delivery clones the sender out of the slot, so closing only has to empty the slot,
 /// and the channel ends once the last in-flight delivery returns.
+///
+/// With a journal, every message is appended to it before it enters the channel (a
+/// replayed message already has its record). An append that fails (a full disk) is
+/// retried with back-off while the delivering thread waits: paho stops reading the
+/// socket, the broker queues for the session, nothing is lost.
 #[derive(Debug, Clone)]
 pub struct InboundSink {
     slot: Arc<SenderSlot>,
+    journal: Option<Arc<Journal>>,
+    stats: Arc<PipelineStats>,
 }
 
 impl InboundSink {
     /// A sink and the receiver the broker actor reads, holding at most `capacity` messages.
-    pub fn channel(capacity: usize) -> (InboundSink, mpsc::Receiver<InboundMessage>) {
+    pub fn channel(
+        capacity: usize,
+        journal: Option<Arc<Journal>>,
+        stats: Arc<PipelineStats>,
+    ) -> (InboundSink, mpsc::Receiver<InboundMessage>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (InboundSink { slot: Arc::new(SenderSlot(Mutex::new(Some(sender)))) }, receiver)
+        (InboundSink { slot: Arc::new(SenderSlot(Mutex::new(Some(sender)))), journal, stats }, receiver)
     }
 
     fn sender(&self) -> Option<mpsc::Sender<InboundMessage>> {
         self.slot.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Appends the message to the journal unless it has a record already; false when
+    /// the sink was closed while the journal could not write (the message is then only
+    /// in memory, and lost with the process: logged).
+    fn journal(&self, message: &mut InboundMessage, wait: impl Fn(std::time::Duration)) -> bool {
+        let Some(journal) = &self.journal else { return true };
+        if !message.mark.is_none() {
+            return true;
+        }
+        let mut retries = Retries::new(backoff::JOURNAL_APPEND);
+        loop {
+            match journal.append_message(&message.topic, &message.payload, message.payload_len) {
+                Ok(mark) => {
+                    message.mark = mark;
+                    if self.stats.set_journal_problem(None) {
+                        tracing::info!(dir = %journal.dir().display(), "journal appends work again");
+                    }
+                    return true;
+                }
+                Err(err) => {
+                    if self.stats.set_journal_problem(Some(err.to_string())) {
+                        tracing::error!(error = %err, "cannot append to the journal; intake waits until it can (the broker keeps queuing)");
+                    }
+                    if self.sender().is_none() {
+                        tracing::error!(topic = %message.topic, "stopping while the journal cannot write: one message received but not journaled");
+                        return false;
+                    }
+                    wait(retries.failed());
+                }
+            }
+        }
+    }
+
     /// Hands a message over from a thread outside any async runtime (paho's callback
     /// thread), waiting while the channel is full: that wait is the back-pressure.
     /// False when the sink is closed.
-    pub fn blocking_deliver(&self, message: InboundMessage) -> bool {
+    pub fn blocking_deliver(&self, mut message: InboundMessage) -> bool {
+        if !self.journal(&mut message, std::thread::sleep) {
+            return false;
+        }
         let Some(sender) = self.sender() else { return false };
         // `try_send` first: `blocking_send` builds a parker and a waker for every call,
         // which was half of paho's receive thread while the channel had room.
@@ -79,8 +136,13 @@ impl InboundSink {
         }
     }
 
-    /// Async form of [`InboundSink::blocking_deliver`].
-    pub async fn deliver(&self, message: InboundMessage) -> bool {
+    /// Async form of [`InboundSink::blocking_deliver`], for the fake source and the
+    /// replay. (Its journal append is a blocking `write`, as on paho's thread; a full
+    /// disk's back-off blocks too: the fake source only runs in tests.)
+    pub async fn deliver(&self, mut message: InboundMessage) -> bool {
+        if !self.journal(&mut message, std::thread::sleep) {
+            return false;
+        }
         match self.sender() {
             Some(sender) => sender.send(message).await.is_ok(),
             None => false,

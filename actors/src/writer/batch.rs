@@ -22,6 +22,8 @@ pub(super) enum Rows {
 pub(super) struct Batch {
     pub(super) id: String,
     pub(super) rows: Rows,
+    /// Its intent is in the journal (appended once, before the first attempt).
+    pub(super) intent_journaled: bool,
 }
 
 impl Batch {
@@ -53,8 +55,8 @@ impl Batch {
             }
         };
         (
-            Batch { id: format!("{}.0", self.id), rows: left },
-            Batch { id: format!("{}.1", self.id), rows: right },
+            Batch { id: format!("{}.0", self.id), rows: left, intent_journaled: false },
+            Batch { id: format!("{}.1", self.id), rows: right, intent_journaled: false },
         )
     }
 }
@@ -90,7 +92,7 @@ impl BatchIds {
             if chunk.is_empty() {
                 return batches;
             }
-            batches.push(Batch { id: self.next(), rows: wrap(chunk) });
+            batches.push(Batch { id: self.next(), rows: wrap(chunk), intent_journaled: false });
         }
     }
 }
@@ -109,25 +111,30 @@ pub(super) fn refused_minute(row: &ClosedMinute, error: &str) -> RejectedMessage
         "mileage_max": aggregate.mileage_max,
     });
     // Through `new`, so the database's error text (of any length) is cut like any detail.
-    RejectedMessage::new(
+    let mut rejection = RejectedMessage::new(
         String::new(),
         RejectReason::DbRefused,
         format!("PostgreSQL refused the minute row: {error}"),
         payload.to_string().as_bytes(),
-    )
+    );
+    // Stored, it finishes the samples' journal records.
+    rejection.tally = row.tally.clone();
+    rejection
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logic::{Minute, MinuteAggregate, Sample, Timestamp};
+    use crate::logic::{JournalMark, JournalTally, Minute, MinuteAggregate, Sample, Timestamp};
 
     fn minute(n: i64) -> ClosedMinute {
-        let sample = Sample { ts: Timestamp::from_micros(0), load_rate: 1.0, mileage: 1.0 };
+        let sample =
+            Sample { ts: Timestamp::from_micros(0), load_rate: 1.0, mileage: 1.0, mark: JournalMark::NONE };
         ClosedMinute {
             machine: "m".into(),
             minute: Minute::from_index(n),
             aggregate: MinuteAggregate::of(&sample),
+            tally: JournalTally::default(),
         }
     }
 

@@ -20,6 +20,10 @@ pub enum DbError {
          database.statements = \"auto\" or \"unnamed\""
     )]
     PreparedStatementsRefused { operation: &'static str, message: String },
+    /// The batch's intent could not be appended to the journal (a full disk): the batch
+    /// is not sent, since a commit without its intent could be counted again by a replay.
+    #[error("batch not written: {0}")]
+    Journal(String),
 }
 
 /// What to do about an error.
@@ -52,6 +56,7 @@ impl DbError {
         match self {
             DbError::Config(_) | DbError::PreparedStatementsRefused { .. } => ErrorClass::Fatal,
             DbError::Connect { .. } => ErrorClass::Retriable { reconnect: true },
+            DbError::Journal(_) => ErrorClass::Retriable { reconnect: false },
             DbError::Statement { connection_closed: true, .. } | DbError::Statement { code: None, .. } => {
                 ErrorClass::Retriable { reconnect: true }
             }
@@ -69,7 +74,7 @@ impl DbError {
     pub fn is_auth_failure(&self) -> bool {
         let code = match self {
             DbError::Connect { code, .. } | DbError::Statement { code, .. } => code.as_ref(),
-            DbError::Config(_) | DbError::PreparedStatementsRefused { .. } => None,
+            DbError::Config(_) | DbError::PreparedStatementsRefused { .. } | DbError::Journal(_) => None,
         };
         code.is_some_and(|code| {
             *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION

@@ -4,6 +4,7 @@
 use super::batch::{refused_minute, Batch, BatchIds, Rows};
 use super::error::{DbError, ErrorClass};
 use super::session::{Connector, Session};
+use crate::journal::Journal;
 use crate::messages::Credentials;
 use crate::stats::{bump, PipelineStats};
 use std::collections::VecDeque;
@@ -24,6 +25,8 @@ pub(super) struct FlushJob {
     pub(super) ping: bool,
     pub(super) ids: Arc<BatchIds>,
     pub(super) stats: Arc<PipelineStats>,
+    /// Intents before each batch, releases after it (see `crate::journal`).
+    pub(super) journal: Option<Arc<Journal>>,
 }
 
 /// A finished flush: the job holds what it did not write, and its session when the
@@ -39,7 +42,11 @@ impl FlushJob {
             Ok(session) => session,
             Err(err) => return FlushOutcome { job: self, error: Some(err) },
         };
-        while let Some(batch) = self.batches.pop_front() {
+        while let Some(mut batch) = self.batches.pop_front() {
+            if let Err(err) = self.journal_intent(&mut batch) {
+                self.batches.push_front(batch);
+                return self.fail(session, err);
+            }
             let started = self.stats.clock.instant();
             let written = match &batch.rows {
                 Rows::Minutes(rows) => session.upsert_minutes(&batch.id, rows).await,
@@ -72,7 +79,32 @@ impl FlushJob {
         FlushOutcome { job: self, error: None }
     }
 
+    /// Appends the batch's intent to the journal before its first attempt.
+    fn journal_intent(&self, batch: &mut Batch) -> Result<(), DbError> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        if batch.intent_journaled {
+            return Ok(());
+        }
+        let appended = match &batch.rows {
+            Rows::Minutes(rows) => journal.append_minutes_intent(&batch.id, rows),
+            Rows::Rejections(rows) => journal.append_rejections_intent(&batch.id, rows),
+        };
+        appended.map_err(|err| DbError::Journal(err.to_string()))?;
+        batch.intent_journaled = true;
+        Ok(())
+    }
+
+    /// The batch is committed (or was already): its journal records are finished.
+    fn release(&self, batch: &Batch) {
+        let Some(journal) = &self.journal else { return };
+        match &batch.rows {
+            Rows::Minutes(rows) => rows.iter().for_each(|row| journal.release(&row.tally)),
+            Rows::Rejections(rows) => rows.iter().for_each(|row| journal.release(&row.tally)),
+        }
+    }
+
     fn count(&self, batch: &Batch, applied: bool, started: Instant) {
+        self.release(batch);
         let stats = &self.stats;
         if !applied {
             // Its commit was lost with a connection; the ledger recognised the retry.
@@ -114,9 +146,15 @@ impl FlushJob {
                     tracing::error!(machine = %row.machine, minute = %row.minute.start(), error = %err, "minute refused by PostgreSQL; stored in rejected_message");
                 }
                 bump(&self.stats.minutes_refused, rows.len() as u64);
-                self.batches.push_back(Batch { id: self.ids.next(), rows: Rows::Rejections(refused) });
+                self.batches.push_back(Batch {
+                    id: self.ids.next(),
+                    rows: Rows::Rejections(refused),
+                    intent_journaled: false,
+                });
             }
-            Rows::Rejections(rows) => {
+            Rows::Rejections(ref rows) => {
+                // Not storable: finished all the same (counted in rejections_dropped).
+                self.release(&batch);
                 bump(&self.stats.rejections_dropped, rows.len() as u64);
                 tracing::error!(error = %err, "PostgreSQL refused a rejected message; it cannot be stored");
             }

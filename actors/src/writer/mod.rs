@@ -27,6 +27,7 @@ pub use error::{DbError, ErrorClass};
 pub use session::{Connector, Session};
 
 use crate::backoff::Retries;
+use crate::journal::Journal;
 use crate::logic::{PendingMinutes, RejectedMessage};
 use crate::messages::Credentials;
 use crate::messages::{CredentialsChanged, Drain, DrainReport, RefreshSecret, StoreRejections, WriteMinutes};
@@ -92,6 +93,8 @@ pub struct Writer {
     drain: Option<DrainRequest>,
     /// The linger timer after rows reached an idle writer, so one burst is one attempt.
     linger: Option<SpawnHandle>,
+    /// Where batch intents go before a write and releases after it.
+    journal: Option<Arc<Journal>>,
 }
 
 impl Writer {
@@ -120,7 +123,15 @@ impl Writer {
             held_replies: Vec::new(),
             drain: None,
             linger: None,
+            journal: None,
         }
+    }
+
+    /// Journals each batch's intent before writing it and releases its rows' records once
+    /// committed (see [`crate::journal`]).
+    pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.journal = journal;
+        self
     }
 
     fn is_full(&self) -> bool {
@@ -257,7 +268,12 @@ impl Handler<StoreRejections> for Writer {
             bump(&self.stats.rejects_not_stored, refused as u64);
             tracing::debug!(refused, "rejection buffer full: rejections counted, not stored");
         }
-        self.rejections.extend(rows.into_iter().take(room));
+        let mut rows = rows.into_iter();
+        self.rejections.extend(rows.by_ref().take(room));
+        if let Some(journal) = &self.journal {
+            // Finished by the limit: counted, never stored, nothing to replay.
+            rows.for_each(|row| journal.release(&row.tally));
+        }
         self.publish_state();
     }
 }

@@ -12,7 +12,7 @@ use crate::logic::{ClosedMinute, RejectedMessage};
 use crate::messages::Credentials;
 use chrono::{DateTime, Utc};
 use fleetagg_config::{DatabaseTlsConfig, Statements, TlsMode};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +69,7 @@ const INSERT_REJECTIONS_TYPES: &[Type] =
 
 /// Ledger entries older than this are deleted: a batch is retried within the outage it
 /// failed in, and a day covers any outage the buffer can ride through.
+const COMMITTED_BATCHES: &str = "SELECT id FROM fleetagg_applied_batch WHERE id = ANY($1)";
 const PRUNE_LEDGER: &str = "DELETE FROM fleetagg_applied_batch WHERE applied_at < now() - interval '1 day'";
 
 /// For the TCP connect and, separately, the start-up handshake, unless the URL sets
@@ -125,6 +126,13 @@ impl Connector {
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The database's name (libpq's default: the user's name): what a journal is bound
+    /// to, with the client id. Hosts are left out, so that adding a failover host does not
+    /// orphan a journal.
+    pub fn database_name(&self) -> &str {
+        self.config.get_dbname().or(self.config.get_user()).unwrap_or("postgres")
     }
 
     /// Opens a connection with `credentials` (when the password comes from a secret) and
@@ -326,6 +334,22 @@ impl Session {
     /// A round trip, to know an idle connection still works.
     pub async fn ping(&mut self) -> Result<(), DbError> {
         self.client.simple_query("SELECT 1").await.map(drop).map_err(|err| DbError::statement("ping", &err))
+    }
+
+    /// Which of `ids` the ledger holds: the batches a crashed run committed (the journal's
+    /// replay asks, see `crate::journal::ReplayFilter`).
+    pub async fn committed_batches(&mut self, ids: &[String]) -> Result<FxHashSet<String>, DbError> {
+        let mut committed = FxHashSet::default();
+        // In slices: one statement's array stays small whatever the journal held.
+        for chunk in ids.chunks(10_000) {
+            let rows = self
+                .client
+                .query_typed(COMMITTED_BATCHES, &[(&chunk, Type::TEXT_ARRAY)])
+                .await
+                .map_err(|err| DbError::statement("ledger lookup", &err))?;
+            committed.extend(rows.iter().filter_map(|row| row.try_get::<_, String>(0).ok()));
+        }
+        Ok(committed)
     }
 
     /// Forgets ledger entries old enough that no retry can refer to them.

@@ -156,6 +156,7 @@ impl Writer {
             ping,
             ids: self.ids.clone(),
             stats: self.stats.clone(),
+            journal: self.journal.clone(),
         }
     }
 

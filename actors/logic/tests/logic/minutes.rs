@@ -1,7 +1,7 @@
 //! Aggregation, duplicate detection, closing of minutes, and the writer's pending rows.
 
 use fleetagg_logic::{
-    Accepted, ClosedMinute, Minute, MinuteAggregate, OpenMinutes, PendingMinutes, Timestamp,
+    Accepted, ClosedMinute, JournalTally, Minute, MinuteAggregate, OpenMinutes, PendingMinutes, Timestamp,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,12 +41,12 @@ fn open_minutes_drop_duplicates_of_every_held_minute() {
     let all = open.take_all();
     assert!(open.is_empty());
     assert_eq!(all.len(), 2);
-    assert_eq!(all[0].0.index(), 1);
-    assert_eq!(all[0].1.samples, 2);
-    assert_eq!(all[0].1.load_rate_max, 20.0);
-    assert_eq!(all[1].0.index(), 2);
-    assert_eq!(all[1].1.samples, 1);
-    assert_eq!(all[1].1.load_rate_sum, 30.0);
+    assert_eq!(all[0].minute.index(), 1);
+    assert_eq!(all[0].aggregate.samples, 2);
+    assert_eq!(all[0].aggregate.load_rate_max, 20.0);
+    assert_eq!(all[1].minute.index(), 2);
+    assert_eq!(all[1].aggregate.samples, 1);
+    assert_eq!(all[1].aggregate.load_rate_sum, 30.0);
 }
 
 #[test]
@@ -59,12 +59,12 @@ fn take_closed_closes_at_end_plus_grace_and_keeps_later_minutes() {
     assert!(open.take_closed(Timestamp::from_micros(64_999_999), grace).is_empty());
     let closed = open.take_closed(Timestamp::from_micros(65_000_000), grace);
     assert_eq!(closed.len(), 1);
-    assert_eq!(closed[0].0, Minute::from_index(0));
+    assert_eq!(closed[0].minute, Minute::from_index(0));
     assert_eq!(open.len(), 2);
     // A redelivery of a still-held minute is caught; minute 1 is still held.
     assert_eq!(open.accept(&sample(61_000_000, 9.0, 9.0)), Accepted::Duplicate);
     let closed = open.take_closed(Timestamp::from_micros(185_000_000), grace);
-    let indexes: Vec<i64> = closed.iter().map(|(minute, _)| minute.index()).collect();
+    let indexes: Vec<i64> = closed.iter().map(|part| part.minute.index()).collect();
     assert_eq!(indexes, [1, 2]);
     assert!(open.is_empty());
     // Zero grace closes exactly at the end.
@@ -79,6 +79,7 @@ fn pending_minutes_merge_rows_with_the_same_machine_and_minute() {
         machine: Arc::from(machine),
         minute: Minute::from_index(minute),
         aggregate: MinuteAggregate::of(&sample(minute * MICROS_PER_MINUTE, load_rate, mileage)),
+        tally: JournalTally::default(),
     };
     let mut pending = PendingMinutes::default();
     assert!(pending.is_empty());

@@ -5,8 +5,8 @@ use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use chrono_tz::Tz;
 use fleetagg_logic::json::parse_telemetry;
 use fleetagg_logic::{
-    validate, Accepted, ClosedMinute, EpochUnit, Minute, MinuteAggregate, OpenMinutes, PendingMinutes,
-    RejectReason, Rejection, Sample, Telemetry, Timestamp,
+    validate, Accepted, ClosedMinute, EpochUnit, JournalTally, Minute, MinuteAggregate, MinutePart,
+    OpenMinutes, PendingMinutes, RejectReason, Rejection, Sample, Telemetry, Timestamp,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -265,17 +265,17 @@ proptest! {
         }
         let all = open.take_all();
         prop_assert!(open.is_empty());
-        let minutes: Vec<i64> = all.iter().map(|(minute, _)| minute.index()).collect();
+        let minutes: Vec<i64> = all.iter().map(|part| part.minute.index()).collect();
         let expected_minutes: Vec<i64> = first_samples.keys().copied().collect();
         prop_assert_eq!(minutes, expected_minutes);
-        for (minute, aggregate) in &all {
+        for MinutePart { minute, aggregate, .. } in &all {
             let firsts = &first_samples[&minute.index()];
             let distinct: BTreeSet<Timestamp> = firsts.iter().map(|s| s.ts).collect();
             prop_assert_eq!(aggregate.samples as usize, distinct.len());
             // Duplicates carry other values here: only the first delivery counts.
             prop_assert_eq!(*aggregate, aggregate_all(firsts).unwrap());
         }
-        let total: u32 = all.iter().map(|(_, aggregate)| aggregate.samples).sum();
+        let total: u32 = all.iter().map(|part| part.aggregate.samples).sum();
         prop_assert_eq!(total as usize, seen.len());
     }
 
@@ -301,15 +301,15 @@ proptest! {
         let grace_i64 = i64::try_from(grace_micros).unwrap();
         let is_closed = |minute: &Minute| minute.end().micros() + grace_i64 <= now.micros();
         let closed = open.take_closed(now, grace);
-        let closed_minutes: Vec<Minute> = closed.iter().map(|(minute, _)| *minute).collect();
+        let closed_minutes: Vec<Minute> = closed.iter().map(|part| part.minute).collect();
         let expected_closed: Vec<Minute> = counts.keys().copied().filter(is_closed).collect();
         prop_assert_eq!(&closed_minutes, &expected_closed);
-        for (minute, aggregate) in &closed {
-            prop_assert_eq!(aggregate.samples, counts[minute]);
+        for part in &closed {
+            prop_assert_eq!(part.aggregate.samples, counts[&part.minute]);
         }
         // What remains is the rest, and closing again at the same instant finds nothing.
         prop_assert!(open.take_closed(now, grace).is_empty());
-        let rest: Vec<Minute> = open.take_all().iter().map(|(minute, _)| *minute).collect();
+        let rest: Vec<Minute> = open.take_all().iter().map(|part| part.minute).collect();
         let expected_rest: Vec<Minute> = counts.keys().copied().filter(|m| !is_closed(m)).collect();
         prop_assert_eq!(rest, expected_rest);
     }
@@ -461,6 +461,7 @@ proptest! {
                 machine: Arc::from(*machine),
                 minute: Minute::from_index(*minute),
                 aggregate: *aggregate,
+                tally: JournalTally::default(),
             });
             expected
                 .entry(((*machine).to_owned(), *minute))

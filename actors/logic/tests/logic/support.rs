@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use fleetagg_logic::{
-    validate, EpochUnit, MinuteAggregate, RejectReason, Rejection, Sample, Telemetry, Timestamp,
+    validate, EpochUnit, JournalMark, MinuteAggregate, RejectReason, Rejection, Sample, Telemetry, Timestamp,
     TimestampRules, ValidationRules,
 };
 use std::time::Duration;
@@ -154,7 +154,7 @@ pub(crate) fn accepted_ts(payload: impl AsRef<[u8]>, rules: &ValidationRules) ->
 }
 
 pub(crate) fn sample(micros: i64, load_rate: f64, mileage: f64) -> Sample {
-    Sample { ts: Timestamp::from_micros(micros), load_rate, mileage }
+    Sample { ts: Timestamp::from_micros(micros), load_rate, mileage, mark: JournalMark::NONE }
 }
 
 /// Aggregates samples one by one, the reference every merge is compared with.
