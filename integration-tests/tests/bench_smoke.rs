@@ -21,6 +21,9 @@ const ROWS: &[&str] = &[
     "peak RSS, ",
     "RSS per machine (peak - idle)",
     "RSS per machine (peak / machines)",
+    "writer, prepared statements, batches of ",
+    "writer, unnamed statements, batches of ",
+    "writer, unnamed/prepared, batches of ",
     "fleetagg start-up hangs",
 ];
 

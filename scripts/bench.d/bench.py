@@ -13,6 +13,10 @@ then measures, side by side in one run:
   memory    peak RSS (VmHWM) of fleetagg with K machines active, per machine;
   latency   (not in tiny mode) live traffic: how long after a minute's end its row is
             committed (p50, p99), measured with a statement-level trigger.
+  statements  the writer with database.statements = "prepared" against "unnamed": the
+            same backlog drained once per mode, modes interleaved, repeated; the
+            service's own time in its upsert statements (its /metrics) and the drain
+            rate, medians and spreads; optionally unnamed through a PgBouncer.
 
 Prints a results table, writes a chart (SVG) of the drain rates and a JSON file of
 everything measured. Python 3 standard library only; psql, mosquitto and mosquitto_sub
@@ -25,12 +29,15 @@ import os
 import platform
 import pwd
 import re
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -57,6 +64,20 @@ def env_list(name, default):
     return [int(item.replace("_", "")) for item in value.split(",") if item.strip()]
 
 
+PHASES = ["drain", "writer", "memory", "latency", "statements"]
+
+
+def env_names(name, default):
+    value = os.environ.get(name)
+    if not value:
+        return default
+    names = [item.strip() for item in value.split(",") if item.strip()]
+    unknown = [item for item in names if item not in default]
+    if unknown:
+        raise SystemExit(f"{name}: unknown {', '.join(unknown)} (known: {', '.join(default)})")
+    return names
+
+
 def log(message):
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -79,6 +100,14 @@ class Bench:
         self.latency_rate = env_int("BENCH_LATENCY_RATE", 10_000)
         self.latency_machines = env_int("BENCH_LATENCY_MACHINES", 10_000)
         self.max_inflight = env_int("BENCH_MAX_INFLIGHT", 100)
+        self.phases = env_names("BENCH_PHASES", PHASES)
+        self.statements_machines = env_int("BENCH_STATEMENTS_MACHINES", 500 if tiny else 25_000)
+        # Four messages per machine, a minute apart: one row per message.
+        self.statements_messages = env_int("BENCH_STATEMENTS_MESSAGES", 4 * self.statements_machines)
+        self.statements_batches = env_list("BENCH_STATEMENTS_BATCH_ROWS", [BATCH_MAX_ROWS, 100])
+        self.statements_repeat = env_int("BENCH_STATEMENTS_REPEAT", 1 if tiny else 3)
+        self.pgbouncer_wanted = os.environ.get("BENCH_PGBOUNCER") == "1"
+        self.pgbouncer = None
         # An experiment, not the default: the service's --log-level (RUST_LOG still wins).
         self.service_log_level = os.environ.get("BENCH_SERVICE_LOG_LEVEL")
         default_chart = self.workdir / "drain.svg" if tiny else ROOT / "docs/benchmarks-drain.svg"
@@ -90,6 +119,8 @@ class Bench:
         self.db_url = urllib.parse.urlsplit(self.admin_url)._replace(path=f"/{self.database}").geturl()
         self.port = None
         self.mosquitto = None
+        self.config = None  # the service's configuration, with its defaults
+        self.service_runs = 0
         self.rows = []  # (label, value, unit, target, verdict)
         self.startup_hangs = 0
         self.results = {"tiny": tiny, "binary": self.bin, "machine": machine_description(),
@@ -182,12 +213,14 @@ class Bench:
 
     # --- fleetagg ------------------------------------------------------------------------
 
-    def write_service_config(self):
-        self.config = self.workdir / "fleetagg.toml"
+    def write_service_config(self, name="fleetagg.toml", database=None, db_url=None):
+        """Writes a configuration for `fleetagg run` and returns its path; `database` adds
+        lines to its [database] table, `db_url` replaces the benchmark database's URL."""
+        config = self.workdir / name
         # The service's defaults, except where the benchmark must point (broker, topics,
         # database, a free port for /metrics) and max_lateness, which leaves room for a
         # slow machine between queuing a backlog with past timestamps and draining it.
-        self.config.write_text(
+        config.write_text(
             "[mqtt]\n"
             f'url = "tcp://127.0.0.1:{self.port}"\n'
             f'client_id = "{SERVICE_CLIENT_ID}"\n'
@@ -195,17 +228,18 @@ class Bench:
             "[aggregation]\n"
             'max_lateness = "30m"\n'
             "[database]\n"
-            f'url = "{self.db_url}"\n'
-            "[metrics]\n"
+            f'url = "{db_url or self.db_url}"\n'
+            + "".join(f"{line}\n" for line in database or [])
+            + "[metrics]\n"
             'listen = "127.0.0.1:0"\n'
         )
-        self.service_runs = 0
+        return config
 
-    def start_service(self):
+    def start_service(self, config=None):
         self.service_runs += 1
         self.service_log = self.workdir / f"fleetagg-{self.service_runs}.log"
         stderr = open(self.service_log, "wb")
-        argv = [self.bin, "run", "--config", str(self.config)]
+        argv = [self.bin, "run", "--config", str(config or self.config)]
         if self.service_log_level:
             argv += ["--log-level", self.service_log_level]
         process = self.spawn(argv, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -290,13 +324,15 @@ class Bench:
             "broker_cpu_seconds": proc_cpu_seconds(self.mosquitto.pid) - cpu_broker,
         }
 
-    def drain_service(self, count, machines, idle_seconds=0.0):
-        """Queues `count` messages from `machines` machines, then times `fleetagg run` from
-        start until PostgreSQL holds every sample. A start-up that hangs (see
-        `StartupHang`) is counted, cleared up and tried again, at most three times."""
+    def drain_service(self, count, machines, idle_seconds=0.0, config=None, writer_metrics=False):
+        """Queues `count` messages from `machines` machines, then times `fleetagg run` (with
+        `config`, or the default one) from start until PostgreSQL holds every sample;
+        `writer_metrics` also reads the writer's counters from the service's /metrics
+        then. A start-up that hangs (see `StartupHang`) is counted, cleared up and tried
+        again, at most three times."""
         for attempt in range(1, 4):
             try:
-                return self.try_drain_service(count, machines, idle_seconds)
+                return self.try_drain_service(count, machines, idle_seconds, config, writer_metrics)
             except StartupHang as hang:
                 self.startup_hangs += 1
                 log(f"  fleetagg hung at start-up ({hang}); attempt {attempt} of 3 abandoned")
@@ -315,7 +351,7 @@ class Bench:
             drained = sub.stdout.count("\n")
             log(f"  cleared {drained} messages left in the service's session")
 
-    def try_drain_service(self, count, machines, idle_seconds):
+    def try_drain_service(self, count, machines, idle_seconds, config, writer_metrics):
         self.psql("TRUNCATE loading_rate, rejected_message")
         publish_rate = self.queue_backlog(SERVICE_PREFIX, count, machines)
         poller = Poller(self.db_url)
@@ -323,7 +359,7 @@ class Bench:
         try:
             cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
             started = time.monotonic()
-            service = self.start_service()
+            service = self.start_service(config)
             profiler = self.attach_profiler(service.pid)
             first_row = None
             running = False
@@ -348,6 +384,7 @@ class Bench:
                     raise SystemExit(f"only {samples} of {count} samples after {now - started:.0f}s")
                 time.sleep(0.02)
             elapsed = time.monotonic() - started
+            writer = self.writer_metrics(poller) if writer_metrics else None
             if profiler:
                 self.stop(profiler, signal.SIGINT)
             status = proc_status(service.pid)
@@ -384,8 +421,45 @@ class Bench:
             "vm_rss_kib": status["VmRSS"],
             "broker_done_seconds": broker_done(timeline),
             "idle_cpu_cores": idle_cpu,
+            "writer": writer,
             "timeline": timeline,
         }
+
+    def writer_metrics(self, poller):
+        """The writer's upsert statements so far, from the running service's /metrics: rows,
+        statements and the seconds spent in them (the statement's round trips and
+        PostgreSQL's work, not the rest of the pipeline). Read until they count every row
+        in loading_rate: a statement is counted just after its commit."""
+        address = None
+        for line in self.service_log.read_text(errors="replace").splitlines():
+            if "metrics listening" in line:
+                found = re.search(r"(\d+\.\d+\.\d+\.\d+:\d+)", line)
+                address = found and found.group(1)
+        if not address:
+            raise SystemExit(f"no 'metrics listening' address in the service's log:\n{tail(self.service_log)}")
+        rows = poller.value("SELECT count(*) FROM loading_rate")
+        deadline = time.monotonic() + 5
+        while True:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+                text = response.read().decode()
+            values = {}
+            for name in ("fleetagg_rows_written_total", "fleetagg_write_batches_total",
+                         "fleetagg_write_batch_seconds_sum"):
+                found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+                if not found:
+                    raise SystemExit(f"no {name} in the service's /metrics:\n{text[:2000]}")
+                values[name] = float(found.group(1))
+            if values["fleetagg_rows_written_total"] >= rows:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"/metrics counts {values} but loading_rate holds {rows} rows")
+            time.sleep(0.05)
+        seconds = values["fleetagg_write_batch_seconds_sum"]
+        written = int(values["fleetagg_rows_written_total"])
+        statements = int(values["fleetagg_write_batches_total"])
+        return {"rows": written, "statements": statements, "seconds": seconds,
+                "rows_per_second": written / seconds if seconds > 0 else float("nan"),
+                "ms_per_statement": 1000 * seconds / max(statements, 1)}
 
     def phase_drain(self):
         self.results["drain"] = []
@@ -456,6 +530,98 @@ class Bench:
         self.rows.append(("RSS per machine (peak / machines)", total, "KiB", "info", ""))
         self.rows.append((f"RSS once written, {machines} machines", service["vm_rss_kib"] / 1024, "MiB", "info", ""))
         self.rows.append((f"CPU when idle, {machines} machines", service["idle_cpu_cores"], "cores", "info", ""))
+
+    def phase_statements(self):
+        """The same backlog (one row per message) drained with database.statements =
+        "prepared" and "unnamed", for each batch size; the modes alternate in order from
+        round to round, so a drift of the shared machine hits both alike."""
+        machines, messages = self.statements_machines, self.statements_messages
+        modes = [("prepared", "prepared", None), ("unnamed", "unnamed", None)]
+        if self.pgbouncer_wanted:
+            modes.append(("unnamed via PgBouncer", "unnamed", self.start_pgbouncer()))
+        log(f"statements: {messages} messages from {machines} machines, batches of "
+            f"{', '.join(map(str, self.statements_batches))} rows, {', '.join(m[0] for m in modes)}, "
+            f"{self.statements_repeat} rounds")
+        configs = {}
+        for batch_rows in self.statements_batches:
+            for label, statements, db_url in modes:
+                name = f"fleetagg-{label.replace(' ', '-')}-{batch_rows}.toml"
+                configs[batch_rows, label] = self.write_service_config(
+                    name, [f"batch_max_rows = {batch_rows}", f'statements = "{statements}"'], db_url)
+        runs = {key: [] for key in configs}
+        for round_number in range(self.statements_repeat):
+            order = modes if round_number % 2 == 0 else modes[::-1]
+            for batch_rows in self.statements_batches:
+                for label, _, _ in order:
+                    drain = self.drain_service(messages, machines, config=configs[batch_rows, label],
+                                               writer_metrics=True)
+                    drain.pop("timeline")
+                    runs[batch_rows, label].append(drain)
+                    w = drain["writer"]
+                    log(f"  round {round_number + 1}, batches of {batch_rows}, {label}: {w['rows']} rows in "
+                        f"{w['statements']} statements, {w['seconds']:.3f}s in them ({w['rows_per_second']:,.0f} "
+                        f"rows/s, {w['ms_per_statement']:.2f} ms each); drain {drain['rate']:,.0f} msg/s")
+        if self.pgbouncer:
+            self.stop(self.pgbouncer)
+        summary = []
+        for batch_rows in self.statements_batches:
+            for label, _, _ in modes:
+                done = runs[batch_rows, label]
+                entry = {"batch_rows": batch_rows, "mode": label, "runs": done}
+                for key, pick in (("writer_rows_per_second", lambda d: d["writer"]["rows_per_second"]),
+                                  ("ms_per_statement", lambda d: d["writer"]["ms_per_statement"]),
+                                  ("drain_rate", lambda d: d["rate"])):
+                    values = [pick(d) for d in done]
+                    entry[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+                summary.append(entry)
+                self.rows.append((f"writer, {label} statements, batches of {batch_rows}",
+                                  entry["writer_rows_per_second"]["median"], "rows/s", "info", ""))
+            prepared = next(e for e in summary if e["batch_rows"] == batch_rows and e["mode"] == "prepared")
+            for entry in summary:
+                if entry["batch_rows"] == batch_rows and entry["mode"] != "prepared":
+                    ratio = entry["writer_rows_per_second"]["median"] / prepared["writer_rows_per_second"]["median"]
+                    entry["ratio_to_prepared"] = ratio
+                    self.rows.append((f"writer, {entry['mode']}/prepared, batches of {batch_rows}", ratio,
+                                      "x prepared", "info", ""))
+        self.results["statements"] = {"machines": machines, "messages": messages,
+                                      "rounds": self.statements_repeat, "summary": summary}
+
+    def start_pgbouncer(self):
+        """A PgBouncer of the benchmark's own in front of its database, as the pooler tests
+        run one (integration-tests/src/pgbouncer.rs): transaction pooling, three server
+        connections handed out in turn. Returns the URL of the database through it."""
+        program = "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else shutil.which("pgbouncer")
+        if not program:
+            raise SystemExit("BENCH_PGBOUNCER=1 needs pgbouncer (scripts/ensure-services.sh installs it)")
+        server = urllib.parse.urlsplit(self.admin_url)
+        port = free_port()
+        directory = self.workdir / "pgbouncer"
+        directory.mkdir()
+        (directory / "pgbouncer.ini").write_text(
+            f"[databases]\n{self.database} = host={server.hostname or '127.0.0.1'} port={server.port or 5432} "
+            f"dbname={self.database} user={server.username or 'postgres'}\n\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            "auth_type = any\npool_mode = transaction\ndefault_pool_size = 3\nmin_pool_size = 3\n"
+            "server_round_robin = 1\nignore_startup_parameters = extra_float_digits,options\n"
+        )
+        argv = [program, str(directory / "pgbouncer.ini")]
+        if os.getuid() == 0:
+            # PgBouncer refuses to run as root; the postgres user must reach its config.
+            shutil.chown(directory, "postgres")
+            shutil.chown(directory / "pgbouncer.ini", "postgres")
+            self.workdir.chmod(0o711)
+            argv = ["runuser", "-u", "postgres", "--"] + argv
+        log_file = open(self.workdir / "pgbouncer.log", "wb")
+        self.pgbouncer = self.spawn(argv, stdout=log_file, stderr=log_file)
+        log_file.close()
+        deadline = time.monotonic() + 10
+        while not port_open(port):
+            if self.pgbouncer.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("pgbouncer did not start:\n" + tail(self.workdir / "pgbouncer.log"))
+            time.sleep(0.05)
+        url = urllib.parse.urlsplit(self.db_url)._replace(netloc=f"{server.username or 'postgres'}@127.0.0.1:{port}")
+        log(f"pgbouncer {self.pgbouncer.pid} on 127.0.0.1:{port} (transaction pooling)")
+        return url.geturl()
 
     def phase_startup(self):
         """Start-ups of `fleetagg run` that hung, over every drain of this run."""
@@ -531,6 +697,15 @@ class Bench:
                 f"{s['broker_done_seconds']:.2f}s, first row after {s['first_row_seconds'] or 0:.2f}s); "
                 f"backlog queued at {c['publish_rate']:,.0f} msg/s"
             )
+        statements = self.results.get("statements")
+        for entry in statements["summary"] if statements else []:
+            w, ms, d = entry["writer_rows_per_second"], entry["ms_per_statement"], entry["drain_rate"]
+            print(
+                f"statements {entry['mode']}, batches of {entry['batch_rows']} ({statements['rounds']} runs, "
+                f"median [min, max]): writer {w['median']:,.0f} [{w['min']:,.0f}, {w['max']:,.0f}] rows/s, "
+                f"{ms['median']:.2f} [{ms['min']:.2f}, {ms['max']:.2f}] ms per statement; drain "
+                f"{d['median']:,.0f} [{d['min']:,.0f}, {d['max']:,.0f}] msg/s"
+            )
         self.results["table"] = [list(row) for row in self.rows]
         self.results_json.parent.mkdir(parents=True, exist_ok=True)
         self.results_json.write_text(json.dumps(self.results, indent=2) + "\n")
@@ -545,13 +720,15 @@ class Bench:
     def run(self):
         self.start_mosquitto()
         self.create_database()
-        self.write_service_config()
+        self.config = self.write_service_config()
         self.create_sessions()
-        self.phase_drain()
-        self.phase_writer()
-        self.phase_memory()
+        log(f"phases: {', '.join(self.phases)}")
+        for phase in ("drain", "writer", "memory", "statements"):
+            if phase in self.phases:
+                getattr(self, f"phase_{phase}")()
         self.phase_startup()
-        self.phase_latency()
+        if "latency" in self.phases:
+            self.phase_latency()
         self.report()
 
 
