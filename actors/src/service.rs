@@ -78,7 +78,13 @@ impl PipelineSettings {
             max_lateness: aggregation.max_lateness,
         };
         PipelineSettings {
-            broker: BrokerSettings { rules, rejects_per_second: config.rejects.max_per_second },
+            broker: BrokerSettings {
+                rules,
+                rejects_per_second: config.rejects.max_per_second,
+                panic_after_messages: std::env::var(crate::broker::PANIC_SWITCH)
+                    .ok()
+                    .and_then(|value| value.parse().ok()),
+            },
             aggregator: AggregatorSettings { grace: aggregation.grace, tick: aggregation.tick },
             inbound_capacity: config.mqtt.inbound_capacity,
             shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),

@@ -152,6 +152,11 @@ impl ServiceProcess {
         Self::spawn(&self.config_path, &log, self.env.clone(), true).await
     }
 
+    /// Starts again with the same config file and another environment.
+    pub async fn restart_with_env(&self, env: &[(String, String)]) -> ServiceProcess {
+        Self::spawn(&self.config_path, &self.restart_log_path(), env.to_vec(), true).await
+    }
+
     /// Starts again with the same config file and environment, without waiting for
     /// anything (a kill may then land during start-up or the journal's replay).
     pub fn restart_unchecked(&self) -> ServiceProcess {
@@ -239,6 +244,11 @@ impl ServiceProcess {
 
     /// Waits for the process to exit on its own.
     pub async fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        self.wait_exited(timeout).await
+    }
+
+    /// [`ServiceProcess::wait_exit`], keeping the handle (to restart it afterwards).
+    pub async fn wait_exited(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + timeout;
         loop {

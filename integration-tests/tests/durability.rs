@@ -100,6 +100,34 @@ async fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
 }
 
 #[actix_rt::test]
+async fn a_panic_on_the_data_path_exits_70_and_the_restart_writes_exact_rows() {
+    let db = TestDatabase::create().await;
+    let prefix = unique("panic");
+    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "2s");
+    // Panics once 1,500 of the 2,000 messages were received, with minutes open, rows in
+    // the writer and messages in the channel.
+    let panicking = [("FLEETAGG_TEST_PANIC_AFTER_MESSAGES".to_owned(), "1500".to_owned())];
+    let mut service = ServiceProcess::start_with_env(&config, &panicking, true).await;
+    let sent = Rc::new(RefCell::new(Vec::new()));
+    let publisher = Publisher::connect(&broker_url()).await;
+    publish_stream(publisher, prefix, 2_000, 2_000.0, sent.clone()).await;
+    let status = service.wait_exited(Duration::from_secs(30)).await;
+    let log = service.log();
+    assert_eq!(status.code(), Some(70), "{log}");
+    assert!(log.contains("injected panic"), "{log}");
+
+    // What systemd's Restart=on-failure does, without the switch.
+    let restarted = service.restart_with_env(&[]).await;
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    let replay_log = restarted.log();
+    let status = restarted.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(sum_logged(&replay_log, "journal replayed", "messages") > 0, "{replay_log}");
+    let client = connect(&db.url).await;
+    assert_eq!(loading_rate(&client).await, expected_rows(&sent.borrow()));
+}
+
+#[actix_rt::test]
 async fn a_second_instance_on_the_same_journal_directory_refuses_to_start() {
     let db = TestDatabase::create().await;
     let prefix = unique("lock");

@@ -110,6 +110,13 @@ class Bench:
         self.pgbouncer = None
         # An experiment, not the default: the service's --log-level (RUST_LOG still wins).
         self.service_log_level = os.environ.get("BENCH_SERVICE_LOG_LEVEL")
+        # BENCH_JOURNAL=off | fsync: the journal disabled, or synced to disk (default: on,
+        # `sync = "os"`, as the service ships).
+        journal = os.environ.get("BENCH_JOURNAL", "os")
+        self.journal_lines = {
+            "off": ["enabled = false"],
+            "fsync": ['sync = "fsync"'],
+        }.get(journal, [])
         default_chart = self.workdir / "drain.svg" if tiny else ROOT / "docs/benchmarks-drain.svg"
         self.chart = Path(os.environ.get("BENCH_CHART") or default_chart)
         default_json = self.workdir / "results.json" if tiny else ROOT / "target/bench/results.json"
@@ -232,6 +239,11 @@ class Bench:
             + "".join(f"{line}\n" for line in database or [])
             + "[metrics]\n"
             'listen = "127.0.0.1:0"\n'
+            # The journal on, in its default mode, in the work directory: one per config
+            # (each drain starts from an empty one; a clean stop leaves it empty).
+            "[journal]\n"
+            f'dir = "{self.workdir / (name + ".journal")}"\n'
+            + "".join(f"{line}\n" for line in self.journal_lines)
         )
         return config
 

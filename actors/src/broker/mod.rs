@@ -61,6 +61,8 @@ pub struct Broker {
     journal: Option<Arc<Journal>>,
     /// During a replay: what committed rows already count, so it is not counted again.
     replay: Option<ReplayFilter>,
+    /// See [`BrokerSettings::panic_after_messages`].
+    panic_after_messages: Option<u64>,
 }
 
 /// What a broker needs besides its source and channel.
@@ -68,7 +70,14 @@ pub struct Broker {
 pub struct BrokerSettings {
     pub rules: ValidationRules,
     pub rejects_per_second: u32,
+    /// Test-only: panic once this many messages were received (see [`PANIC_SWITCH`]), so
+    /// the tests can prove a panic at the worst moment loses nothing. `None` in service.
+    pub panic_after_messages: Option<u64>,
 }
+
+/// The environment variable that sets [`BrokerSettings::panic_after_messages`]: the
+/// durability tests' way to crash the real binary on its data path.
+pub const PANIC_SWITCH: &str = "FLEETAGG_TEST_PANIC_AFTER_MESSAGES";
 
 impl Broker {
     /// A broker routing to `shards` (one per aggregator arbiter, started by the service)
@@ -96,6 +105,7 @@ impl Broker {
             drained: false,
             journal: None,
             replay: None,
+            panic_after_messages: settings.panic_after_messages,
         }
     }
 
@@ -151,6 +161,11 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
     fn handle(&mut self, batch: Vec<InboundMessage>, ctx: &mut Self::Context) {
         let now = self.clock.now();
         bump(&self.stats.received, batch.len() as u64);
+        if let Some(limit) = self.panic_after_messages {
+            let received = self.stats.received.load(std::sync::atomic::Ordering::Relaxed);
+            // What an unexpected bug would do here: the panic hook exits with code 70.
+            assert!(received < limit, "injected panic after {received} messages ({PANIC_SWITCH})");
+        }
         self.stats.mark_now(&self.stats.last_message_micros);
         let lingering = batch.len() < BATCH_MESSAGES;
         let mut rejections = Vec::new();
