@@ -43,6 +43,18 @@ async fn publish_stream(
     }
 }
 
+/// How often `needle` occurs in the journal's segment files (a topic prefix: once per
+/// message record).
+fn count_in_segments(dir: &std::path::Path, needle: &[u8]) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "seg"))
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .map(|data| data.windows(needle.len()).filter(|window| *window == needle).count())
+        .sum()
+}
+
 /// Sums `key=N` over the lines of `log` that contain `line`.
 fn sum_logged(log: &str, line: &str, key: &str) -> u64 {
     log.lines()
@@ -269,4 +281,46 @@ async fn a_full_disk_holds_intake_back_loses_nothing_and_resumes_when_space_retu
     let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
     assert_eq!(loading_rate(&client).await, expected_rows(&sent));
+}
+
+#[actix_rt::test]
+async fn a_replay_checks_messages_as_of_their_arrival_not_the_restart() {
+    let db = TestDatabase::create().await;
+    let prefix = unique("asof");
+    // Accepted up to 5 s late; minutes held 30 s after their end, so nothing is written
+    // before the kill.
+    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "30s")
+        .replace("[aggregation]\n", "[aggregation]\nmax_lateness = \"5s\"\n");
+    let mut service = ServiceProcess::start(&config).await;
+    let publisher = Publisher::connect(&broker_url()).await;
+    let start = Utc::now() - TimeDelta::seconds(3);
+    let sent = fleetagg_integration_tests::publish_samples(
+        &publisher,
+        &prefix,
+        4,
+        start,
+        TimeDelta::milliseconds(1),
+        200,
+    )
+    .await;
+    let client = connect(&db.url).await;
+    let dir = journal_dir(&service);
+    fleetagg_integration_tests::eventually(Duration::from_secs(10), "all 200 journaled", || {
+        let journaled = count_in_segments(&dir, prefix.as_bytes());
+        async move { journaled == 200 }
+    })
+    .await;
+    service.kill_9();
+    // By now every sample is older than max_lateness.
+    actix_rt::time::sleep(Duration::from_secs(6)).await;
+    let restarted = service.restart().await;
+    let status = restarted.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(loading_rate(&client).await, expected_rows(&sent));
+    let rejected: i64 = client
+        .query_one("SELECT count(*) FROM rejected_message", &[])
+        .await
+        .expect("count rejections")
+        .get(0);
+    assert_eq!(rejected, 0, "replayed samples were judged by the restart's clock");
 }

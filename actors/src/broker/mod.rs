@@ -172,7 +172,8 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         for message in batch {
             // On the length as received: a payload over the limit is held cut.
             let mark = message.mark;
-            match validate_received(&message.payload, message.payload_len, now, &self.rules) {
+            let received = message.received_at.unwrap_or(now);
+            match validate_received(&message.payload, message.payload_len, received, &self.rules) {
                 Ok(mut telemetry) => {
                     telemetry.sample.mark = mark;
                     if !self.already_committed(&telemetry.machine, &telemetry.sample) {

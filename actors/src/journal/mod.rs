@@ -127,7 +127,11 @@ impl Journal {
         let seq = inner.next_seq;
         let mut buffer = std::mem::take(&mut inner.buffer);
         buffer.clear();
-        record::encode_message(&mut buffer, seq, topic, payload, payload_len);
+        let received = self.stats.clock.now().micros();
+        record::encode_message(
+            &mut buffer,
+            &record::MessageFields { seq, received, topic, payload, payload_len },
+        );
         let written = self.write(&mut inner, &buffer);
         inner.buffer = buffer;
         written?;

@@ -3,7 +3,7 @@
 //! ```text
 //! record  = length: u32 LE | crc32c(body): u32 LE | body (length bytes)
 //! body    = kind: u8 | fields
-//! message = seq: u64 | payload_len: u64 | topic_len: u32 | topic | payload
+//! message = seq: u64 | received: i64 (µs) | payload_len: u64 | topic_len: u32 | topic | payload
 //! minutes = batch_len: u16 | batch | rows: u32 | (machine_len: u16 | machine | minute: i64 | max_seq: u64)*
 //! rejects = batch_len: u16 | batch | count: u32 | seq: u64*
 //! ```
@@ -31,7 +31,15 @@ const KIND_REJECTIONS: u8 = 3;
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Record<'a> {
-    Message { seq: u64, payload_len: u64, topic: Cow<'a, str>, payload: &'a [u8] },
+    /// `received`: when it arrived (µs since the epoch): a replay validates it as of
+    /// then, so `too_late` decides the same way as the first time.
+    Message {
+        seq: u64,
+        received: i64,
+        payload_len: u64,
+        topic: Cow<'a, str>,
+        payload: &'a [u8],
+    },
     Minutes(MinutesIntent),
     Rejections(RejectionsIntent),
 }
@@ -62,9 +70,19 @@ pub(super) enum Decoded<'a> {
     Corrupt,
 }
 
-pub(super) fn encode_message(out: &mut Vec<u8>, seq: u64, topic: &str, payload: &[u8], payload_len: usize) {
+pub(super) struct MessageFields<'a> {
+    pub(super) seq: u64,
+    pub(super) received: i64,
+    pub(super) topic: &'a str,
+    pub(super) payload: &'a [u8],
+    pub(super) payload_len: usize,
+}
+
+pub(super) fn encode_message(out: &mut Vec<u8>, message: &MessageFields<'_>) {
+    let MessageFields { seq, received, topic, payload, payload_len } = *message;
     let start = begin(out, KIND_MESSAGE);
     out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&received.to_le_bytes());
     out.extend_from_slice(&(payload_len as u64).to_le_bytes());
     out.extend_from_slice(&(topic.len() as u32).to_le_bytes());
     out.extend_from_slice(topic.as_bytes());
@@ -152,10 +170,11 @@ fn parse_body(body: &[u8]) -> Option<Record<'_>> {
     let record = match body[0] {
         KIND_MESSAGE => {
             let seq = reader.u64()?;
+            let received = reader.i64()?;
             let payload_len = reader.u64()?;
             let topic_len = reader.u32()? as usize;
             let topic = String::from_utf8_lossy(reader.bytes(topic_len)?);
-            Record::Message { seq, payload_len, topic, payload: std::mem::take(&mut reader.data) }
+            Record::Message { seq, received, payload_len, topic, payload: std::mem::take(&mut reader.data) }
         }
         KIND_MINUTES => {
             let batch = reader.short_str()?;
@@ -223,10 +242,17 @@ mod tests {
 
     fn sample_log() -> Vec<u8> {
         let mut log = Vec::new();
-        encode_message(&mut log, 1, "plant/m1/telemetry", br#"{"machine":"m1"}"#, 16);
+        let message = |seq, topic, payload: &'static [u8]| MessageFields {
+            seq,
+            received: 1_000 + seq as i64,
+            topic,
+            payload,
+            payload_len: payload.len(),
+        };
+        encode_message(&mut log, &message(1, "plant/m1/telemetry", br#"{"machine":"m1"}"#));
         encode_minutes(&mut log, "b-1", [("m1", 29_539_320, 1), ("m2", 29_539_321, 7)].into_iter());
         encode_rejections(&mut log, "b-2", [3, 4].into_iter());
-        encode_message(&mut log, 2, "t", b"", 0);
+        encode_message(&mut log, &message(2, "t", b""));
         log
     }
 
@@ -254,6 +280,7 @@ mod tests {
             found[0],
             Record::Message {
                 seq: 1,
+                received: 1_001,
                 payload_len: 16,
                 topic: "plant/m1/telemetry".into(),
                 payload: br#"{"machine":"m1"}"#

@@ -8,7 +8,7 @@
 
 use super::record::{self, Decoded, MinutesIntent, Record, RejectionsIntent};
 use super::{create_segment, segment_path, Active, Inner, Journal, JournalError, Segment};
-use crate::logic::JournalMark;
+use crate::logic::{JournalMark, Timestamp};
 use crate::source::InboundMessage;
 use crate::stats::PipelineStats;
 use fleetagg_config::JournalConfig;
@@ -75,12 +75,13 @@ impl RecoveredMessages {
         let mut messages = Vec::new();
         let mut at = 0;
         while let Decoded::Record(found, next) = record::decode(data, at) {
-            if let Record::Message { seq, payload_len, topic, payload } = found {
+            if let Record::Message { seq, received, payload_len, topic, payload } = found {
                 messages.push(InboundMessage {
                     topic: topic.into_owned(),
                     payload: payload.to_vec(),
                     payload_len: usize::try_from(payload_len).unwrap_or(usize::MAX),
                     mark: JournalMark { seq, segment: id },
+                    received_at: Some(Timestamp::from_micros(received)),
                 });
             }
             at = next;

@@ -39,6 +39,7 @@ impl FakeBroker {
             payload,
             payload_len,
             mark: JournalMark::NONE,
+            received_at: None,
         })
         .await
     }

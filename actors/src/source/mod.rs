@@ -12,7 +12,7 @@ pub use mqtt::MqttSource;
 use crate::backoff::{self, Retries};
 use crate::journal::Journal;
 use crate::logic::rows::MAX_STORED_PAYLOAD;
-use crate::logic::JournalMark;
+use crate::logic::{JournalMark, Timestamp};
 use crate::stats::PipelineStats;
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +34,10 @@ pub struct InboundMessage {
     /// Its record in the journal: set by the sink when it appends the message, or by the
     /// replay; `NONE` without a journal.
     pub mark: JournalMark,
+    /// For a replayed message, when it first arrived: it is checked as of then (a
+    /// sample accepted before a crash is not `too_late` because the replay came later).
+    /// `None`: now.
+    pub received_at: Option<Timestamp>,
 }
 
 impl InboundMessage {
@@ -51,6 +55,7 @@ impl InboundMessage {
             payload: kept.to_vec(),
             payload_len: payload.len(),
             mark: JournalMark::NONE,
+            received_at: None,
         }
     }
 }
