@@ -23,7 +23,8 @@ fn bench_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("journal_append");
     group.throughput(Throughput::Elements(1));
     for sync in [JournalSync::Os, JournalSync::Fsync] {
-        let dir = std::env::temp_dir().join(format!("fleetagg-bench-journal-{}-{sync:?}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("fleetagg-bench-journal-{}-{sync:?}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let config = JournalConfig { dir: dir.clone(), sync, ..JournalConfig::default() };
         let stats = Arc::new(PipelineStats::default());
