@@ -10,7 +10,7 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
 use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
 use crate::messages::{Drain, DrainReport, StopIntake, StoreRejections, SubscribeCredentials, WriteMinutes};
-use crate::monitoring::{self, Heartbeats, MonitorState, ReadinessSettings};
+use crate::monitoring::{self, Heartbeats, ListenError, MonitorServer, MonitorState, ReadinessSettings};
 use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
 use crate::stats::PipelineStats;
@@ -30,7 +30,7 @@ pub enum ServiceError {
     #[error("the database password could not be fetched at start-up: {0}")]
     Secret(#[from] SecretError),
     #[error("metrics listener: {0}")]
-    Monitor(String),
+    Monitor(#[from] ListenError),
 }
 
 impl ServiceError {
@@ -211,35 +211,30 @@ pub struct Service {
 /// The HTTP listener.
 #[derive(Debug)]
 struct Monitor {
-    address: std::net::SocketAddr,
     /// What it reads; actor threads add their heartbeats as they start.
     state: Arc<MonitorState>,
-    task: actix_rt::task::JoinHandle<()>,
+    server: MonitorServer,
 }
 
-async fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<Monitor>, ServiceError> {
+fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<Monitor>, ServiceError> {
     let Some(address) = config.metrics.address() else {
         return Ok(None);
     };
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|err| ServiceError::Monitor(format!("cannot listen on {address}: {err}")))?;
-    let bound = listener.local_addr().map_err(|err| ServiceError::Monitor(err.to_string()))?;
     let state = Arc::new(MonitorState {
         stats: stats.clone(),
         readiness: ReadinessSettings { idle_alert: config.mqtt.idle_alert },
         heartbeats: Heartbeats::default(),
     });
-    // The System arbiter runs the broker and this listener.
+    // The System arbiter runs the broker; the listener has a thread of its own.
     state.heartbeats.watch("broker", &Arbiter::current());
-    let task = actix_rt::spawn(monitoring::serve(listener, state.clone()));
-    tracing::info!(address = %bound, "metrics listening (/metrics, /healthz, /readyz)");
-    Ok(Some(Monitor { address: bound, state, task }))
+    let server = MonitorServer::start(address, state.clone())?;
+    tracing::info!(address = %server.address(), "metrics listening (/metrics, /healthz, /readyz)");
+    Ok(Some(Monitor { state, server }))
 }
 
 fn stop_monitor(monitor: Option<Monitor>) {
     if let Some(monitor) = monitor {
-        monitor.task.abort();
+        monitor.server.stop();
     }
 }
 
@@ -254,7 +249,7 @@ impl Service {
             .with_statements(config.database.statements)
             .with_tls(config.database.tls.clone());
         // First, so that /readyz can say what start-up is waiting for.
-        let monitor = start_monitor(config, &stats).await?;
+        let monitor = start_monitor(config, &stats)?;
         let writer_arbiter = Arbiter::new();
         let started =
             Self::start_actors(config, source, clock, &stats, connector, &writer_arbiter, monitor.as_ref())
@@ -339,7 +334,7 @@ impl Service {
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
     pub fn monitor_address(&self) -> Option<std::net::SocketAddr> {
-        self.monitor.as_ref().map(|monitor| monitor.address)
+        self.monitor.as_ref().map(|monitor| monitor.server.address())
     }
 
     pub fn stats(&self) -> Arc<PipelineStats> {

@@ -1,0 +1,116 @@
+//! What each path answers: `/metrics`, `/healthz`, `/readyz`. GET and HEAD only (hyper
+//! leaves the body out of a HEAD response and keeps its length); any other method is
+//! `405` with `Allow: GET, HEAD`, since nothing here takes a request body.
+
+use super::health::{readiness, ReadinessSettings};
+use super::heartbeat::Heartbeats;
+use super::metrics::render;
+use crate::stats::PipelineStats;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::Arc;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the endpoints look at. Threads are added to `heartbeats` as they start.
+#[derive(Debug)]
+pub struct MonitorState {
+    pub stats: Arc<PipelineStats>,
+    pub readiness: ReadinessSettings,
+    /// What `/healthz` checks: each actor thread beats.
+    pub heartbeats: Heartbeats,
+}
+
+pub(super) fn respond<B>(state: &MonitorState, request: &Request<B>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET and HEAD are served\n");
+        response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match request.uri().path() {
+        "/metrics" => reply(StatusCode::OK, OPENMETRICS, render(&state.stats)),
+        "/healthz" => healthz(state),
+        "/readyz" => {
+            let now = state.stats.clock.now().micros();
+            match readiness(&state.stats, &state.readiness, now) {
+                Ok(()) => reply(StatusCode::OK, TEXT, "ready\n"),
+                Err(reasons) => {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{}\n", reasons.join("\n")))
+                }
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "not found: try /metrics, /healthz or /readyz\n"),
+    }
+}
+
+/// Alive while every actor thread beats; never looks into a mailbox (see `heartbeat.rs`).
+fn healthz(state: &MonitorState) -> Response<Full<Bytes>> {
+    let stale = state.heartbeats.stale();
+    if stale.is_empty() {
+        return reply(StatusCode::OK, TEXT, "ok\n");
+    }
+    let stuck: Vec<String> =
+        stale.iter().map(|(name, age)| format!("{name} (no heartbeat for {}s)", age.as_secs())).collect();
+    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("stuck: {}\n", stuck.join(", ")))
+}
+
+/// A response whose body is `body`; never cached (every answer is the state of now).
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> MonitorState {
+        MonitorState {
+            stats: Arc::new(PipelineStats::default()),
+            readiness: ReadinessSettings { idle_alert: None },
+            heartbeats: Heartbeats::default(),
+        }
+    }
+
+    fn request(method: Method, path: &str) -> Request<()> {
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = path.parse().unwrap_or_default();
+        request
+    }
+
+    #[test]
+    fn other_methods_are_not_allowed_anywhere() {
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
+            for path in ["/metrics", "/healthz", "/nope"] {
+                let response = respond(&state(), &request(method.clone(), path));
+                assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                assert_eq!(response.headers().get(ALLOW), Some(&HeaderValue::from_static("GET, HEAD")));
+            }
+        }
+    }
+
+    #[test]
+    fn paths_keep_their_meanings() {
+        let state = state();
+        assert_eq!(respond(&state, &request(Method::GET, "/healthz")).status(), StatusCode::OK);
+        assert_eq!(respond(&state, &request(Method::HEAD, "/metrics")).status(), StatusCode::OK);
+        // Nothing has connected yet: not ready.
+        assert_eq!(
+            respond(&state, &request(Method::GET, "/readyz")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            respond(&state, &request(Method::GET, "/readyz?verbose")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(respond(&state, &request(Method::GET, "/nope")).status(), StatusCode::NOT_FOUND);
+    }
+}
