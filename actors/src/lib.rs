@@ -23,6 +23,7 @@ pub mod backoff;
 pub mod clock;
 mod delivery;
 pub mod messages;
+pub mod recent;
 pub mod stats;
 
 // Around the data path: secrets for the writer, what operators see, and the wiring.

@@ -10,7 +10,9 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
 use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
 use crate::messages::{Drain, DrainReport, StopIntake, StoreRejections, SubscribeCredentials, WriteMinutes};
-use crate::monitoring::{self, Heartbeats, ListenError, MonitorServer, MonitorState, ReadinessSettings};
+use crate::monitoring::{
+    self, Heartbeats, ListenError, MonitorServer, MonitorState, ReadinessSettings, StatusLimits,
+};
 use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
 use crate::stats::PipelineStats;
@@ -220,15 +222,21 @@ fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<M
     let Some(address) = config.metrics.address() else {
         return Ok(None);
     };
-    let state = Arc::new(MonitorState {
-        stats: stats.clone(),
-        readiness: ReadinessSettings { idle_alert: config.mqtt.idle_alert },
-        heartbeats: Heartbeats::default(),
-    });
+    let limits = StatusLimits {
+        inbound_capacity: config.mqtt.inbound_capacity,
+        max_buffered_rows: config.database.max_buffered_rows,
+        max_buffered_rejections: config.rejects.max_buffered,
+    };
+    let state = Arc::new(MonitorState::new(
+        stats.clone(),
+        ReadinessSettings { idle_alert: config.mqtt.idle_alert },
+        limits,
+        Heartbeats::default(),
+    ));
     // The System arbiter runs the broker; the listener has a thread of its own.
     state.heartbeats.watch("broker", &Arbiter::current());
     let server = MonitorServer::start(address, state.clone())?;
-    tracing::info!(address = %server.address(), "metrics listening (/metrics, /healthz, /readyz)");
+    tracing::info!(address = %server.address(), "metrics listening (/metrics, /healthz, /readyz, /api/status)");
     Ok(Some(Monitor { state, server }))
 }
 

@@ -1,19 +1,22 @@
-//! What each path answers: `/metrics`, `/healthz`, `/readyz`. GET and HEAD only (hyper
+//! What each path answers: `/metrics`, `/healthz`, `/readyz`, `/api/status`. GET and HEAD only (hyper
 //! leaves the body out of a HEAD response and keeps its length); any other method is
 //! `405` with `Allow: GET, HEAD`, since nothing here takes a request body.
 
 use super::health::{readiness, ReadinessSettings};
 use super::heartbeat::Heartbeats;
+use super::history::History;
 use super::metrics::render;
+use super::status::{status, to_json, StatusLimits};
 use crate::stats::PipelineStats;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// What the endpoints look at. Threads are added to `heartbeats` as they start.
 #[derive(Debug)]
@@ -22,6 +25,24 @@ pub struct MonitorState {
     pub readiness: ReadinessSettings,
     /// What `/healthz` checks: each actor thread beats.
     pub heartbeats: Heartbeats,
+    /// Configured limits shown beside the gauges.
+    pub limits: StatusLimits,
+    /// The last ten minutes of counters, sampled on the listener's thread.
+    pub history: History,
+    /// When the service started (µs since the epoch).
+    pub started_micros: i64,
+}
+
+impl MonitorState {
+    pub fn new(
+        stats: Arc<PipelineStats>,
+        readiness: ReadinessSettings,
+        limits: StatusLimits,
+        heartbeats: Heartbeats,
+    ) -> Self {
+        let started_micros = stats.clock.now().micros();
+        MonitorState { stats, readiness, heartbeats, limits, history: History::default(), started_micros }
+    }
 }
 
 pub(super) fn respond<B>(state: &MonitorState, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -42,7 +63,13 @@ pub(super) fn respond<B>(state: &MonitorState, request: &Request<B>) -> Response
                 }
             }
         }
-        _ => reply(StatusCode::NOT_FOUND, TEXT, "not found: try /metrics, /healthz or /readyz\n"),
+        "/api/status" => {
+            let now = state.stats.clock.now().micros();
+            reply(StatusCode::OK, JSON, to_json(&status(state, now)))
+        }
+        _ => {
+            reply(StatusCode::NOT_FOUND, TEXT, "not found: try /metrics, /healthz, /readyz or /api/status\n")
+        }
     }
 }
 
@@ -64,6 +91,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 
@@ -72,11 +100,12 @@ mod tests {
     use super::*;
 
     fn state() -> MonitorState {
-        MonitorState {
-            stats: Arc::new(PipelineStats::default()),
-            readiness: ReadinessSettings { idle_alert: None },
-            heartbeats: Heartbeats::default(),
-        }
+        MonitorState::new(
+            Arc::new(PipelineStats::default()),
+            ReadinessSettings { idle_alert: None },
+            StatusLimits::default(),
+            Heartbeats::default(),
+        )
     }
 
     fn request(method: Method, path: &str) -> Request<()> {
@@ -112,5 +141,8 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(respond(&state, &request(Method::GET, "/nope")).status(), StatusCode::NOT_FOUND);
+        let api = respond(&state, &request(Method::GET, "/api/status"));
+        assert_eq!(api.status(), StatusCode::OK);
+        assert_eq!(api.headers().get(CONTENT_TYPE), Some(&HeaderValue::from_static(JSON)));
     }
 }

@@ -9,6 +9,7 @@
 //! connections are the oldest, while a probe sends its request at once, so a flood of idle
 //! connections cannot lock a health check out.
 
+use super::history::SAMPLE_EVERY;
 use super::routes::{respond, MonitorState};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -66,7 +67,10 @@ impl MonitorServer {
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, state, stopped).await,
+                        Ok(listener) => {
+                            tokio::spawn(sample_history(state.clone()));
+                            serve(listener, state, stopped).await;
+                        }
                         Err(err) => tracing::error!(error = %err, "monitoring listener cannot start"),
                     }
                 });
@@ -130,6 +134,15 @@ async fn serve(listener: TcpListener, state: Arc<MonitorState>, mut stopped: one
         let (evict, evicted) = oneshot::channel();
         open.push_back(evict);
         tokio::spawn(connection(stream, state.clone(), evicted));
+    }
+}
+
+/// Samples the counters for the charts, on this thread, until the runtime stops.
+async fn sample_history(state: Arc<MonitorState>) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        every.tick().await;
+        state.history.record(&state.stats);
     }
 }
 

@@ -1,0 +1,131 @@
+//! The status page and its data: `/api/status` reports what `/metrics` counts, the state
+//! of each part, the latest rejection of each reason and the last closed minutes, with
+//! every attacker-controlled string (payloads, topics, machine names) escaped.
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use fleetagg_integration_tests::ports::PortLease;
+use fleetagg_integration_tests::{
+    broker_url, eventually, http_get, metric, service_config, unique, Publisher, ServiceProcess, TestDatabase,
+};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A machine name that is markup: accepted (a name may hold any printable character), so
+/// it reaches the closed minutes and the silent machines.
+const HOSTILE_MACHINE: &str = "<img src=x onerror=\"document.title='pwned'\">";
+/// A rejected payload whose `ts` is a script; its detail quotes it.
+const HOSTILE_PAYLOAD: &str =
+    r#"{"machine":"m1","ts":"<script>document.title='pwned'</script>","load_rate":1,"mileage":1}"#;
+
+/// A running service that has received 12 valid samples of two machines in a past minute,
+/// one malformed message and one hostile one.
+struct Scene {
+    service: ServiceProcess,
+    port: u16,
+    hostile_topic: String,
+    _db: TestDatabase,
+    _lease: PortLease,
+}
+
+async fn scene() -> Scene {
+    let db = TestDatabase::create().await;
+    let lease = PortLease::acquire();
+    let port = lease.port();
+    let prefix = unique("status");
+    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "1s")
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let service = ServiceProcess::start(&config).await;
+    let publisher = Publisher::connect(&broker_url()).await;
+    let past = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(5);
+    for n in 0..12 {
+        let machine = if n % 3 == 0 { HOSTILE_MACHINE.replace('"', "\\\"") } else { "m1".to_owned() };
+        let ts = (past + TimeDelta::seconds(n)).to_rfc3339();
+        let body = format!(r#"{{"machine":"{machine}","ts":"{ts}","load_rate":{},"mileage":1}}"#, 10 + n);
+        publisher.publish(&format!("{prefix}/m/telemetry"), body).await;
+    }
+    publisher.publish(&format!("{prefix}/m/telemetry"), "not json").await;
+    let hostile_topic = format!("{prefix}/<svg onload=alert(1)>/telemetry");
+    publisher.publish(&hostile_topic, HOSTILE_PAYLOAD).await;
+    eventually(Duration::from_secs(30), "14 messages counted and both minutes closed", || async {
+        let status = api_status(port).await.1;
+        status["counters"]["received"] == 14
+            && status["recent_minutes"].as_array().is_some_and(|m| m.len() == 2)
+    })
+    .await;
+    Scene { service, port, hostile_topic, _db: db, _lease: lease }
+}
+
+/// The raw body and the parsed document.
+async fn api_status(port: u16) -> (String, Value) {
+    let (status, body) = http_get(port, "/api/status").await;
+    assert_eq!(status, 200, "{body}");
+    let parsed = serde_json::from_str(&body).unwrap_or_else(|err| panic!("not JSON ({err}): {body}"));
+    (body, parsed)
+}
+
+#[actix_rt::test]
+async fn api_status_reports_what_metrics_count_with_hostile_strings_escaped() {
+    let scene = scene().await;
+    let port = scene.port;
+    let (_, metrics) = http_get(port, "/metrics").await;
+    let (body, status) = api_status(port).await;
+
+    // Markup never appears as such in the JSON served: `<`, `>` and `&` are \u escapes.
+    assert!(!body.contains('<') && !body.contains('>') && !body.contains('&'), "{body}");
+    assert!(body.contains("\\u003cscript\\u003e"), "{body}");
+
+    let counted = |series: &str| metric(&metrics, series).unwrap_or_else(|| panic!("{series} missing"));
+    let counters = &status["counters"];
+    assert_eq!(counters["received"].as_f64(), Some(counted("fleetagg_messages_received_total")));
+    assert_eq!(counters["accepted"], 12);
+    assert_eq!(counters["rejected"], 2);
+    assert_eq!(counters["rows_written"].as_f64(), Some(counted("fleetagg_rows_written_total")));
+
+    let rejections = status["rejections"].as_array().expect("rejections");
+    let reason = |name: &str| {
+        rejections.iter().find(|r| r["reason"] == name).unwrap_or_else(|| panic!("{name}: {rejections:?}"))
+    };
+    assert_eq!(reason("malformed")["count"], 1);
+    assert_eq!(reason("malformed")["latest"]["payload"], "not json");
+    let hostile = &reason("bad_timestamp")["latest"];
+    assert_eq!(hostile["payload"], HOSTILE_PAYLOAD, "the payload, decoded, is exactly what was sent");
+    assert_eq!(hostile["topic"], scene.hostile_topic.as_str());
+    assert_eq!(hostile["payload_cut"], false);
+
+    let minutes = status["recent_minutes"].as_array().expect("recent_minutes");
+    let minute =
+        minutes.iter().find(|m| m["machine"] == HOSTILE_MACHINE).unwrap_or_else(|| panic!("{minutes:?}"));
+    assert_eq!(minute["samples"], 4);
+    assert_eq!(
+        (minute["load_rate_min"].as_f64(), minute["load_rate_max"].as_f64()),
+        (Some(10.0), Some(19.0))
+    );
+    assert_eq!(minute["load_rate_avg"].as_f64(), Some(14.5));
+
+    assert_eq!(status["mqtt"]["connected"], true);
+    assert_eq!(status["mqtt"]["subscribed"], true);
+    assert_eq!(status["mqtt"]["session_resumed"], false, "a new client id has no session to resume");
+    assert_eq!(status["postgres"]["healthy"], true);
+    assert!(status["postgres"]["tls"].is_boolean(), "{}", status["postgres"]);
+    assert_eq!(status["secret"], Value::Null);
+    assert_eq!(status["journal"], Value::Null);
+    assert_eq!(status["buffers"]["inbound_capacity"], 8192);
+    assert_eq!(status["buffers"]["writer_buffer_full"], false);
+    assert_eq!(
+        (status["alive"].clone(), status["ready"].clone()),
+        (Value::Bool(true), Value::Bool(true)),
+        "{status}"
+    );
+
+    // The broker looks for silent machines every 5 s; the counters are sampled every 5 s.
+    eventually(Duration::from_secs(20), "silent machines and a rate point", || async {
+        let status = api_status(port).await.1;
+        let silent = status["silent_machines"].as_array().cloned().unwrap_or_default();
+        silent.len() == 2
+            && silent.iter().any(|s| s["machine"] == HOSTILE_MACHINE)
+            && status["rates"]["points"].as_array().is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    let status = scene.service.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+}
