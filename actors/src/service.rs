@@ -236,7 +236,7 @@ fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<M
     // The System arbiter runs the broker; the listener has a thread of its own.
     state.heartbeats.watch("broker", &Arbiter::current());
     let server = MonitorServer::start(address, state.clone())?;
-    tracing::info!(address = %server.address(), "metrics listening (/metrics, /healthz, /readyz, /api/status)");
+    tracing::info!(address = %server.address(), "metrics listening (status page at /; /api/status, /metrics, /healthz, /readyz)");
     Ok(Some(Monitor { state, server }))
 }
 

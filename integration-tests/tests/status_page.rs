@@ -1,11 +1,14 @@
 //! The status page and its data: `/api/status` reports what `/metrics` counts, the state
 //! of each part, the latest rejection of each reason and the last closed minutes, with
-//! every attacker-controlled string (payloads, topics, machine names) escaped.
+//! every attacker-controlled string (payloads, topics, machine names) escaped; `/` is one
+//! self-contained page that loads nothing from elsewhere; and in a real headless Chromium
+//! the page shows those values, hostile strings as text, without a console message.
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::ports::PortLease;
 use fleetagg_integration_tests::{
-    broker_url, eventually, http_get, metric, service_config, unique, Publisher, ServiceProcess, TestDatabase,
+    broker_url, eventually, http_get, http_raw, metric, service_config, unique, Publisher, ServiceProcess,
+    TestDatabase,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -127,5 +130,42 @@ async fn api_status_reports_what_metrics_count_with_hostile_strings_escaped() {
     })
     .await;
     let status = scene.service.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+}
+
+#[actix_rt::test]
+async fn the_page_is_self_contained_and_writes_data_as_text() {
+    let db = TestDatabase::create().await;
+    let lease = PortLease::acquire();
+    let port = lease.port();
+    let config = service_config(&db.url, &unique("page"), &unique("fleetagg"), "1s")
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let service = ServiceProcess::start(&config).await;
+    let response = http_raw(port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let (head, page) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert!(head.contains("\r\ncontent-type: text/html; charset=utf-8"), "{head}");
+    let policy = head.lines().find_map(|line| line.strip_prefix("content-security-policy: ")).expect("a CSP");
+    for directive in ["default-src 'none'", "connect-src 'self'", "script-src 'sha256-", "style-src 'sha256-"]
+    {
+        assert!(policy.contains(directive), "{directive} missing in {policy}");
+    }
+
+    // Nothing from elsewhere: the only "://" is the SVG namespace (an identifier, never
+    // fetched), and no element loads a resource.
+    let urls: Vec<&str> =
+        page.match_indices("://").map(|(at, _)| &page[at.saturating_sub(4)..at + 22]).collect();
+    assert!(urls.iter().all(|url| *url == "http://www.w3.org/2000/svg"), "{urls:?}");
+    for loader in ["<script src", "<link rel=\"stylesheet", "@import", "url(", "<iframe", "<img"] {
+        assert!(!page.contains(loader), "the page loads something: {loader}");
+    }
+    assert!(page.contains("fetch(\"/api/status\""), "the page reads /api/status");
+    // Data is written as text, never parsed as markup.
+    assert!(page.contains("textContent"));
+    for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"] {
+        assert!(!page.contains(sink), "the page uses {sink}");
+    }
+    let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
 }

@@ -1,4 +1,5 @@
-//! What each path answers: `/metrics`, `/healthz`, `/readyz`, `/api/status`. GET and HEAD only (hyper
+//! What each path answers: `/` (the status page), `/api/status`, `/metrics`, `/healthz`,
+//! `/readyz`. GET and HEAD only (hyper
 //! leaves the body out of a HEAD response and keeps its length); any other method is
 //! `405` with `Allow: GET, HEAD`, since nothing here takes a request body.
 
@@ -6,17 +7,22 @@ use super::health::{readiness, ReadinessSettings};
 use super::heartbeat::Heartbeats;
 use super::history::History;
 use super::metrics::render;
+use super::page::{content_security_policy, PAGE};
 use super::status::{status, to_json, StatusLimits};
 use crate::stats::PipelineStats;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use hyper::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 
 /// What the endpoints look at. Threads are added to `heartbeats` as they start.
 #[derive(Debug)]
@@ -52,6 +58,15 @@ pub(super) fn respond<B>(state: &MonitorState, request: &Request<B>) -> Response
         return response;
     }
     match request.uri().path() {
+        "/" => {
+            let mut response = reply(StatusCode::OK, HTML, PAGE);
+            let headers = response.headers_mut();
+            if let Ok(policy) = HeaderValue::from_str(content_security_policy()) {
+                headers.insert(CONTENT_SECURITY_POLICY, policy);
+            }
+            headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            response
+        }
         "/metrics" => reply(StatusCode::OK, OPENMETRICS, render(&state.stats)),
         "/healthz" => healthz(state),
         "/readyz" => {
@@ -67,9 +82,11 @@ pub(super) fn respond<B>(state: &MonitorState, request: &Request<B>) -> Response
             let now = state.stats.clock.now().micros();
             reply(StatusCode::OK, JSON, to_json(&status(state, now)))
         }
-        _ => {
-            reply(StatusCode::NOT_FOUND, TEXT, "not found: try /metrics, /healthz, /readyz or /api/status\n")
-        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /, /api/status, /metrics, /healthz or /readyz\n",
+        ),
     }
 }
 
@@ -144,5 +161,8 @@ mod tests {
         let api = respond(&state, &request(Method::GET, "/api/status"));
         assert_eq!(api.status(), StatusCode::OK);
         assert_eq!(api.headers().get(CONTENT_TYPE), Some(&HeaderValue::from_static(JSON)));
+        let page = respond(&state, &request(Method::GET, "/"));
+        assert_eq!(page.headers().get(CONTENT_TYPE), Some(&HeaderValue::from_static(HTML)));
+        assert!(page.headers().get(CONTENT_SECURITY_POLICY).is_some());
     }
 }
