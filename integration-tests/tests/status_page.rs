@@ -7,10 +7,11 @@
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::ports::PortLease;
 use fleetagg_integration_tests::{
-    broker_url, eventually, http_get, http_raw, metric, service_config, unique, Publisher, ServiceProcess,
-    TestDatabase,
+    broker_url, eventually, fleetagg_bin, http_get, http_raw, metric, service_config, unique, Publisher,
+    ServiceProcess, TestDatabase,
 };
 use serde_json::Value;
+use std::process::Command;
 use std::time::Duration;
 
 /// A machine name that is markup: accepted (a name may hold any printable character), so
@@ -129,8 +130,29 @@ async fn api_status_reports_what_metrics_count_with_hostile_strings_escaped() {
             && status["rates"]["points"].as_array().is_some_and(|p| !p.is_empty())
     })
     .await;
+
+    // `fleetagg status` prints the same, and exits 0 for a ready service.
+    let output = Command::new(fleetagg_bin())
+        .args(["status", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("run fleetagg status");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{printed}{stderr}");
+    for expected in
+        ["alive: yes   ready: yes", "received 14  accepted 12", "bad_timestamp", HOSTILE_PAYLOAD, "samples 4"]
+    {
+        assert!(printed.contains(expected), "{expected:?} missing in:\n{printed}");
+    }
     let status = scene.service.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
+    // Nobody listens any more: exit 1 with the reason.
+    let output = Command::new(fleetagg_bin())
+        .args(["status", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("run fleetagg status");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/api/status"));
 }
 
 #[actix_rt::test]
