@@ -11,6 +11,7 @@ use fleetagg_integration_tests::{
     ServiceProcess, TestDatabase,
 };
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ struct Scene {
     service: ServiceProcess,
     port: u16,
     hostile_topic: String,
+    /// The minute the valid samples are in, as the page shows it.
+    minute: String,
     _db: TestDatabase,
     _lease: PortLease,
 }
@@ -56,7 +59,8 @@ async fn scene() -> Scene {
             && status["recent_minutes"].as_array().is_some_and(|m| m.len() == 2)
     })
     .await;
-    Scene { service, port, hostile_topic, _db: db, _lease: lease }
+    let minute = past.format("%m-%d %H:%M").to_string();
+    Scene { service, port, hostile_topic, minute, _db: db, _lease: lease }
 }
 
 /// The raw body and the parsed document.
@@ -190,4 +194,98 @@ async fn the_page_is_self_contained_and_writes_data_as_text() {
     }
     let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
+}
+
+#[actix_rt::test]
+async fn a_real_browser_shows_the_live_values_and_hostile_strings_as_text() {
+    let scene = scene().await;
+    let port = scene.port;
+    eventually(Duration::from_secs(20), "a rate point and the silent machines", || async {
+        let status = api_status(port).await.1;
+        status["rates"]["points"].as_array().is_some_and(|p| !p.is_empty())
+            && status["silent_machines"].as_array().is_some_and(|s| s.len() == 2)
+    })
+    .await;
+    let (_, metrics) = http_get(port, "/metrics").await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let (dom, log) = chromium(&["--window-size=1280,2000", "--dump-dom", &url]);
+
+    // The counts the service reports in /metrics.
+    for (id, series) in [
+        ("c-received", "fleetagg_messages_received_total"),
+        ("c-accepted", "fleetagg_samples_accepted_total"),
+        ("c-minutes_closed", "fleetagg_minutes_closed_total"),
+        ("c-rows_written", "fleetagg_rows_written_total"),
+    ] {
+        let value = metric(&metrics, series).unwrap_or_else(|| panic!("{series} missing"));
+        let shown = format!("id=\"{id}\">{value}</dd>");
+        assert!(dom.contains(&shown), "{shown} missing in the page:\n{dom}");
+    }
+    assert!(dom.contains("id=\"c-rejected\">2</dd>"), "{dom}");
+    assert!(dom.contains("id=\"ready\" class=\"badge ok\">ready</span>"), "{dom}");
+    assert!(dom.contains("<rect"), "no rate column drawn:\n{dom}");
+    // A rejection reason with its example, and a closed minute.
+    assert!(dom.contains(">bad_timestamp</td>") && dom.contains(">malformed</td>"), "{dom}");
+    assert!(dom.contains(&format!(">{}</td>", scene.minute)), "no closed minute {}:\n{dom}", scene.minute);
+
+    // Hostile strings are text: serialized escaped, never elements; nothing ran.
+    let as_text = |raw: &str| raw.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    assert!(dom.contains(&as_text(HOSTILE_PAYLOAD)), "the payload is not shown as text:\n{dom}");
+    assert!(dom.contains(&as_text(HOSTILE_MACHINE)), "the machine name is not shown as text:\n{dom}");
+    assert!(dom.contains(&as_text(&scene.hostile_topic)), "the topic is not shown as text:\n{dom}");
+    assert!(!dom.contains("<img") && !dom.contains("<svg onload"), "markup from a sender became an element");
+    assert_eq!(dom.matches("<script").count(), 1, "only the page's own script");
+    assert!(dom.contains("<title>fleetagg status</title>") && !dom.contains("pwned</title>"), "{dom}");
+    // No console message (errors, CSP refusals) and no error the page caught itself.
+    let console: Vec<&str> = log.lines().filter(|line| line.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(dom.contains("<div id=\"errors\"></div>"), "the page reported errors:\n{dom}");
+    assert!(
+        !dom.contains("<div id=\"banner\" class=\"shown\">"),
+        "the page could not read /api/status:\n{dom}"
+    );
+
+    // Screenshots with the test output: a desktop window and a 360 px phone.
+    for (name, size) in [("wide", "1280,1900"), ("narrow", "360,2400")] {
+        let path = output_dir().join(format!("status-page-{name}.png"));
+        let _ = std::fs::remove_file(&path);
+        chromium(&[&format!("--window-size={size}"), &format!("--screenshot={}", path.display()), &url]);
+        let bytes = std::fs::metadata(&path).map_or(0, |meta| meta.len());
+        assert!(bytes > 10_000, "{} is {bytes} bytes", path.display());
+        println!("screenshot: {}", path.display());
+    }
+    let status = scene.service.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+}
+
+/// Runs headless Chromium on `args` with its own profile; returns standard output and
+/// its log (standard error, where console messages appear as `…:CONSOLE…` lines).
+fn chromium(args: &[&str]) -> (String, String) {
+    let binary = std::env::var("FLEETAGG_CHROMIUM").unwrap_or_else(|_| "chromium".to_owned());
+    let profile = std::env::temp_dir().join(unique("chromium-profile"));
+    let output = Command::new(&binary)
+        // --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
+        // The virtual time budget lets the page fetch /api/status and render before the
+        // DOM is dumped or the screenshot taken; --timeout bounds a hang.
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
+        .args(["--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--timeout=30000"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("{binary} cannot run ({err}): scripts/ensure-services.sh installs Debian's chromium")
+        });
+    let _ = std::fs::remove_dir_all(&profile);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{binary} failed ({}):\n{stderr}", output.status);
+    (stdout, stderr)
+}
+
+/// `target/<profile>/test-output`, created.
+fn output_dir() -> PathBuf {
+    let bin = fleetagg_bin();
+    let dir = bin.parent().unwrap_or(Path::new(".")).join("test-output");
+    std::fs::create_dir_all(&dir).expect("create the test output directory");
+    dir
 }
