@@ -7,7 +7,7 @@
 //! strings are cut to a few hundred bytes, since a payload or a topic is whatever a sender
 //! chose to put there.
 
-use crate::logic::{ClosedMinute, RejectReason};
+use crate::logic::{Minute, MinuteAggregate, RejectReason};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -74,18 +74,21 @@ impl Recent {
         lock(&self.rejections)[reason.index()] = Some(example);
     }
 
-    /// The writer took closed minutes; the last of them are remembered.
-    pub fn minutes_closed(&self, minutes: &[ClosedMinute]) {
+    /// The writer took closed minutes (machine, minute, aggregate); the last of them are
+    /// remembered.
+    pub fn minutes_closed<'a>(
+        &self,
+        minutes: impl ExactSizeIterator<Item = (&'a Arc<str>, Minute, &'a MinuteAggregate)>,
+    ) {
         let skip = minutes.len().saturating_sub(RECENT_MINUTES);
         let mut recent = lock(&self.minutes);
-        for closed in &minutes[skip..] {
+        for (machine, minute, aggregate) in minutes.skip(skip) {
             if recent.len() == RECENT_MINUTES {
                 recent.pop_front();
             }
-            let aggregate = &closed.aggregate;
             recent.push_back(RecentMinute {
-                machine: closed.machine.clone(),
-                minute_micros: closed.minute.start().micros(),
+                machine: machine.clone(),
+                minute_micros: minute.start().micros(),
                 samples: aggregate.samples,
                 load_rate_avg: aggregate.load_rate_sum / f64::from(aggregate.samples.max(1)),
                 load_rate_min: aggregate.load_rate_min,
@@ -134,7 +137,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logic::{Minute, MinuteAggregate};
 
     #[test]
     fn a_rejection_keeps_the_latest_example_cut_to_an_excerpt() {
@@ -162,20 +164,23 @@ mod tests {
     #[test]
     fn only_the_last_minutes_are_kept_newest_first() {
         let recent = Recent::default();
-        let minute = |n: i64| ClosedMinute {
-            machine: format!("m{n}").into(),
-            minute: Minute::from_index(n),
-            aggregate: MinuteAggregate {
-                samples: 2,
-                load_rate_sum: 30.0,
-                load_rate_min: 10.0,
-                load_rate_max: 20.0,
-                mileage_min: 0.0,
-                mileage_max: 1.0,
-            },
+        let aggregate = MinuteAggregate {
+            samples: 2,
+            load_rate_sum: 30.0,
+            load_rate_min: 10.0,
+            load_rate_max: 20.0,
+            mileage_min: 0.0,
+            mileage_max: 1.0,
         };
-        recent.minutes_closed(&(0..5).map(minute).collect::<Vec<_>>());
-        recent.minutes_closed(&(5..30).map(minute).collect::<Vec<_>>());
+        let machines: Vec<Arc<str>> = (0..30).map(|n| format!("m{n}").into()).collect();
+        let closed = |range: std::ops::Range<usize>| {
+            machines[range.clone()]
+                .iter()
+                .zip(range)
+                .map(|(machine, n)| (machine, Minute::from_index(n as i64), &aggregate))
+        };
+        recent.minutes_closed(closed(0..5));
+        recent.minutes_closed(closed(5..30));
         let kept = recent.minutes();
         assert_eq!(kept.len(), RECENT_MINUTES);
         assert_eq!(&*kept[0].machine, "m29");
