@@ -2,7 +2,8 @@
 # Makes sure everything fleetagg's demo and tests need is installed and running:
 # a Rust toolchain, cmake and OpenSSL headers (paho-mqtt's bundled C build), Mosquitto on
 # 127.0.0.1:1883, PostgreSQL on 127.0.0.1:5432 with a `fleetagg` role and database,
-# PgBouncer (the pooler tests run one of their own), `runuser` (the secret-rotation tests run `initdb`/`pg_ctl` of private password-checking
+# PgBouncer (the pooler tests run one of their own), Chromium (the status page's test opens
+# it in a real headless browser), `runuser` (the secret-rotation tests run `initdb`/`pg_ctl` of private password-checking
 # PostgreSQL clusters as the postgres user) and a Python virtual environment in
 # scripts/.venv with `moto[server]` (a local AWS Secrets Manager for those tests; only
 # with --with-moto, which scripts/test passes).
@@ -41,6 +42,8 @@ command -v psql >/dev/null || missing+=(postgresql postgresql-client)
 command -v runuser >/dev/null || missing+=(util-linux)
 # The pooler tests run a private PgBouncer in transaction mode.
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+# The status page's browser test runs Debian's Chromium headless (integration-tests/tests/status_page.rs).
+command -v chromium >/dev/null || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if ! command -v cargo >/dev/null; then

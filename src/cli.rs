@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use crate::{run, simulate};
+use crate::{run, simulate, status};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use fleetagg_config::Config;
@@ -56,6 +56,9 @@ pub(crate) enum Command {
     CheckConfig(ConfigArg),
     /// Publish realistic telemetry for a fleet of machines (demos, load tests).
     Simulate(simulate::SimulateArgs),
+    /// Print the status of a running service (what its status page shows); exit 0 when
+    /// alive and ready, 2 when it answers but is not, 1 when it cannot be asked.
+    Status(status::StatusArgs),
 }
 
 impl Command {
@@ -69,6 +72,7 @@ impl Command {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Simulate(args) => simulate::simulate(&args),
+            Command::Status(args) => status::status(&args),
         }
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod logging;
 mod run;
 mod simulate;
+mod status;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -24,6 +24,7 @@ pub mod clock;
 mod delivery;
 pub mod journal;
 pub mod messages;
+pub mod recent;
 pub mod stats;
 
 // Around the data path: secrets for the writer, what operators see, and the wiring.

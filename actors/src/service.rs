@@ -13,7 +13,9 @@ use crate::journal::{self, Journal, JournalError, Recovered, ReplayFilter};
 use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
 use crate::messages::Credentials;
 use crate::messages::{Drain, DrainReport, StopIntake, StoreRejections, SubscribeCredentials, WriteMinutes};
-use crate::monitoring::{self, Heartbeats, MonitorState, ReadinessSettings};
+use crate::monitoring::{
+    self, Heartbeats, ListenError, MonitorServer, MonitorState, ReadinessSettings, StatusLimits,
+};
 use crate::secrets::{self, SecretError, SecretKeeper};
 use crate::source::{InboundSink, MessageSource, SourceError};
 use crate::stats::PipelineStats;
@@ -33,7 +35,7 @@ pub enum ServiceError {
     #[error("the database password could not be fetched at start-up: {0}")]
     Secret(#[from] SecretError),
     #[error("metrics listener: {0}")]
-    Monitor(String),
+    Monitor(#[from] ListenError),
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -291,35 +293,36 @@ type StartedActors = (Pipeline, Addr<Writer>, Option<actix_rt::task::JoinHandle<
 /// The HTTP listener.
 #[derive(Debug)]
 struct Monitor {
-    address: std::net::SocketAddr,
     /// What it reads; actor threads add their heartbeats as they start.
     state: Arc<MonitorState>,
-    task: actix_rt::task::JoinHandle<()>,
+    server: MonitorServer,
 }
 
-async fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<Monitor>, ServiceError> {
+fn start_monitor(config: &Config, stats: &Arc<PipelineStats>) -> Result<Option<Monitor>, ServiceError> {
     let Some(address) = config.metrics.address() else {
         return Ok(None);
     };
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|err| ServiceError::Monitor(format!("cannot listen on {address}: {err}")))?;
-    let bound = listener.local_addr().map_err(|err| ServiceError::Monitor(err.to_string()))?;
-    let state = Arc::new(MonitorState {
-        stats: stats.clone(),
-        readiness: ReadinessSettings { idle_alert: config.mqtt.idle_alert },
-        heartbeats: Heartbeats::default(),
-    });
-    // The System arbiter runs the broker and this listener.
+    let limits = StatusLimits {
+        inbound_capacity: config.mqtt.inbound_capacity,
+        max_buffered_rows: config.database.max_buffered_rows,
+        max_buffered_rejections: config.rejects.max_buffered,
+    };
+    let state = Arc::new(MonitorState::new(
+        stats.clone(),
+        ReadinessSettings { idle_alert: config.mqtt.idle_alert },
+        limits,
+        Heartbeats::default(),
+    ));
+    // The System arbiter runs the broker; the listener has a thread of its own.
     state.heartbeats.watch("broker", &Arbiter::current());
-    let task = actix_rt::spawn(monitoring::serve(listener, state.clone()));
-    tracing::info!(address = %bound, "metrics listening (/metrics, /healthz, /readyz)");
-    Ok(Some(Monitor { address: bound, state, task }))
+    let server = MonitorServer::start(address, state.clone())?;
+    tracing::info!(address = %server.address(), "metrics listening (status page at /; /api/status, /metrics, /healthz, /readyz)");
+    Ok(Some(Monitor { state, server }))
 }
 
 fn stop_monitor(monitor: Option<Monitor>) {
     if let Some(monitor) = monitor {
-        monitor.task.abort();
+        monitor.server.stop();
     }
 }
 
@@ -334,7 +337,7 @@ impl Service {
             .with_statements(config.database.statements)
             .with_tls(config.database.tls.clone());
         // First, so that /readyz can say what start-up is waiting for.
-        let monitor = start_monitor(config, &stats).await?;
+        let monitor = start_monitor(config, &stats)?;
         let writer_arbiter = Arbiter::new();
         let started =
             Self::start_actors(config, source, clock, &stats, connector, &writer_arbiter, monitor.as_ref())
@@ -425,7 +428,7 @@ impl Service {
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
     pub fn monitor_address(&self) -> Option<std::net::SocketAddr> {
-        self.monitor.as_ref().map(|monitor| monitor.address)
+        self.monitor.as_ref().map(|monitor| monitor.server.address())
     }
 
     pub fn stats(&self) -> Arc<PipelineStats> {

@@ -5,8 +5,9 @@
 
 use crate::clock::{self, Clock};
 use crate::logic::RejectReason;
+use crate::recent::Recent;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
@@ -46,6 +47,10 @@ pub struct PipelineStats {
     pub rejections_buffered: AtomicU64,
     /// The writer's buffer is full and aggregators wait for room (back-pressure).
     pub writer_holding: AtomicBool,
+    /// The writer's state: an index into [`WRITER_STATES`].
+    pub writer_state: AtomicU8,
+    /// Messages waiting in the inbound channel when the broker last took a batch.
+    pub inbound_queued: AtomicU64,
     /// Times the supervisor restarted the writer after a broken connection.
     pub writer_restarts: AtomicU64,
     /// Minutes held by aggregators (a gauge).
@@ -73,6 +78,9 @@ pub struct PipelineStats {
     pub mqtt_connected: AtomicBool,
     pub mqtt_subscribed: AtomicBool,
     pub mqtt_reconnects: AtomicU64,
+    /// Whether the broker kept the session at the last connect (unknown after an
+    /// automatic reconnect: paho's callback does not say).
+    pub mqtt_session_resumed: Known,
     /// Why connecting to the broker fails, while it does (for `/readyz`).
     pub mqtt_problem: std::sync::Mutex<Option<String>>,
     /// When the MQTT connection was last established (µs since the epoch).
@@ -83,12 +91,39 @@ pub struct PipelineStats {
     /// one last did.
     pub db_healthy: AtomicBool,
     pub db_last_ok_micros: AtomicI64,
+    /// Whether the writer's current connection is encrypted (TLS).
+    pub db_tls: Known,
     /// Set when a secret source is configured; then `/readyz` checks its freshness.
     pub secret_configured: AtomicBool,
     pub secret_last_ok_micros: AtomicI64,
     /// Seconds the secret may go without a successful fetch before it counts as stale.
     pub secret_max_age_seconds: AtomicU64,
+    /// When the secret keeper fetches next (µs since the epoch; 0: not scheduled).
+    pub secret_next_fetch_micros: AtomicI64,
     pub latencies: Latencies,
+    /// The latest rejections, closed minutes and silent machines (the status page).
+    pub recent: Recent,
+}
+
+/// The writer's states, as `writer_state` counts them (docs/architecture.md).
+pub const WRITER_STATES: [&str; 6] =
+    ["starting", "disconnected", "connected", "busy", "backing_off", "stopped"];
+
+/// A yes or no that may not be known (yet).
+#[derive(Debug, Default)]
+pub struct Known(AtomicU8);
+
+impl Known {
+    pub fn set(&self, value: Option<bool>) {
+        self.0.store(value.map_or(0, |yes| if yes { 2 } else { 1 }), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<bool> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            value => Some(value == 2),
+        }
+    }
 }
 
 /// Histograms, in seconds.
@@ -163,6 +198,14 @@ impl PipelineStats {
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// The writer's state by name ("starting" until it publishes one).
+    pub fn writer_state(&self) -> &'static str {
+        WRITER_STATES
+            .get(usize::from(self.writer_state.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or("starting")
     }
 
     pub fn rejected_total(&self) -> u64 {

@@ -285,6 +285,11 @@ impl ServiceProcess {
     }
 
     /// Sends SIGTERM without waiting (for what happens between the signal and the exit).
+    /// The process id (to look at its open file descriptors, say).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn send_sigterm(&self) {
         let pid = self.child.as_ref().expect("running").id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
@@ -446,6 +451,18 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// Sends `request` as it is and returns everything the server sends back until it closes
+/// the connection (at most 10 s): for methods and headers `http_get` does not cover.
+pub async fn http_raw(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    assert!(read.is_ok(), "the server did not close the connection: {}", String::from_utf8_lossy(&response));
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// The value of an unlabelled (`name`) or labelled (`name{label="value"}`) sample in a

@@ -25,6 +25,7 @@ use crate::journal::{Journal, ReplayFilter};
 use crate::logic::validate::validate_received;
 use crate::logic::{JournalTally, RejectLimiter, RejectedMessage, ValidationRules};
 use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections};
+use crate::recent::SILENT_MACHINES;
 use crate::source::{InboundMessage, MessageSource};
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
@@ -37,6 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most messages validated and routed per batch.
 pub const BATCH_MESSAGES: usize = 1024;
+/// How often the machines silent the longest are looked for (status page).
+const SILENT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long the broker waits after a partial batch before reading the next one.
 pub const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -152,8 +155,11 @@ impl Actor for Broker {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(receiver) = self.inbound.take() {
-            ctx.add_stream(Batches { receiver, max: BATCH_MESSAGES });
+            ctx.add_stream(Batches { receiver, max: BATCH_MESSAGES, stats: self.stats.clone() });
         }
+        ctx.run_interval(SILENT_EVERY, |broker, _| {
+            broker.stats.recent.set_silent(broker.routes.silent_longest(SILENT_MACHINES));
+        });
     }
 }
 
@@ -167,6 +173,7 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
             assert!(received < limit, "injected panic after {received} messages ({PANIC_SWITCH})");
         }
         self.stats.mark_now(&self.stats.last_message_micros);
+        self.routes.start_batch(now.micros());
         let lingering = batch.len() < BATCH_MESSAGES;
         let mut rejections = Vec::new();
         for message in batch {
@@ -188,6 +195,15 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
                         continue;
                     }
                     self.stats.count_rejected(rejection.reason);
+                    let at = now.micros();
+                    let recent = &self.stats.recent;
+                    recent.rejected(
+                        rejection.reason,
+                        at,
+                        &message.topic,
+                        &rejection.detail,
+                        &message.payload,
+                    );
                     tracing::debug!(topic = %message.topic, reason = %rejection.reason, detail = %rejection.detail, "message rejected");
                     if self.limiter.allow(now) {
                         let mut row = RejectedMessage::new(
@@ -269,6 +285,8 @@ impl Handler<StopIntake> for Broker {
 struct Batches {
     receiver: mpsc::Receiver<InboundMessage>,
     max: usize,
+    /// Where the channel's fill after each batch is shown (`inbound_queued`).
+    stats: Arc<PipelineStats>,
 }
 
 impl futures_util::Stream for Batches {
@@ -279,7 +297,12 @@ impl futures_util::Stream for Batches {
         let mut batch = Vec::new();
         match this.receiver.poll_recv_many(cx, &mut batch, this.max) {
             Poll::Ready(0) => Poll::Ready(None),
-            Poll::Ready(_) => Poll::Ready(Some(batch)),
+            Poll::Ready(_) => {
+                this.stats
+                    .inbound_queued
+                    .store(this.receiver.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Some(batch))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

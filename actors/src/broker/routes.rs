@@ -6,7 +6,9 @@
 
 use crate::logic::Sample;
 use crate::messages::RouteSamples;
+use crate::recent::SilentMachine;
 use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -21,6 +23,9 @@ struct Route {
     /// together without a per-batch map.
     batch: u64,
     slot: u32,
+    /// When the machine's last batch was routed (µs since the epoch): for the machines
+    /// silent the longest on the status page.
+    last_seen: i64,
 }
 
 #[derive(Debug)]
@@ -31,6 +36,8 @@ pub(super) struct RoutingTable {
     /// The batch being routed, one message per shard.
     pending: Vec<RouteSamples>,
     batch: u64,
+    /// When the batch being routed arrived (µs since the epoch).
+    batch_at: i64,
 }
 
 impl RoutingTable {
@@ -41,7 +48,13 @@ impl RoutingTable {
             machines_per_shard: vec![0; shards],
             pending: (0..shards).map(|_| RouteSamples::default()).collect(),
             batch: 0,
+            batch_at: 0,
         }
+    }
+
+    /// Starts routing a batch that arrived at `at` (µs since the epoch).
+    pub(super) fn start_batch(&mut self, at: i64) {
+        self.batch_at = at;
     }
 
     /// Adds one accepted sample of `machine` to the batch being routed. A machine seen
@@ -55,6 +68,7 @@ impl RoutingTable {
         let pending = &mut self.pending[route.shard as usize];
         if route.batch != self.batch {
             route.batch = self.batch;
+            route.last_seen = self.batch_at;
             route.slot = pending.deliveries.len() as u32;
             pending.deliveries.push((route.index, Vec::new()));
         }
@@ -68,7 +82,8 @@ impl RoutingTable {
         self.machines_per_shard[shard] += 1;
         self.pending[shard].new_machines.push(machine.clone());
         // `batch` is set by `add` right after; u64::MAX never matches a real batch.
-        self.by_machine.insert(machine, Route { shard: shard as u32, index, batch: u64::MAX, slot: 0 });
+        self.by_machine
+            .insert(machine, Route { shard: shard as u32, index, batch: u64::MAX, slot: 0, last_seen: 0 });
     }
 
     /// Ends the batch: the message for each shard that has something, with its shard.
@@ -79,6 +94,22 @@ impl RoutingTable {
             .enumerate()
             .filter(|(_, pending)| !pending.deliveries.is_empty() || !pending.new_machines.is_empty())
             .map(|(shard, pending)| (shard, std::mem::take(pending)))
+            .collect()
+    }
+
+    /// The `count` machines whose last message is the oldest, oldest first. One pass over
+    /// every machine with a heap of `count`: a few milliseconds for 100,000 machines.
+    pub(super) fn silent_longest(&self, count: usize) -> Vec<SilentMachine> {
+        let mut heap: BinaryHeap<(i64, &Arc<str>)> = BinaryHeap::with_capacity(count + 1);
+        for (machine, route) in &self.by_machine {
+            heap.push((route.last_seen, machine));
+            if heap.len() > count {
+                heap.pop();
+            }
+        }
+        heap.into_sorted_vec()
+            .into_iter()
+            .map(|(last_seen_micros, machine)| SilentMachine { machine: machine.clone(), last_seen_micros })
             .collect()
     }
 
@@ -133,5 +164,21 @@ mod tests {
         assert_eq!(batch.deliveries, vec![(c_index, vec![sample(6)])]);
         assert!(table.take_batch().is_empty());
         assert_eq!(table.machines(), 3);
+    }
+
+    #[test]
+    fn the_machines_silent_longest_come_oldest_first() {
+        let mut table = RoutingTable::new(2);
+        for (at, machine) in [(10, "a"), (20, "b"), (30, "c"), (40, "a")] {
+            table.start_batch(at);
+            table.add(machine, sample(at));
+            table.take_batch();
+        }
+        let silent: Vec<(String, i64)> = table
+            .silent_longest(2)
+            .into_iter()
+            .map(|s| (s.machine.to_string(), s.last_seen_micros))
+            .collect();
+        assert_eq!(silent, vec![("b".to_owned(), 20), ("c".to_owned(), 30)]);
     }
 }

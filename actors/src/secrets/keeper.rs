@@ -57,6 +57,8 @@ impl SecretKeeper {
             ctx.cancel_future(handle);
         }
         self.next_fetch = Some(ctx.run_later(after, |keeper, ctx| keeper.fetch(ctx)));
+        let at = self.stats.clock.now().micros().saturating_add(crate::logic::time::duration_micros(after));
+        self.stats.secret_next_fetch_micros.store(at, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn fetch(&mut self, ctx: &mut Context<Self>) {

@@ -85,6 +85,8 @@ impl MessageSource for MqttSource {
             let stats = &connected_stats;
             if stats.mqtt_connected_at_micros.load(Ordering::Relaxed) != 0 {
                 bump(&stats.mqtt_reconnects, 1);
+                // paho's callback does not say whether the broker kept the session.
+                stats.mqtt_session_resumed.set(None);
             }
             stats.mark_now(&stats.mqtt_connected_at_micros);
             stats.mqtt_connected.store(true, Ordering::Relaxed);
@@ -239,6 +241,7 @@ fn connect_blocking(
             Ok(response) => {
                 let resumed = response.connect_response().is_some_and(|r| r.session_present);
                 tracing::info!(url, client_id = %config.client_id, resumed_session = resumed, "MQTT connected");
+                stats.mqtt_session_resumed.set(Some(resumed));
                 stats.set_mqtt_problem(None);
                 break;
             }

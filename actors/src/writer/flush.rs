@@ -174,6 +174,7 @@ impl FlushJob {
         match self.connector.connect(self.credentials.as_ref()).await {
             Ok(session) => {
                 bump(&self.stats.db_connects, 1);
+                self.stats.db_tls.set(session.encrypted());
                 tracing::info!(
                     target = self.connector.target(),
                     user = ?self.credentials.as_ref().and_then(|c| c.user.as_deref()),

@@ -236,6 +236,7 @@ impl Handler<WriteMinutes> for Writer {
     type Result = Response<()>;
 
     fn handle(&mut self, WriteMinutes(rows): WriteMinutes, ctx: &mut Self::Context) -> Self::Result {
+        self.stats.recent.minutes_closed(rows.iter().map(|row| (&row.machine, row.minute, &row.aggregate)));
         self.pending.extend(rows);
         if self.pending.len() >= self.settings.batch_max_rows {
             self.step(ctx);

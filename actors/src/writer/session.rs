@@ -138,16 +138,21 @@ impl Connector {
     /// Opens a connection with `credentials` (when the password comes from a secret) and
     /// brings the schema up to date.
     pub async fn connect(&self, credentials: Option<&Credentials>) -> Result<Session, DbError> {
-        let (client, _) = self.open_migrated(credentials).await?;
-        Ok(Session { client, prepared: FxHashMap::default(), policy: self.statements.clone() })
+        let (client, _, encrypted) = self.open_migrated(credentials).await?;
+        Ok(Session { client, prepared: FxHashMap::default(), policy: self.statements.clone(), encrypted })
     }
 
     /// Applies pending migrations on a fresh connection; returns the versions applied.
     pub async fn migrate(&self, credentials: Option<&Credentials>) -> Result<Vec<i32>, DbError> {
-        self.open_migrated(credentials).await.map(|(_, applied)| applied)
+        self.open_migrated(credentials).await.map(|(_, applied, _)| applied)
     }
 
-    async fn open_migrated(&self, credentials: Option<&Credentials>) -> Result<(Client, Vec<i32>), DbError> {
+    /// A migrated connection, the migrations applied, and whether it is encrypted (when
+    /// the server says).
+    async fn open_migrated(
+        &self,
+        credentials: Option<&Credentials>,
+    ) -> Result<(Client, Vec<i32>, Option<bool>), DbError> {
         // The password is set on a copy that lives only for this attempt, so no
         // long-lived structure (and no Debug output) ever holds it.
         let mut config = self.config.clone();
@@ -179,14 +184,14 @@ impl Connector {
                 tracing::warn!(target = %target, error = %err, "PostgreSQL connection ended");
             }
         });
-        self.check_encryption(&client).await;
+        let encrypted = self.check_encryption(&client).await;
         let applied = schema::migrate(&mut client).await?;
-        Ok((client, applied))
+        Ok((client, applied, encrypted))
     }
 
     /// Logs whether the connection is encrypted; a warning when `prefer` ended in
     /// plaintext (the server offers no TLS, or something in between stripped it).
-    async fn check_encryption(&self, client: &Client) {
+    async fn check_encryption(&self, client: &Client) -> Option<bool> {
         let encrypted = client
             .query_typed_opt("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
             .await
@@ -201,6 +206,7 @@ impl Connector {
             ),
             (_, encrypted) => tracing::debug!(target = %self.target, ?encrypted, "PostgreSQL connection"),
         }
+        encrypted
     }
 }
 
@@ -236,9 +242,15 @@ pub struct Session {
     /// Statements prepared on this connection, by SQL text.
     prepared: FxHashMap<&'static str, Statement>,
     policy: Arc<StatementPolicy>,
+    /// Whether the connection is encrypted, when the server said (`pg_stat_ssl`).
+    encrypted: Option<bool>,
 }
 
 impl Session {
+    pub fn encrypted(&self) -> Option<bool> {
+        self.encrypted
+    }
+
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }

@@ -25,7 +25,7 @@ use super::session::Session;
 use super::Writer;
 use crate::backoff::{self, Retries};
 use crate::messages::DrainReport;
-use crate::stats::bump;
+use crate::stats::{bump, WRITER_STATES};
 use actix::prelude::*;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -295,5 +295,7 @@ impl Writer {
         stats.rows_buffered.store(self.buffered_minutes() as u64, Ordering::Relaxed);
         stats.rejections_buffered.store(self.buffered_rejections() as u64, Ordering::Relaxed);
         stats.writer_holding.store(!self.held_replies.is_empty(), Ordering::Relaxed);
+        let state = WRITER_STATES.iter().position(|name| *name == self.state.name()).unwrap_or(0);
+        stats.writer_state.store(u8::try_from(state).unwrap_or(0), Ordering::Relaxed);
     }
 }
