@@ -32,8 +32,8 @@ pub(super) struct Status {
     mqtt: Mqtt,
     postgres: Postgres,
     secret: Option<Secret>,
-    /// The durable journal reports here once there is one; `null` until then.
-    journal: Option<serde_json::Value>,
+    /// `[journal]`; `null` when it is off.
+    journal: Option<Journal>,
     counters: Counters,
     rates: RateHistory,
     buffers: Buffers,
@@ -51,6 +51,21 @@ struct Mqtt {
     reconnects: u64,
     problem: Option<String>,
     last_message_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Journal {
+    /// Why appends fail (a full disk), while they do: intake waits meanwhile.
+    problem: Option<String>,
+    bytes: u64,
+    segments: u64,
+    /// The oldest sample not yet committed is at most this old (`null`: none pending).
+    oldest_pending_age_seconds: Option<f64>,
+    appended: u64,
+    replayed: u64,
+    replay_already_committed: u64,
+    damaged_bytes: u64,
+    write_errors: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,7 +204,7 @@ pub(super) fn status(state: &MonitorState, now_micros: i64) -> Status {
             writer_restarts: get(&stats.writer_restarts),
         },
         secret: secret(stats, now_micros),
-        journal: None,
+        journal: journal(stats, now_micros),
         counters: Counters {
             received: get(&stats.received),
             accepted: get(&stats.accepted),
@@ -254,6 +269,26 @@ pub(super) fn status(state: &MonitorState, now_micros: i64) -> Status {
             })
             .collect(),
     }
+}
+
+fn journal(stats: &PipelineStats, now_micros: i64) -> Option<Journal> {
+    if !stats.journal_enabled.load(Ordering::Relaxed) {
+        return None;
+    }
+    let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let oldest = stats.journal_oldest_pending_micros.load(Ordering::Relaxed);
+    Some(Journal {
+        problem: stats.journal_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        bytes: get(&stats.journal_bytes),
+        segments: get(&stats.journal_segments),
+        oldest_pending_age_seconds: (oldest > 0)
+            .then(|| (now_micros.saturating_sub(oldest) as f64 / 1e6).max(0.0)),
+        appended: get(&stats.journal_appended),
+        replayed: get(&stats.journal_replayed),
+        replay_already_committed: get(&stats.journal_replay_skipped),
+        damaged_bytes: get(&stats.journal_lost_bytes),
+        write_errors: get(&stats.journal_write_errors),
+    })
 }
 
 fn secret(stats: &PipelineStats, now_micros: i64) -> Option<Secret> {
@@ -358,7 +393,42 @@ mod tests {
         assert_eq!(example["payload"], hostile);
         assert_eq!(example["topic"], "t/<b>");
         assert_eq!(read["rejections"][0]["reason"], "malformed");
-        assert_eq!(read["journal"], serde_json::Value::Null);
+        assert_eq!(read["journal"], serde_json::Value::Null, "no journal configured");
         assert_eq!(read["ready"], false);
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use crate::monitoring::{Heartbeats, ReadinessSettings};
+    use std::sync::Arc;
+
+    #[test]
+    fn the_journal_part_reports_its_gauges_and_problem() {
+        const NOW: i64 = 1_800_000_000_000_000;
+        let stats = Arc::new(PipelineStats::default());
+        stats.journal_enabled.store(true, Ordering::Relaxed);
+        stats.journal_bytes.store(4096, Ordering::Relaxed);
+        stats.journal_segments.store(2, Ordering::Relaxed);
+        stats.journal_oldest_pending_micros.store(NOW - 90_000_000, Ordering::Relaxed);
+        stats.journal_replay_skipped.store(7, Ordering::Relaxed);
+        stats.set_journal_problem(Some("cannot append: No space left on device".into()));
+        let state = MonitorState::new(
+            stats,
+            ReadinessSettings { idle_alert: None },
+            StatusLimits::default(),
+            Heartbeats::default(),
+        );
+        let read: serde_json::Value = serde_json::from_str(&to_json(&status(&state, NOW))).expect("JSON");
+        let journal = &read["journal"];
+        assert_eq!((journal["bytes"].as_u64(), journal["segments"].as_u64()), (Some(4096), Some(2)));
+        assert_eq!(journal["oldest_pending_age_seconds"].as_f64(), Some(90.0));
+        assert_eq!(journal["replay_already_committed"].as_u64(), Some(7));
+        assert_eq!(journal["problem"], "cannot append: No space left on device");
+        let reasons = read["not_ready"].as_array().expect("reasons");
+        assert!(reasons
+            .iter()
+            .any(|reason| reason.as_str().is_some_and(|r| r.starts_with("journal cannot write"))));
     }
 }
