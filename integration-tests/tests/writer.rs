@@ -273,3 +273,33 @@ async fn an_earlier_drain_does_not_cut_a_later_one_short() {
         "the first drain's deadline ended the second after {took:?}"
     );
 }
+
+#[actix_rt::test]
+async fn the_ledger_keeps_what_a_journal_may_still_ask_for() {
+    let db = TestDatabase::create().await;
+    let connector = Connector::new(&db.url).expect("test database URL");
+    let mut session = connector.connect(None).await.expect("connect");
+    let client = db.client().await;
+    for (id, age) in [("two-days", "2 days"), ("thirty-hours", "30 hours"), ("fresh", "1 minute")] {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO fleetagg_applied_batch (id, applied_at) VALUES ($1, now() - interval '{age}')"
+                ),
+                &[&id],
+            )
+            .await
+            .expect("ledger row");
+    }
+    // A journal whose oldest segment started 40 hours ago: its intents may name batches
+    // applied since then, so only the two-day-old one may go.
+    let keep_since = chrono::Utc::now() - chrono::TimeDelta::hours(40);
+    assert_eq!(session.prune_ledger(keep_since).await.expect("prune"), 1);
+    let ids = vec!["two-days".to_owned(), "thirty-hours".to_owned(), "fresh".to_owned()];
+    let left = session.committed_batches(&ids).await.expect("lookup");
+    assert!(left.contains("thirty-hours") && left.contains("fresh") && !left.contains("two-days"));
+    // Without a journal (keep since now), the day the ledger always keeps is the limit.
+    assert_eq!(session.prune_ledger(chrono::Utc::now()).await.expect("prune"), 1);
+    let left = session.committed_batches(&ids).await.expect("lookup");
+    assert_eq!(left.into_iter().collect::<Vec<_>>(), vec!["fresh".to_owned()]);
+}

@@ -243,6 +243,12 @@ impl Journal {
         true
     }
 
+    /// When the oldest segment on disk was started (µs since the epoch): its intents may
+    /// name batches committed since then, which the ledger must keep.
+    pub fn oldest_segment_started_micros(&self) -> Option<i64> {
+        self.lock().segments.values().next().map(|segment| segment.started_micros)
+    }
+
     pub fn sync_mode(&self) -> JournalSync {
         self.sync
     }

@@ -67,7 +67,7 @@ impl FlushJob {
             }
         }
         if self.prune_ledger {
-            match session.prune_ledger().await {
+            match session.prune_ledger(self.ledger_keep_since()).await {
                 Ok(pruned) => tracing::debug!(pruned, "old batch ids pruned from the ledger"),
                 Err(err) => {
                     tracing::warn!(error = %err, "pruning the batch ledger failed; trying again later");
@@ -77,6 +77,16 @@ impl FlushJob {
         }
         self.session = Some(session);
         FlushOutcome { job: self, error: None }
+    }
+
+    /// What the ledger must keep for the journal: everything applied since its oldest
+    /// segment was started, less an hour for the clocks of this host and the database's
+    /// to differ. Without a journal, nothing beyond the day the ledger keeps anyway.
+    fn ledger_keep_since(&self) -> chrono::DateTime<chrono::Utc> {
+        let now = self.stats.clock.now().micros();
+        let oldest = self.journal.as_ref().and_then(|journal| journal.oldest_segment_started_micros());
+        let since = oldest.map_or(now, |started| started.min(now).saturating_sub(3_600_000_000));
+        chrono::DateTime::from_timestamp_micros(since).unwrap_or_else(chrono::Utc::now)
     }
 
     /// Appends the batch's intent to the journal before its first attempt.

@@ -70,7 +70,8 @@ const INSERT_REJECTIONS_TYPES: &[Type] =
 /// Ledger entries older than this are deleted: a batch is retried within the outage it
 /// failed in, and a day covers any outage the buffer can ride through.
 const COMMITTED_BATCHES: &str = "SELECT id FROM fleetagg_applied_batch WHERE id = ANY($1)";
-const PRUNE_LEDGER: &str = "DELETE FROM fleetagg_applied_batch WHERE applied_at < now() - interval '1 day'";
+const PRUNE_LEDGER: &str =
+    "DELETE FROM fleetagg_applied_batch WHERE applied_at < least(now() - interval '1 day', $1)";
 
 /// For the TCP connect and, separately, the start-up handshake, unless the URL sets
 /// `connect_timeout`.
@@ -364,11 +365,14 @@ impl Session {
         Ok(committed)
     }
 
-    /// Forgets ledger entries old enough that no retry can refer to them.
-    pub async fn prune_ledger(&mut self) -> Result<u64, DbError> {
+    /// Forgets ledger entries old enough that no retry can refer to them: older than a
+    /// day, and older than `keep_since` (when the oldest journal segment still on disk
+    /// was started: its intents may name batches committed since, and a replay must find
+    /// them in the ledger).
+    pub async fn prune_ledger(&mut self, keep_since: DateTime<Utc>) -> Result<u64, DbError> {
         // Unnamed, whatever the policy: once an hour, not worth a prepared statement.
         self.client
-            .execute_typed(PRUNE_LEDGER, &[])
+            .execute_typed(PRUNE_LEDGER, &[(&keep_since, Type::TIMESTAMPTZ)])
             .await
             .map_err(|err| DbError::statement("ledger pruning", &err))
     }
