@@ -116,7 +116,11 @@ async fn api_status_reports_what_metrics_count_with_hostile_strings_escaped() {
     assert_eq!(status["postgres"]["healthy"], true);
     assert!(status["postgres"]["tls"].is_boolean(), "{}", status["postgres"]);
     assert_eq!(status["secret"], Value::Null);
-    assert_eq!(status["journal"], Value::Null);
+    // The journal is on by default: every message received was appended first.
+    let journal = &status["journal"];
+    assert_eq!(journal["appended"], status["counters"]["received"], "{journal}");
+    assert_eq!(journal["problem"], Value::Null);
+    assert!(journal["segments"].as_u64() >= Some(1), "{journal}");
     assert_eq!(status["buffers"]["inbound_capacity"], 8192);
     assert_eq!(status["buffers"]["writer_buffer_full"], false);
     assert_eq!(
