@@ -192,13 +192,22 @@ impl Journal {
     /// Counts down the messages a committed (or otherwise finished) row answers for, and
     /// removes the oldest segments once nothing in them is pending.
     pub fn release(&self, tally: &JournalTally) {
-        if tally.is_empty() {
+        self.release_all(std::iter::once(tally));
+    }
+
+    /// [`Journal::release`] for a whole batch's rows, under one lock: the mutex is shared
+    /// with paho's thread, which appends every message.
+    pub fn release_all<'a>(&self, tallies: impl IntoIterator<Item = &'a JournalTally>) {
+        let mut tallies = tallies.into_iter().filter(|tally| !tally.is_empty()).peekable();
+        if tallies.peek().is_none() {
             return;
         }
         let mut inner = self.lock();
-        for (segment, records) in tally.segments() {
-            if let Some(held) = inner.segments.get_mut(&segment) {
-                held.pending = held.pending.saturating_sub(u64::from(records));
+        for tally in tallies {
+            for (segment, records) in tally.segments() {
+                if let Some(held) = inner.segments.get_mut(&segment) {
+                    held.pending = held.pending.saturating_sub(u64::from(records));
+                }
             }
         }
         self.remove_finished(&mut inner);

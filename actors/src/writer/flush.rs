@@ -108,8 +108,8 @@ impl FlushJob {
     fn release(&self, batch: &Batch) {
         let Some(journal) = &self.journal else { return };
         match &batch.rows {
-            Rows::Minutes(rows) => rows.iter().for_each(|row| journal.release(&row.tally)),
-            Rows::Rejections(rows) => rows.iter().for_each(|row| journal.release(&row.tally)),
+            Rows::Minutes(rows) => journal.release_all(rows.iter().map(|row| &row.tally)),
+            Rows::Rejections(rows) => journal.release_all(rows.iter().map(|row| &row.tally)),
         }
     }
 

@@ -273,7 +273,8 @@ impl Handler<StoreRejections> for Writer {
         self.rejections.extend(rows.by_ref().take(room));
         if let Some(journal) = &self.journal {
             // Finished by the limit: counted, never stored, nothing to replay.
-            rows.for_each(|row| journal.release(&row.tally));
+            let refused: Vec<RejectedMessage> = rows.collect();
+            journal.release_all(refused.iter().map(|row| &row.tally));
         }
         self.publish_state();
     }
