@@ -15,16 +15,24 @@ use std::time::Duration;
 
 const MACHINES: usize = 20;
 
-/// Publishes `count` samples at about `rate` per second. Even machines send live
-/// samples (their minutes stay open in memory), odd ones samples 90 s old (their minute
-/// is reopened and written every few hundred milliseconds, so kills fall between
-/// writes and commits too).
+/// What a stream published: the valid samples, and how many invalid messages (each is
+/// rejected and stored in `rejected_message`).
+#[derive(Debug, Default)]
+struct Published {
+    samples: Vec<SentSample>,
+    invalid: i64,
+}
+
+/// Publishes `count` samples at about `rate` per second, and after every 25th an invalid
+/// message. Even machines send live samples (their minutes stay open in memory), odd
+/// ones samples 90 s old (their minute is reopened and written every few hundred
+/// milliseconds, so kills fall between writes and commits too).
 async fn publish_stream(
     publisher: Publisher,
     prefix: String,
     count: usize,
     rate: f64,
-    sent: Rc<RefCell<Vec<SentSample>>>,
+    sent: Rc<RefCell<Published>>,
 ) {
     let started = tokio::time::Instant::now();
     for n in 0..count {
@@ -37,8 +45,13 @@ async fn publish_stream(
             r#"{{"machine":"{machine}","ts":"{}","load_rate":{load_rate},"mileage":{mileage}}}"#,
             ts.to_rfc3339()
         );
-        publisher.publish_until_acked(&format!("{prefix}/{machine}/telemetry"), &payload).await;
-        sent.borrow_mut().push((machine, ts, load_rate, mileage));
+        let topic = format!("{prefix}/{machine}/telemetry");
+        publisher.publish_until_acked(&topic, &payload).await;
+        sent.borrow_mut().samples.push((machine, ts, load_rate, mileage));
+        if n % 25 == 24 {
+            publisher.publish_until_acked(&topic, &format!("not json {n}")).await;
+            sent.borrow_mut().invalid += 1;
+        }
         tokio::time::sleep_until(started + Duration::from_secs_f64((n + 1) as f64 / rate)).await;
     }
 }
@@ -71,7 +84,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let config = service_config(&db.url, &prefix, &unique("fleetagg"), "2s");
     let mut service = ServiceProcess::start(&config).await;
 
-    let sent = Rc::new(RefCell::new(Vec::new()));
+    let sent = Rc::new(RefCell::new(Published::default()));
     let publisher = Publisher::connect(&broker_url()).await;
     let stream = actix_rt::spawn(publish_stream(publisher, prefix, 3_000, 200.0, sent.clone()));
 
@@ -96,12 +109,14 @@ async fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     logs.push(log_before_stop);
 
     let client = connect(&db.url).await;
-    let expected = expected_rows(&sent.borrow());
-    assert_eq!(sent.borrow().len(), 3_000);
+    let expected = expected_rows(&sent.borrow().samples);
+    assert_eq!(sent.borrow().samples.len(), 3_000);
     let rows = loading_rate(&client).await;
     let total: i64 = rows.iter().map(|row| i64::from(row.samples)).sum();
     assert_eq!(total, 3_000, "every sample counted once ({} rows)", rows.len());
     assert_eq!(rows, expected);
+    // Rejections too: each stored once, none lost, none stored again by a replay.
+    assert_eq!(stored_rejections(&client).await, sent.borrow().invalid);
 
     // The test proves something only if kills left work for the replay, and the replay
     // met rows committed before a kill.
@@ -120,7 +135,7 @@ async fn a_panic_on_the_data_path_exits_70_and_the_restart_writes_exact_rows() {
     // the writer and messages in the channel.
     let panicking = [("FLEETAGG_TEST_PANIC_AFTER_MESSAGES".to_owned(), "1500".to_owned())];
     let mut service = ServiceProcess::start_with_env(&config, &panicking, true).await;
-    let sent = Rc::new(RefCell::new(Vec::new()));
+    let sent = Rc::new(RefCell::new(Published::default()));
     let publisher = Publisher::connect(&broker_url()).await;
     publish_stream(publisher, prefix, 2_000, 2_000.0, sent.clone()).await;
     let status = service.wait_exited(Duration::from_secs(30)).await;
@@ -136,7 +151,12 @@ async fn a_panic_on_the_data_path_exits_70_and_the_restart_writes_exact_rows() {
     assert!(status.success(), "{status:?}");
     assert!(sum_logged(&replay_log, "journal replayed", "messages") > 0, "{replay_log}");
     let client = connect(&db.url).await;
-    assert_eq!(loading_rate(&client).await, expected_rows(&sent.borrow()));
+    assert_eq!(loading_rate(&client).await, expected_rows(&sent.borrow().samples));
+    assert_eq!(stored_rejections(&client).await, sent.borrow().invalid);
+}
+
+async fn stored_rejections(client: &tokio_postgres::Client) -> i64 {
+    client.query_one("SELECT count(*) FROM rejected_message", &[]).await.expect("count rejections").get(0)
 }
 
 #[actix_rt::test]
