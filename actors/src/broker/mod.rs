@@ -179,6 +179,11 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
         for message in batch {
             // On the length as received: a payload over the limit is held cut.
             let mark = message.mark;
+            if self.replay.as_ref().is_some_and(|replay| !replay.covers(mark.seq)) {
+                // The first message received after the replay (they arrive in order):
+                // the filter has done its work, and its memory goes.
+                self.replay = None;
+            }
             let received = message.received_at.unwrap_or(now);
             match validate_received(&message.payload, message.payload_len, received, &self.rules) {
                 Ok(mut telemetry) => {

@@ -43,7 +43,7 @@ impl ReplayFilter {
     /// Whether a replayed sample (`seq`) of `machine` in `minute` is already in a
     /// committed row.
     pub fn sample_committed(&self, machine: &str, minute: i64, seq: u64) -> bool {
-        if seq == 0 || seq > self.last_seq {
+        if !self.covers(seq) {
             return false;
         }
         // A lookup key without allocating would need a borrowed tuple; replays are rare
@@ -53,7 +53,13 @@ impl ReplayFilter {
 
     /// Whether a replayed rejected message (`seq`) is already stored.
     pub fn rejection_committed(&self, seq: u64) -> bool {
-        seq != 0 && seq <= self.last_seq && self.rejections.contains(&seq)
+        self.covers(seq) && self.rejections.contains(&seq)
+    }
+
+    /// Whether `seq` is a replayed message's (a new message's is above every replayed
+    /// one; 0 is "no journal").
+    pub fn covers(&self, seq: u64) -> bool {
+        seq != 0 && seq <= self.last_seq
     }
 
     /// Committed rows the filter knows about (for the start-up log).
@@ -92,5 +98,6 @@ mod tests {
         let filter = ReplayFilter::new(8, &minutes, &rejections, &committed);
         assert!(!filter.sample_committed("m1", 10, 9));
         assert!(!filter.sample_committed("m1", 10, 0));
+        assert!(filter.covers(8) && !filter.covers(9) && !filter.covers(0));
     }
 }
