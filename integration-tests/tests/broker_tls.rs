@@ -1,7 +1,8 @@
 //! The broker over TLS with client-certificate login (Mosquitto's `require_certificate`
 //! with `use_identity_as_username`), certificates made by `openssl` at test time: the
 //! right CA and certificate write every row; a broker certificate from another CA is
-//! named as a TLS failure, not as an unreachable broker.
+//! named as a TLS failure, not as an unreachable broker; the certificate files are read
+//! again at every reconnect.
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::certs::TestCertificates;
@@ -73,4 +74,51 @@ async fn a_broker_certificate_for_another_host_is_refused() {
         ServiceProcess::spawn_unchecked(&config(&db, &broker, &unique("tls_host"), &certs, "ca.crt"), &[]);
     service.wait_for_log("TLS with the MQTT broker failed", Duration::from_secs(30)).await;
     assert!(!service.log().contains("MQTT connected"), "{}", service.log());
+}
+
+/// How many times the service has (re)connected to the broker, from its log.
+fn connections(service: &ServiceProcess) -> usize {
+    service.log().matches("connected to the MQTT broker; subscribing").count()
+}
+
+#[actix_rt::test]
+async fn certificate_files_are_read_again_at_every_reconnect() {
+    let certs = TestCertificates::make("IP:127.0.0.1,DNS:localhost", "fleetagg-test-client");
+    let broker = MosquittoBroker::start_tls_with_client_certificates(&certs).await;
+    let db = TestDatabase::create().await;
+    let prefix = unique("tls_rotate");
+    // The service trusts whatever is at `trusted`: the operator's file to rotate.
+    let trusted = certs.path("trusted.crt");
+    std::fs::copy(certs.path("ca.crt"), &trusted).expect("copy the CA");
+    let service_config = config(&db, &broker, &prefix, &certs, "trusted.crt");
+    let service = ServiceProcess::start(&service_config).await;
+    assert_eq!(connections(&service), 1);
+
+    // A CA that did not sign the broker's certificate replaces the file; the broker
+    // restarts. A reconnect that read the file again cannot get through.
+    std::fs::copy(certs.path("other-ca.crt"), &trusted).expect("replace the CA");
+    broker.stop();
+    broker.resume().await;
+    actix_rt::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(connections(&service), 1, "reconnected with the old CA still in memory:\n{}", service.log());
+
+    // The right CA back: the next retry connects, and messages flow.
+    std::fs::copy(certs.path("ca.crt"), &trusted).expect("restore the CA");
+    eventually(Duration::from_secs(40), "a reconnect with the restored CA", || {
+        let reconnected = connections(&service) >= 2;
+        async move { reconnected }
+    })
+    .await;
+    let publisher = Publisher::connect_tls(&broker.url(), &certs).await;
+    let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
+    let sent = publish_samples(&publisher, &prefix, 1, minute, TimeDelta::seconds(5), 8).await;
+    let client = db.client().await;
+    let expected = expected_rows(&sent);
+    eventually(Duration::from_secs(30), "every row after the CA came back", || {
+        let (client, expected) = (&client, &expected);
+        async move { loading_rate(client).await == *expected }
+    })
+    .await;
+    let status = service.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
 }
