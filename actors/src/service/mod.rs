@@ -3,21 +3,26 @@
 //! Start: writer (own arbiter) → aggregator arbiters (one per core) → source → broker.
 //! Stop: the broker stops the source and routes what was received, every aggregator hands
 //! its open minutes (partial ones included: the upsert merges them later) to the writer,
-//! then the writer drains its buffer within the shutdown deadline.
+//! then the writer drains its buffer within the shutdown deadline. `pipeline.rs` holds
+//! everything up to the writer's mailbox, `journal_start.rs` the journal's start-up.
 
-use crate::aggregation::{AggregatorSettings, AggregatorShared, Shard};
-use crate::backoff::{self, Retries};
-use crate::broker::{Broker, BrokerSettings};
+mod journal_start;
+mod pipeline;
+
+pub use journal_start::JournalReplay;
+pub use pipeline::{Pipeline, PipelineOutputs, PipelineSettings};
+
+use journal_start::open_journal;
+use pipeline::stop_arbiters;
+
 use crate::clock::Clock;
-use crate::journal::{self, Journal, JournalError, Recovered, ReplayFilter};
-use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
-use crate::messages::Credentials;
-use crate::messages::{Drain, DrainReport, StopIntake, StoreRejections, SubscribeCredentials, WriteMinutes};
+use crate::journal::{Journal, JournalError};
+use crate::messages::{Drain, DrainReport, SubscribeCredentials};
 use crate::monitoring::{
     self, Heartbeats, ListenError, MonitorServer, MonitorState, ReadinessSettings, StatusLimits,
 };
 use crate::secrets::{self, SecretError, SecretKeeper};
-use crate::source::{InboundSink, MessageSource, SourceError};
+use crate::source::{MessageSource, SourceError};
 use crate::stats::PipelineStats;
 use crate::writer::{Connector, DbError, Writer, WriterCredentials, WriterSettings};
 use actix::prelude::*;
@@ -51,197 +56,6 @@ impl ServiceError {
             ServiceError::Monitor(_) => false,
             ServiceError::Journal(err) => err.is_retriable(),
         }
-    }
-}
-
-/// What the pipeline needs from the configuration.
-#[derive(Debug, Clone)]
-pub struct PipelineSettings {
-    pub broker: BrokerSettings,
-    pub aggregator: AggregatorSettings,
-    pub inbound_capacity: usize,
-    /// Arbiters the aggregators are spread over.
-    pub shards: usize,
-}
-
-impl PipelineSettings {
-    pub fn from_config(config: &Config) -> Self {
-        let aggregation = &config.aggregation;
-        let rules = ValidationRules {
-            max_payload_bytes: config.mqtt.max_payload_bytes,
-            timestamps: TimestampRules {
-                default_timezone: aggregation.default_timezone,
-                epoch_unit: match aggregation.epoch_unit {
-                    fleetagg_config::EpochUnit::S => EpochUnit::S,
-                    fleetagg_config::EpochUnit::Ms => EpochUnit::Ms,
-                },
-            },
-            future_tolerance: aggregation.future_tolerance,
-            max_lateness: aggregation.max_lateness,
-        };
-        PipelineSettings {
-            broker: BrokerSettings {
-                rules,
-                rejects_per_second: config.rejects.max_per_second,
-                panic_after_messages: std::env::var(crate::broker::PANIC_SWITCH)
-                    .ok()
-                    .and_then(|value| value.parse().ok()),
-            },
-            aggregator: AggregatorSettings { grace: aggregation.grace, tick: aggregation.tick },
-            inbound_capacity: config.mqtt.inbound_capacity,
-            shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
-        }
-    }
-}
-
-/// Where the pipeline hands over what leaves it (in the service: the writer).
-#[derive(Debug, Clone)]
-pub struct PipelineOutputs {
-    /// Closed minutes, from the aggregators.
-    pub minutes: Recipient<WriteMinutes>,
-    /// Rejected messages, from the broker.
-    pub rejections: Recipient<StoreRejections>,
-}
-
-/// A journal to append to, and what to replay from it before the source starts.
-#[derive(Debug)]
-pub struct JournalReplay {
-    pub journal: Arc<Journal>,
-    pub recovered: Recovered,
-    pub filter: ReplayFilter,
-}
-
-/// Source, broker and aggregators: everything up to the writer's mailbox.
-#[derive(Debug)]
-pub struct Pipeline {
-    pub(crate) broker: Addr<Broker>,
-    /// One arbiter per core for the aggregators.
-    shards: Vec<Arbiter>,
-}
-
-impl Pipeline {
-    /// Starts the source and the actors; fails only if the source cannot start.
-    pub async fn start(
-        settings: PipelineSettings,
-        source: Box<dyn MessageSource>,
-        outputs: PipelineOutputs,
-        clock: Arc<dyn Clock>,
-        stats: Arc<PipelineStats>,
-    ) -> Result<Pipeline, SourceError> {
-        Self::start_journaled(settings, source, outputs, clock, stats, None).await
-    }
-
-    /// [`Pipeline::start`] with a journal: every message is appended to it before it is
-    /// processed, and what it recovered is replayed before the source connects.
-    pub async fn start_journaled(
-        settings: PipelineSettings,
-        mut source: Box<dyn MessageSource>,
-        outputs: PipelineOutputs,
-        clock: Arc<dyn Clock>,
-        stats: Arc<PipelineStats>,
-        journal: Option<JournalReplay>,
-    ) -> Result<Pipeline, SourceError> {
-        let shards: Vec<Arbiter> = (0..settings.shards.max(1)).map(|_| Arbiter::new()).collect();
-        let handles: Vec<ArbiterHandle> = shards.iter().map(Arbiter::handle).collect();
-        let appender = journal.as_ref().map(|replay| replay.journal.clone());
-        let (sink, inbound) = InboundSink::channel(settings.inbound_capacity, appender, stats.clone());
-        // Creates the client and its callbacks; it connects only when awaited, after the
-        // replay.
-        let starting = source.start(sink.clone(), stats.clone());
-        // The broker (the channel's consumer) starts before the source has connected: a
-        // persistent session's backlog arrives right after CONNACK, and with nobody
-        // draining the channel paho's receive thread would block on it before reading the
-        // SUBACK that `starting` waits for.
-        let shared = Arc::new(AggregatorShared {
-            settings: settings.aggregator,
-            clock: clock.clone(),
-            writer: outputs.minutes,
-            stats: stats.clone(),
-        });
-        let shard_addresses = handles
-            .iter()
-            .map(|arbiter| {
-                let shared = shared.clone();
-                Shard::start_in_arbiter(arbiter, move |_| Shard::new(shared))
-            })
-            .collect();
-        let broker = Broker::new(
-            source,
-            inbound,
-            settings.broker,
-            shard_addresses,
-            outputs.rejections,
-            clock,
-            stats.clone(),
-        );
-        let (broker, recovered) = match journal {
-            Some(JournalReplay { journal, recovered, filter }) => {
-                (broker.with_journal(journal, filter).start(), Some(recovered))
-            }
-            None => (broker.start(), None),
-        };
-        if let Some(recovered) = recovered {
-            replay(&recovered, &sink, &stats).await;
-        }
-        if let Err(err) = starting.await {
-            let _ = broker.send(StopIntake).await;
-            stop_arbiters(shards);
-            return Err(err);
-        }
-        Ok(Pipeline { broker, shards })
-    }
-
-    /// Stops taking messages and hands everything received to the writer.
-    pub async fn stop(self) {
-        self.stop_by(None).await;
-    }
-
-    /// [`Pipeline::stop`], giving up at `deadline`. False when the deadline came first
-    /// (the writer did not make room in time); the aggregator threads are stopped either
-    /// way.
-    pub async fn stop_by(self, deadline: Option<Instant>) -> bool {
-        // An error means the broker already stopped after draining: nothing is left.
-        let intake = self.broker.send(StopIntake);
-        let drained = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), intake).await.is_ok(),
-            None => {
-                let _ = intake.await;
-                true
-            }
-        };
-        tracing::debug!(drained, "intake stopped; stopping the aggregator arbiters");
-        stop_arbiters(self.shards);
-        drained
-    }
-}
-
-/// Feeds what the journal recovered through the pipeline, as if it had just arrived
-/// (the broker skips what committed rows already count).
-async fn replay(recovered: &Recovered, sink: &InboundSink, stats: &PipelineStats) {
-    if recovered.messages == 0 {
-        return;
-    }
-    tracing::info!(messages = recovered.messages, "replaying the journal");
-    let mut segments = recovered.messages();
-    while let Some(messages) = segments.next_segment() {
-        for message in messages {
-            if !sink.deliver(message).await {
-                return;
-            }
-            crate::stats::bump(&stats.journal_replayed, 1);
-        }
-    }
-    tracing::info!(
-        messages = stats.journal_replayed.load(Ordering::Relaxed),
-        already_committed = stats.journal_replay_skipped.load(Ordering::Relaxed),
-        "journal replayed"
-    );
-}
-
-fn stop_arbiters(arbiters: Vec<Arbiter>) {
-    for arbiter in arbiters {
-        arbiter.stop();
-        let _ = arbiter.join();
     }
 }
 
@@ -469,79 +283,6 @@ impl Service {
             watchdog.abort();
         }
         ShutdownReport { intake_drained, minutes_left_in_aggregators, writer }
-    }
-}
-
-/// Opens `[journal]` when enabled, and works out what its replay must skip: the batches
-/// among its intents that PostgreSQL's ledger holds (so a journal with intents needs
-/// the database at start-up; without, none is asked).
-async fn open_journal(
-    config: &Config,
-    connector: &Connector,
-    credentials: Option<&Credentials>,
-    stats: &Arc<PipelineStats>,
-) -> Result<Option<JournalReplay>, ServiceError> {
-    let settings = &config.journal;
-    if !settings.enabled {
-        return Ok(None);
-    }
-    let identity = format!("client_id={} database={}", config.mqtt.client_id, connector.database_name());
-    let (journal, mut recovered) = Journal::open(settings, &identity, stats.clone())?;
-    if settings.sync == fleetagg_config::JournalSync::Fsync {
-        journal::spawn_sync_thread(&journal, settings.sync_interval).map_err(|err| {
-            JournalError::Directory {
-                dir: settings.dir.clone(),
-                message: format!("cannot start the sync thread: {err}"),
-            }
-        })?;
-    }
-    let ids = recovered.batch_ids();
-    let committed = if ids.is_empty() {
-        Default::default()
-    } else {
-        committed_batches(connector, credentials, &ids).await?
-    };
-    let filter = ReplayFilter::new(
-        recovered.last_seq,
-        &recovered.minutes_intents,
-        &recovered.rejections_intents,
-        &committed,
-    );
-    tracing::info!(
-        dir = %settings.dir.display(),
-        sync = ?settings.sync,
-        messages_to_replay = recovered.messages,
-        batches_found = ids.len(),
-        batches_committed = committed.len(),
-        "journal opened"
-    );
-    // The filter has what the replay needs from them.
-    recovered.minutes_intents = Vec::new();
-    recovered.rejections_intents = Vec::new();
-    Ok(Some(JournalReplay { journal, recovered, filter }))
-}
-
-/// The ledger lookup for the replay, retried like the other start-up steps.
-async fn committed_batches(
-    connector: &Connector,
-    credentials: Option<&Credentials>,
-    ids: &[String],
-) -> Result<rustc_hash::FxHashSet<String>, DbError> {
-    let mut retries = Retries::new(backoff::DATABASE_WRITES);
-    loop {
-        let looked_up = async {
-            let mut session = connector.connect(credentials).await?;
-            session.committed_batches(ids).await
-        };
-        match looked_up.await {
-            Ok(committed) => return Ok(committed),
-            Err(err) if err.is_retriable() && retries.failures() + 1 < backoff::STARTUP_ATTEMPTS => {
-                let wait = retries.failed();
-                tracing::warn!(error = %err, ?wait, "cannot ask PostgreSQL which journaled batches it committed; retrying");
-                actix_rt::time::sleep(wait).await;
-            }
-            Err(err) => return Err(err),
-        }
     }
 }
 
