@@ -31,6 +31,27 @@ fn config(
         .replace("max_payload_bytes", &format!("{tls}max_payload_bytes"))
 }
 
+/// Publishes 8 samples of one machine through the TLS broker (with the client
+/// certificate) and waits until `loading_rate` holds exactly their rows.
+async fn publish_over_tls_and_expect_every_row(
+    broker: &MosquittoBroker,
+    certs: &TestCertificates,
+    db: &TestDatabase,
+    prefix: &str,
+    what: &str,
+) {
+    let publisher = Publisher::connect_tls(&broker.url(), certs).await;
+    let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
+    let sent = publish_samples(&publisher, prefix, 1, minute, TimeDelta::seconds(5), 8).await;
+    let client = db.client().await;
+    let expected = expected_rows(&sent);
+    eventually(Duration::from_secs(30), what, || {
+        let (client, expected) = (&client, &expected);
+        async move { loading_rate(client).await == *expected }
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn a_client_certificate_login_over_tls_writes_every_row() {
     let certs = TestCertificates::make("IP:127.0.0.1,DNS:localhost", "fleetagg-test-client");
@@ -38,16 +59,8 @@ async fn a_client_certificate_login_over_tls_writes_every_row() {
     let db = TestDatabase::create().await;
     let prefix = unique("broker_tls");
     let service = ServiceProcess::start(&config(&db, &broker, &prefix, &certs, "ca.crt")).await;
-    let publisher = Publisher::connect_tls(&broker.url(), &certs).await;
-    let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
-    let sent = publish_samples(&publisher, &prefix, 1, minute, TimeDelta::seconds(5), 8).await;
-    let client = db.client().await;
-    let expected = expected_rows(&sent);
-    eventually(Duration::from_secs(30), "every row through the TLS broker", || {
-        let (client, expected) = (&client, &expected);
-        async move { loading_rate(client).await == *expected }
-    })
-    .await;
+    publish_over_tls_and_expect_every_row(&broker, &certs, &db, &prefix, "every row through the TLS broker")
+        .await;
     let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
 }
@@ -109,16 +122,8 @@ async fn certificate_files_are_read_again_at_every_reconnect() {
         async move { reconnected }
     })
     .await;
-    let publisher = Publisher::connect_tls(&broker.url(), &certs).await;
-    let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
-    let sent = publish_samples(&publisher, &prefix, 1, minute, TimeDelta::seconds(5), 8).await;
-    let client = db.client().await;
-    let expected = expected_rows(&sent);
-    eventually(Duration::from_secs(30), "every row after the CA came back", || {
-        let (client, expected) = (&client, &expected);
-        async move { loading_rate(client).await == *expected }
-    })
-    .await;
+    publish_over_tls_and_expect_every_row(&broker, &certs, &db, &prefix, "every row after the CA came back")
+        .await;
     let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
 }
