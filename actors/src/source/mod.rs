@@ -2,7 +2,6 @@
 //! tests and benchmarks. Both push into the same bounded [`InboundSink`], so the actor
 //! pipeline cannot tell them apart.
 
-mod connect_error;
 mod fake;
 mod mqtt;
 

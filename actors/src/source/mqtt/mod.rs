@@ -6,7 +6,8 @@
 //! with a blocking send. While the service is slow, paho's receive thread waits in that
 //! callback, stops reading the socket, and the broker keeps queuing for the session.
 
-use super::connect_error;
+mod connect_error;
+
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
 use crate::backoff::{self, Retries};
 use crate::stats::{bump, PipelineStats};
