@@ -86,7 +86,8 @@ fn summary(s: &Value, base: &str) -> String {
     let m = &s["mqtt"];
     let _ = writeln!(
         out,
-        "MQTT        connected: {}, subscribed: {}, session resumed: {}, reconnects: {}, last message: {}",
+        "MQTT        broker: {}, connected: {}, subscribed: {}, session resumed: {}, reconnects: {}, last message: {}",
+        if m["broker"].is_null() { "none yet".to_owned() } else { text(&m["broker"]) },
         yes_no(&m["connected"]),
         yes_no(&m["subscribed"]),
         yes_no(&m["session_resumed"]),

@@ -78,9 +78,11 @@ pub struct PipelineStats {
     pub mqtt_connected: AtomicBool,
     pub mqtt_subscribed: AtomicBool,
     pub mqtt_reconnects: AtomicU64,
-    /// Whether the broker kept the session at the last connect (unknown after an
-    /// automatic reconnect: paho's callback does not say).
+    /// Whether the broker kept the session at the last connect.
     pub mqtt_session_resumed: Known,
+    /// The broker URL of the current (or last) connection: with several in `mqtt.url`,
+    /// which node this instance is on.
+    pub mqtt_broker: std::sync::Mutex<Option<String>>,
     /// Why connecting to the broker fails, while it does (for `/readyz`).
     pub mqtt_problem: std::sync::Mutex<Option<String>>,
     /// When the MQTT connection was last established (µs since the epoch).

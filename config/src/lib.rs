@@ -5,6 +5,7 @@
 //! error naming the key, durations are strings (`"5s"`, `"10m"`), and the result is
 //! validated as a whole before any actor sees it. Nothing here does network I/O.
 
+mod broker_urls;
 mod de;
 mod duration;
 mod error;

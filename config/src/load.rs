@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let config = load_from_str("", "test", env(&[])).unwrap();
-        assert_eq!(config.mqtt.url, "tcp://127.0.0.1:1883");
+        assert_eq!(config.mqtt.url, vec!["tcp://127.0.0.1:1883".to_owned()]);
         assert_eq!(config.mqtt.client_id, "fleetagg");
         assert_eq!(config.mqtt.topics, vec!["machines/+/telemetry".to_owned()]);
         assert_eq!(config.mqtt.qos, 1);
@@ -200,13 +200,40 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(config.mqtt.paho_url(), "tcp://broker:1883");
+        assert_eq!(config.mqtt.paho_urls(), vec!["tcp://broker:1883".to_owned()]);
         assert_eq!(config.aggregation.grace, Duration::from_millis(250));
         assert_eq!(config.aggregation.future_tolerance, None);
         assert_eq!(config.aggregation.default_timezone, chrono_tz::Europe::Paris);
         assert_eq!(config.aggregation.epoch_unit, EpochUnit::Ms);
         assert_eq!(config.database.batch_max_rows, 100);
         assert_eq!(config.mqtt.topics, vec!["a/+/t".to_owned(), "b/#".to_owned()]);
+    }
+
+    #[test]
+    fn several_brokers_are_a_list_in_order() {
+        let text = "[mqtt]\nurl = [\"mqtt://a:1883\", \"ssl://b:8883\"]\n";
+        let config = load_from_str(text, "test", env(&[])).unwrap();
+        assert_eq!(config.mqtt.paho_urls(), vec!["tcp://a:1883".to_owned(), "ssl://b:8883".to_owned()]);
+        assert!(config.mqtt.uses_tls());
+        // An environment variable carries them as one string, separated by commas.
+        let config =
+            load_from_str("", "test", env(&[("FLEETAGG__MQTT__URL", "tcp://a:1883, tcp://b:1883")])).unwrap();
+        assert_eq!(config.mqtt.url, vec!["tcp://a:1883".to_owned(), "tcp://b:1883".to_owned()]);
+        assert!(!config.mqtt.uses_tls());
+        // Printed back: one URL as a string, several as an array, read back the same.
+        let printed = config.to_toml();
+        assert_eq!(load_from_str(&printed, "test", env(&[])).unwrap().mqtt.url, config.mqtt.url, "{printed}");
+        let one = load_from_str("", "test", env(&[])).unwrap();
+        assert!(one.to_toml().contains(r#"url = "tcp://127.0.0.1:1883""#), "{}", one.to_toml());
+        // Every URL is checked, and an empty list is refused.
+        for text in [
+            "[mqtt]\nurl = [\"tcp://a:1883\", \"http://b\"]\n",
+            "[mqtt]\nurl = []\n",
+            "[mqtt]\nurl = \"tcp://\"\n",
+        ] {
+            let err = load_from_str(text, "test", env(&[])).unwrap_err();
+            assert!(err.to_string().contains("mqtt.url"), "{err}");
+        }
     }
 
     #[test]

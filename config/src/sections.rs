@@ -26,9 +26,12 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Broker address. `mqtt://` and `mqtts://` are accepted as aliases of paho's
-    /// `tcp://` and `ssl://`.
-    pub url: String,
+    /// Broker address, or the addresses of a clustered broker's nodes: tried in order at
+    /// start-up and at every reconnect, so that an instance whose node dies moves to a
+    /// live one. `mqtt://` and `mqtts://` are accepted as aliases of paho's `tcp://` and
+    /// `ssl://`.
+    #[serde(with = "crate::broker_urls")]
+    pub url: Vec<String>,
     /// Fixed so that the broker recognises the persistent session across restarts and
     /// keeps queuing messages while the service is down.
     pub client_id: String,
@@ -78,7 +81,7 @@ impl MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            url: "tcp://127.0.0.1:1883".into(),
+            url: vec!["tcp://127.0.0.1:1883".into()],
             client_id: "fleetagg".into(),
             topics: vec!["machines/+/telemetry".into()],
             qos: 1,
@@ -97,15 +100,16 @@ impl Default for MqttConfig {
 }
 
 impl MqttConfig {
-    /// The URL in the scheme paho understands (`tcp://`, `ssl://`, `ws://`, `wss://`).
-    pub fn paho_url(&self) -> String {
-        if let Some(rest) = self.url.strip_prefix("mqtt://") {
-            format!("tcp://{rest}")
-        } else if let Some(rest) = self.url.strip_prefix("mqtts://") {
-            format!("ssl://{rest}")
-        } else {
-            self.url.clone()
-        }
+    /// The broker URLs in the scheme paho understands (`tcp://`, `ssl://`, `ws://`,
+    /// `wss://`), in the order they are tried.
+    pub fn paho_urls(&self) -> Vec<String> {
+        self.url.iter().map(|url| crate::broker_urls::paho_url(url)).collect()
+    }
+
+    /// Whether the connection is TLS: an `ssl://`/`wss://` URL or a CA file given.
+    pub fn uses_tls(&self) -> bool {
+        self.ca_file.is_some()
+            || self.paho_urls().iter().any(|url| url.starts_with("ssl://") || url.starts_with("wss://"))
     }
 }
 
@@ -376,14 +380,16 @@ impl Config {
     /// wrong key may be a secret.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mqtt = &self.mqtt;
-        let scheme_ok = ["tcp://", "ssl://", "ws://", "wss://", "mqtt://", "mqtts://"]
-            .iter()
-            .any(|scheme| mqtt.url.starts_with(scheme));
-        if !scheme_ok {
+        let scheme_ok = |url: &String| {
+            ["tcp://", "ssl://", "ws://", "wss://", "mqtt://", "mqtts://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len())
+        };
+        if mqtt.url.is_empty() || !mqtt.url.iter().all(scheme_ok) {
             // Not echoed: a URL can carry credentials (`tcp://user:password@host`).
             return Err(ConfigError::key(
                 "mqtt.url",
-                "must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://",
+                "each URL must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss:// and name a host",
             ));
         }
         if mqtt.client_id.trim().is_empty() {

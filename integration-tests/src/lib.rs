@@ -12,6 +12,7 @@ pub mod mosquitto;
 pub mod moto;
 pub mod pgbouncer;
 pub mod ports;
+pub mod scripted_broker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -347,6 +348,16 @@ impl Publisher {
             .expect("the test certificates exist")
             .finalize();
         let options = paho_mqtt::ConnectOptionsBuilder::new().clean_session(true).ssl_options(ssl).finalize();
+        Self::connect_with(url, options).await
+    }
+
+    /// A publisher that logs in with a user name and password.
+    pub async fn connect_with_login(url: &str, user: &str, password: &str) -> Publisher {
+        let options = paho_mqtt::ConnectOptionsBuilder::new()
+            .clean_session(true)
+            .user_name(user)
+            .password(password)
+            .finalize();
         Self::connect_with(url, options).await
     }
 

@@ -51,6 +51,27 @@ impl MosquittoBroker {
         Self::launch(dir, &auth).await
     }
 
+    /// Sets `user`'s password in the broker's password file (made by
+    /// [`MosquittoBroker::start_with_password`]) and tells a running broker to reload it
+    /// (SIGHUP). Mosquitto keeps connections that already logged in.
+    pub fn change_password(&self, user: &str, password: &str) {
+        let changed = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(self.dir.join("passwords"))
+            .args([user, password])
+            .stdin(Stdio::null())
+            .output()
+            .expect("mosquitto_passwd");
+        assert!(
+            changed.status.success(),
+            "mosquitto_passwd failed: {}",
+            String::from_utf8_lossy(&changed.stderr)
+        );
+        if let Some(child) = self.child.lock().expect("broker lock").as_ref() {
+            let _ = Command::new("kill").args(["-HUP", &child.id().to_string()]).status();
+        }
+    }
+
     /// A broker that speaks only TLS with the server certificate of `certs` and accepts
     /// only clients with a certificate from `certs`' CA, logged in as the certificate's
     /// common name (`require_certificate`, `use_identity_as_username`).

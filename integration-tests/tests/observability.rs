@@ -97,7 +97,8 @@ async fn counters_match_what_was_sent_and_what_was_stored() {
     assert!(value("fleetagg_last_message_received_timestamp_seconds") > 1.7e9);
 
     assert_eq!(http_get(port, "/healthz").await, (200, "ok\n".to_owned()));
-    assert_eq!(http_get(port, "/readyz").await, (200, "ready\n".to_owned()));
+    // Ready, and on which broker (the last line).
+    assert_eq!(http_get(port, "/readyz").await, (200, format!("ready\nMQTT broker: {}\n", broker_url())));
     assert_eq!(http_get(port, "/nope").await.0, 404);
 
     let log_path = service.log_path.clone();

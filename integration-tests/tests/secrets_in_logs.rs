@@ -4,7 +4,7 @@
 //! trace and every dependency's trace events) through one way a secret reaches it: the
 //! database password from a file, from an environment variable and from AWS Secrets
 //! Manager (moto), each with a refused login and a rotation; the MQTT broker password
-//! (a private Mosquitto that checks it), also a wrong one; and secrets put where they do
+//! (a private Mosquitto that checks it), also a wrong one and a rotation; and secrets put where they do
 //! not belong, in the file and in the environment. Then it searches standard output and
 //! standard error for every secret used, as text and in the forms a `{:?}` of its bytes
 //! takes (paho once logged its connect options so).
@@ -297,6 +297,46 @@ async fn mqtt_password_right_and_wrong() {
     let output = service.log();
     drop(service); // killed: it would retry forever
     assert_no_secrets(&output, &[wrong, password]);
+}
+
+/// The broker password rotated without a restart: the broker takes only the new one and
+/// drops the connection (a restart), the service is refused, reads its secret again at
+/// once, and logs in with the new one when it appears; what the broker acknowledged
+/// meanwhile waits in the persistent session, and every sample is written once.
+#[actix_rt::test]
+async fn mqtt_password_rotated_without_restart() {
+    let (user, old, new) = ("fleetagg", "Mr1-old-broker-pw-5c2e81", "Mr2-new-broker-pw-9d4a17");
+    let broker = MosquittoBroker::start_with_password(user, old).await;
+    let db = TestDatabase::create().await;
+    let mut feed = Feed::connect(&broker.url(), Some((user, old))).await;
+    let secret_file = temp_file("mqtt-password-rotated", &format!("{old}\n"));
+    // An hour: only the refused login can make the service read the secret again.
+    let mqtt_extra = format!(
+        "username = \"{user}\"\n\n[mqtt.password]\nsource = \"file\"\npath = \"{}\"\nrefresh_interval = \"1h\"\n",
+        secret_file.display()
+    );
+    let toml = config(&broker.url(), &mqtt_extra, &db.url, &feed.prefix, "");
+    let service = ServiceProcess::spawn_with_rust_log(&toml, &[], "trace");
+    service.wait_for_log("fleetagg running", Duration::from_secs(60)).await;
+    feed.publish(5).await;
+    feed.wait_until_written(&db.url, "rows with the first password").await;
+
+    // The rotation: from now on the broker takes only the new password.
+    broker.stop();
+    broker.change_password(user, new);
+    broker.resume().await;
+    service.wait_for_log("login refused", Duration::from_secs(60)).await;
+    // Acknowledged by the broker while the service cannot log in.
+    let mut rotated = Feed::connect(&broker.url(), Some((user, new))).await;
+    (rotated.prefix, rotated.sent) = (feed.prefix.clone(), feed.sent);
+    rotated.publish(5).await;
+    std::fs::write(&secret_file, format!("{new}\n")).expect("rotate the secret");
+    rotated.wait_until_written(&db.url, "every sample, the ones queued during the rotation too").await;
+
+    let output = stop(service).await;
+    assert!(output.contains("MQTT broker password changed at its source"), "the rotation should be logged");
+    assert!(output.contains("resumed_session=true"), "the session (and its queue) should be kept");
+    assert_no_secrets(&output, &[old, new]);
 }
 
 #[actix_rt::test]

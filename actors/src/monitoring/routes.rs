@@ -71,10 +71,15 @@ pub(super) fn respond<B>(state: &MonitorState, request: &Request<B>) -> Response
         "/healthz" => healthz(state),
         "/readyz" => {
             let now = state.stats.clock.now().micros();
+            // Which broker this instance is on (with several in `mqtt.url`), as a last
+            // line: monitors read the status code.
+            let broker =
+                state.stats.mqtt_broker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let on = broker.map(|url| format!("MQTT broker: {url}\n")).unwrap_or_default();
             match readiness(&state.stats, &state.readiness, now) {
-                Ok(()) => reply(StatusCode::OK, TEXT, "ready\n"),
+                Ok(()) => reply(StatusCode::OK, TEXT, format!("ready\n{on}")),
                 Err(reasons) => {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{}\n", reasons.join("\n")))
+                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{}\n{on}", reasons.join("\n")))
                 }
             }
         }

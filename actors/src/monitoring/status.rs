@@ -44,6 +44,8 @@ pub(super) struct Status {
 
 #[derive(Debug, Serialize)]
 struct Mqtt {
+    /// The broker URL of the current (or last) connection.
+    broker: Option<String>,
     connected: bool,
     subscribed: bool,
     session_resumed: Option<bool>,
@@ -185,6 +187,7 @@ pub(super) fn status(state: &MonitorState, now_micros: i64) -> Status {
         ready: not_ready.is_empty(),
         not_ready,
         mqtt: Mqtt {
+            broker: stats.mqtt_broker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             connected: stats.mqtt_connected.load(Ordering::Relaxed),
             subscribed: stats.mqtt_subscribed.load(Ordering::Relaxed),
             session_resumed: stats.mqtt_session_resumed.get(),

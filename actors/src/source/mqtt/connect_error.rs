@@ -27,8 +27,8 @@ impl FailureKind {
     }
 }
 
-/// The kind and a description of `err` from connecting to `url`.
-pub(super) fn describe(err: &mqtt::Error, url: &str) -> (FailureKind, String) {
+/// The kind and a description of `err` from connecting to `urls` (paho tried each).
+pub(super) fn describe(err: &mqtt::Error, urls: &[String]) -> (FailureKind, String) {
     use mqtt::ConnectReturnCode as Code;
     let refused = |what: &str| (FailureKind::Refused, what.to_owned());
     match err {
@@ -48,9 +48,22 @@ pub(super) fn describe(err: &mqtt::Error, url: &str) -> (FailureKind, String) {
         mqtt::Error::ConnectReturn(Code::ServerUnavailable) => refused("the broker says it is unavailable"),
         mqtt::Error::ReasonCode(code, _) => (FailureKind::Refused, format!("refused by the broker: {code}")),
         mqtt::Error::TcpConnectTimeout => (FailureKind::Unreachable, "TCP connect timed out".to_owned()),
-        mqtt::Error::TcpTlsConnectFailure => probe(url),
+        mqtt::Error::TcpTlsConnectFailure => probe_all(urls),
         other => (FailureKind::Unreachable, other.to_string()),
     }
+}
+
+/// [`probe`] for each URL; with several, TLS wins (it is the one an operator can fix
+/// here) and the causes are listed.
+fn probe_all(urls: &[String]) -> (FailureKind, String) {
+    let probes: Vec<(FailureKind, String)> = urls.iter().map(|url| probe(url)).collect();
+    let kind = if probes.iter().any(|(kind, _)| *kind == FailureKind::Tls) {
+        FailureKind::Tls
+    } else {
+        FailureKind::Unreachable
+    };
+    let causes: Vec<String> = probes.into_iter().map(|(_, cause)| cause).collect();
+    (kind, causes.join("; "))
 }
 
 /// paho does not say whether TCP or TLS failed: find out with a TCP connection of our own.

@@ -5,25 +5,35 @@
 //! that stream: its message callback hands each message to the bounded [`InboundSink`]
 //! with a blocking send. While the service is slow, paho's receive thread waits in that
 //! callback, stops reading the socket, and the broker keeps queuing for the session.
+//!
+//! Connecting, subscribing and reconnecting happen on a thread of their own
+//! (`connection.rs`); the broker password is in `password.rs`, paho's options in
+//! `options.rs`.
 
 mod connect_error;
+mod connection;
+mod options;
+mod password;
 
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
-use crate::backoff::{self, Retries};
-use crate::stats::{bump, PipelineStats};
+use crate::stats::PipelineStats;
+use connection::{Connection, Event, StopGate};
 use fleetagg_config::MqttConfig;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use paho_mqtt as mqtt;
-use secrecy::ExposeSecret;
+use password::BrokerPassword;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 pub struct MqttSource {
     config: MqttConfig,
     client: Option<mqtt::AsyncClient>,
     sink: Option<InboundSink>,
+    /// Tells the connection thread to stop reconnecting.
+    events: Option<mpsc::Sender<Event>>,
+    gate: Arc<StopGate>,
 }
 
 impl std::fmt::Debug for MqttSource {
@@ -38,7 +48,7 @@ impl std::fmt::Debug for MqttSource {
 
 impl MqttSource {
     pub fn new(config: &MqttConfig) -> Self {
-        MqttSource { config: config.clone(), client: None, sink: None }
+        MqttSource { config: config.clone(), client: None, sink: None, events: None, gate: Arc::default() }
     }
 }
 
@@ -49,13 +59,13 @@ impl MessageSource for MqttSource {
         stats: Arc<PipelineStats>,
     ) -> BoxFuture<'static, Result<(), SourceError>> {
         let config = self.config.clone();
-        let url = config.paho_url();
+        let urls = config.paho_urls();
         let client = mqtt::CreateOptionsBuilder::new()
-            .server_uri(&url)
+            .server_uri(urls.first().map_or("", String::as_str))
             .client_id(&config.client_id)
             .persistence(mqtt::PersistenceType::None)
             .create_client()
-            .map_err(|err| SourceError::Client { url: url.clone(), message: err.to_string() });
+            .map_err(|err| SourceError::Client { url: urls.join(","), message: err.to_string() });
         let client = match client {
             Ok(client) => client,
             Err(err) => return async move { Err(err) }.boxed(),
@@ -76,39 +86,48 @@ impl MessageSource for MqttSource {
                 }
             }
         });
-        let topics = config.subscriptions();
-        let qos = vec![config.qos; topics.len()];
-        let connected_stats = stats.clone();
-        client.set_connected_callback(move |client| {
-            // paho does not re-subscribe after an automatic reconnect; when the broker
-            // lost the session, the subscription is gone. Subscribing again is harmless.
-            tracing::info!("connected to the MQTT broker; subscribing");
-            let stats = &connected_stats;
-            if stats.mqtt_connected_at_micros.load(Ordering::Relaxed) != 0 {
-                bump(&stats.mqtt_reconnects, 1);
-                // paho's callback does not say whether the broker kept the session.
-                stats.mqtt_session_resumed.set(None);
-            }
-            stats.mark_now(&stats.mqtt_connected_at_micros);
-            stats.mqtt_connected.store(true, Ordering::Relaxed);
-            // Not waited for here (paho's callback thread must stay free): a refused
-            // subscription is checked at start-up only.
-            drop(client.subscribe_many(&topics, &qos));
-            stats.mqtt_subscribed.store(true, Ordering::Relaxed);
-        });
+        let (events, received_events) = mpsc::channel();
         let lost_stats = stats.clone();
+        let lost = events.clone();
         client.set_connection_lost_callback(move |_| {
             lost_stats.mqtt_connected.store(false, Ordering::Relaxed);
             lost_stats.mqtt_subscribed.store(false, Ordering::Relaxed);
             tracing::warn!("connection to the MQTT broker lost; reconnecting");
+            let _ = lost.send(Event::Lost);
         });
 
         self.client = Some(client.clone());
         self.sink = Some(sink);
+        self.events = Some(events);
+        let gate = self.gate.clone();
         async move {
-            connect_and_subscribe(&client, &config, &url, stats.clone()).await?;
-            stats.mqtt_subscribed.store(true, Ordering::Relaxed);
-            Ok(())
+            let password = match &config.password {
+                Some(password) => {
+                    Some(BrokerPassword::read_at_start(password, stats.clock.0.clone()).await.map_err(
+                        |err| SourceError::Client {
+                            url: urls.join(","),
+                            message: format!("broker password: {err}"),
+                        },
+                    )?)
+                }
+                None => None,
+            };
+            let (first, first_result) = tokio::sync::oneshot::channel();
+            let connection =
+                Connection { client, config, urls, password, stats, events: received_events, gate };
+            std::thread::Builder::new()
+                .name("fleetagg-mqtt-conn".into())
+                .spawn(move || connection.run(first))
+                .map_err(|err| SourceError::Client {
+                    url: String::new(),
+                    message: format!("cannot start the MQTT connection thread: {err}"),
+                })?;
+            first_result.await.unwrap_or_else(|_| {
+                Err(SourceError::Client {
+                    url: String::new(),
+                    message: "MQTT connection thread failed".into(),
+                })
+            })
         }
         .boxed()
     }
@@ -116,6 +135,11 @@ impl MessageSource for MqttSource {
     fn stop(&mut self) -> BoxFuture<'static, ()> {
         let client = self.client.take();
         let sink = self.sink.take();
+        // No connect begins after this: see `StopGate`.
+        self.gate.close();
+        if let Some(events) = self.events.take() {
+            let _ = events.send(Event::Stop);
+        }
         async move {
             // Off the runtime for the reason given at `off_runtime`: the broker actor must
             // keep draining while paho disconnects.
@@ -123,8 +147,12 @@ impl MessageSource for MqttSource {
                 if let Some(client) = client {
                     let options =
                         mqtt::DisconnectOptionsBuilder::new().timeout(Duration::from_secs(5)).finalize();
+                    // Also when not connected: a connect still in flight is ended by it.
+                    let was_connected = client.is_connected();
                     if let Err(err) = client.disconnect(options).wait() {
-                        tracing::warn!(error = %err, "MQTT disconnect did not complete cleanly");
+                        if was_connected {
+                            tracing::warn!(error = %err, "MQTT disconnect did not complete cleanly");
+                        }
                     }
                 }
                 if let Some(sink) = sink {
@@ -135,70 +163,6 @@ impl MessageSource for MqttSource {
         }
         .boxed()
     }
-}
-
-/// Persistent session, automatic reconnection, and TLS and credentials when configured
-/// (the broker password is read from its secret source once, at start-up).
-fn connect_options(
-    config: &MqttConfig,
-    url: &str,
-    password: Option<&secrecy::SecretString>,
-) -> Result<mqtt::ConnectOptions, SourceError> {
-    let client_error = |message: String| SourceError::Client { url: url.to_owned(), message };
-    let mut builder = mqtt::ConnectOptionsBuilder::new();
-    builder
-        .keep_alive_interval(config.keep_alive)
-        .clean_session(false)
-        .automatic_reconnect(backoff::MQTT_CONNECT.initial, backoff::MQTT_CONNECT.max)
-        .connect_timeout(Duration::from_secs(10));
-    let tls = url.starts_with("ssl://") || url.starts_with("wss://") || config.ca_file.is_some();
-    if tls {
-        let mut ssl = mqtt::SslOptionsBuilder::new();
-        // The certificate must also name the host connected to (paho checks the chain
-        // only, unless asked).
-        ssl.verify(true);
-        if let Some(ca) = &config.ca_file {
-            ssl.trust_store(ca).map_err(|err| client_error(format!("mqtt.ca_file: {err}")))?;
-        }
-        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
-            ssl.key_store(cert).map_err(|err| client_error(format!("mqtt.cert_file: {err}")))?;
-            ssl.private_key(key).map_err(|err| client_error(format!("mqtt.key_file: {err}")))?;
-        }
-        builder.ssl_options(ssl.finalize());
-    }
-    if let Some(user) = &config.username {
-        builder.user_name(user);
-    }
-    if let Some(password) = password {
-        builder.password(password.expose_secret());
-    }
-    Ok(builder.finalize())
-}
-
-/// Connects with a persistent session, retrying with capped back-off while the broker is
-/// unreachable, then subscribes.
-async fn connect_and_subscribe(
-    client: &mqtt::AsyncClient,
-    config: &MqttConfig,
-    url: &str,
-    stats: Arc<PipelineStats>,
-) -> Result<(), SourceError> {
-    let password = match &config.password {
-        Some(password) => {
-            let source = crate::secrets::build_source(password).await;
-            let credentials = crate::secrets::fetch_at_start(source.as_ref()).await.map_err(|err| {
-                SourceError::Client { url: url.to_owned(), message: format!("broker password: {err}") }
-            })?;
-            Some(credentials.password)
-        }
-        None => None,
-    };
-    let (client, config, url) = (client.clone(), config.clone(), url.to_owned());
-    off_runtime(move || connect_blocking(&client, &config, &url, password.as_ref(), &stats))
-        .await
-        .unwrap_or_else(|| {
-            Err(SourceError::Client { url: String::new(), message: "MQTT control thread failed".into() })
-        })
 }
 
 /// Runs paho calls on a thread of their own. paho's API takes its global mutex, which its
@@ -214,92 +178,4 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
         })
         .ok()?;
     result.await.ok()
-}
-
-/// How long one connect of ours may take before the loop looks again (paho's own
-/// connect timeout is 10 s; this only bounds a token that never completes).
-const CONNECT_WAIT: Duration = Duration::from_secs(15);
-
-fn connect_blocking(
-    client: &mqtt::AsyncClient,
-    config: &MqttConfig,
-    url: &str,
-    password: Option<&secrecy::SecretString>,
-    stats: &PipelineStats,
-) -> Result<(), SourceError> {
-    let options = connect_options(config, url, password)?;
-    let mut retries = Retries::new(backoff::MQTT_CONNECT);
-    loop {
-        // With automatic reconnect on, paho retries a failed first connect by itself too;
-        // when it wins, a connect of ours would never complete (seen: start-up stuck after
-        // paho had connected and acknowledged the backlog). Take its connection.
-        if client.is_connected() {
-            tracing::info!(url, client_id = %config.client_id, "MQTT connected (by paho's own retry)");
-            stats.set_mqtt_problem(None);
-            break;
-        }
-        match client.connect(options.clone()).wait_for(CONNECT_WAIT) {
-            Ok(response) => {
-                let resumed = response.connect_response().is_some_and(|r| r.session_present);
-                tracing::info!(url, client_id = %config.client_id, resumed_session = resumed, "MQTT connected");
-                stats.mqtt_session_resumed.set(Some(resumed));
-                stats.set_mqtt_problem(None);
-                break;
-            }
-            Err(_) if client.is_connected() => continue,
-            Err(err) => {
-                // Logged when a cause starts (or changes), not at every retry; `/readyz`
-                // says it meanwhile.
-                let (kind, cause) = connect_error::describe(&err, url);
-                if stats.set_mqtt_problem(Some(cause.clone())) {
-                    tracing::warn!(url, cause = %cause, "{}", kind.headline());
-                }
-                std::thread::sleep(retries.failed());
-            }
-        }
-    }
-    let topics = config.subscriptions();
-    let qos = vec![config.qos; topics.len()];
-    client
-        .subscribe_many(&topics, &qos)
-        .wait()
-        .map_err(|err| err.to_string())
-        .and_then(|response| refused_topics(&topics, response.subscribe_many_response().as_deref()))
-        .map_err(|message| SourceError::Subscribe { topics: topics.clone(), message })?;
-    tracing::info!(topics = ?topics, qos = config.qos, "subscribed");
-    Ok(())
-}
-
-/// A SUBACK grants each topic filter a QoS, or refuses it with a failure code (0x80 and
-/// up: MQTT 3.1.1's "failure", MQTT 5's reason codes), typically the broker's ACL: an
-/// error naming the refused filters, since nothing would ever arrive on them.
-fn refused_topics(topics: &[String], granted: Option<&[i32]>) -> Result<(), String> {
-    let Some(granted) = granted else { return Ok(()) };
-    let refused: Vec<String> = topics
-        .iter()
-        .zip(granted)
-        .filter(|(_, code)| **code >= 0x80)
-        .map(|(topic, code)| format!("{topic} (code 0x{code:02x})"))
-        .collect();
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("refused by the broker (not authorized by its ACL?): {}", refused.join(", ")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::refused_topics;
-
-    #[test]
-    fn a_suback_failure_code_names_the_refused_filters() {
-        let topics = vec!["a/+/telemetry".to_owned(), "b/+/telemetry".to_owned()];
-        assert_eq!(refused_topics(&topics, Some(&[1, 1])), Ok(()));
-        assert_eq!(refused_topics(&topics, None), Ok(()));
-        let refused = refused_topics(&topics, Some(&[1, 0x80])).expect_err("0x80 is a refusal");
-        assert!(refused.contains("b/+/telemetry (code 0x80)") && !refused.contains("a/+"), "{refused}");
-        // MQTT 5 reason codes: 0x87 "not authorized".
-        assert!(refused_topics(&topics, Some(&[0x87, 0])).is_err());
-    }
 }

@@ -1,0 +1,51 @@
+//! paho's connect options, built again for every attempt: the password may have been
+//! rotated and the certificate files replaced since the last one.
+
+use super::SourceError;
+use fleetagg_config::MqttConfig;
+use paho_mqtt as mqtt;
+use secrecy::ExposeSecret;
+use std::time::Duration;
+
+/// paho's own limit for one attempt (TCP, TLS and CONNACK), per broker URL.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A persistent session (the broker queues while the service is away), the broker URLs
+/// in order (paho tries each until one answers), TLS and the login when configured.
+/// No automatic reconnect: the connection thread reconnects itself, so that each attempt
+/// carries the current password and certificate files and re-subscribes (see
+/// `connection.rs`).
+pub(super) fn connect_options(
+    config: &MqttConfig,
+    urls: &[String],
+    password: Option<&secrecy::SecretString>,
+) -> Result<mqtt::ConnectOptions, SourceError> {
+    let client_error = |message: String| SourceError::Client { url: urls.join(","), message };
+    let mut builder = mqtt::ConnectOptionsBuilder::new();
+    builder
+        .keep_alive_interval(config.keep_alive)
+        .clean_session(false)
+        .server_uris(urls)
+        .connect_timeout(CONNECT_TIMEOUT);
+    if config.uses_tls() {
+        let mut ssl = mqtt::SslOptionsBuilder::new();
+        // The certificate must also name the host connected to (paho checks the chain
+        // only, unless asked).
+        ssl.verify(true);
+        if let Some(ca) = &config.ca_file {
+            ssl.trust_store(ca).map_err(|err| client_error(format!("mqtt.ca_file: {err}")))?;
+        }
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            ssl.key_store(cert).map_err(|err| client_error(format!("mqtt.cert_file: {err}")))?;
+            ssl.private_key(key).map_err(|err| client_error(format!("mqtt.key_file: {err}")))?;
+        }
+        builder.ssl_options(ssl.finalize());
+    }
+    if let Some(user) = &config.username {
+        builder.user_name(user);
+    }
+    if let Some(password) = password {
+        builder.password(password.expose_secret());
+    }
+    Ok(builder.finalize())
+}

@@ -1,0 +1,83 @@
+//! `mqtt.url` with several brokers: tried in order at start-up and at every reconnect, so
+//! an instance whose broker dies moves to the next one that answers; `/readyz` and
+//! `/api/status` say which one it is on.
+//!
+//! Two independent Mosquittos stand in for a clustered broker's nodes: they share no
+//! session, so each message is published where the service is connected at the time
+//! (the clustered case, where a node's loss also moves the session, is in docs/operations.md).
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use fleetagg_integration_tests::mosquitto::MosquittoBroker;
+use fleetagg_integration_tests::ports::PortLease;
+use fleetagg_integration_tests::{
+    broker_url, eventually, expected_rows, http_get, loading_rate, publish_samples, service_config, unique,
+    Publisher, SentSample, ServiceProcess, TestDatabase,
+};
+use std::time::Duration;
+
+/// Waits until `/readyz` is 200 and names `broker` as the one the service is on.
+async fn ready_on(metrics: &PortLease, broker: &MosquittoBroker) {
+    let expected = format!("ready\nMQTT broker: {}\n", broker.url());
+    eventually(Duration::from_secs(60), &format!("/readyz on {}", broker.url()), || {
+        let expected = expected.clone();
+        async move { http_get(metrics.port(), "/readyz").await == (200, expected) }
+    })
+    .await;
+}
+
+async fn wait_for_rows(db: &TestDatabase, sent: &[SentSample], what: &str) {
+    let client = db.client().await;
+    let expected = expected_rows(sent);
+    eventually(Duration::from_secs(60), what, || {
+        let (client, expected) = (&client, &expected);
+        async move { loading_rate(client).await == *expected }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn an_instance_moves_to_the_next_broker_when_its_own_dies() {
+    let (first, second) = (MosquittoBroker::start().await, MosquittoBroker::start().await);
+    let db = TestDatabase::create().await;
+    let metrics = PortLease::acquire();
+    let prefix = unique("broker_failover");
+    let urls = format!("[\"{}\", \"{}\"]", first.url(), second.url());
+    let toml = service_config(&db.url, &prefix, &unique("fleetagg"), "1s")
+        .replace(&format!("\"{}\"", broker_url()), &urls)
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{}\"", metrics.port()));
+    let service = ServiceProcess::start(&toml).await;
+    ready_on(&metrics, &first).await;
+
+    // Minutes long closed: each is written as soon as it is complete.
+    let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(8);
+    let step = TimeDelta::milliseconds(250);
+    let mut sent =
+        publish_samples(&Publisher::connect(&first.url()).await, &prefix, 5, start, step, 40).await;
+    wait_for_rows(&db, &sent, "rows through the first broker").await;
+
+    // The first broker dies: the service moves to the second, which it has never used.
+    first.stop();
+    ready_on(&metrics, &second).await;
+    let on_second = Publisher::connect(&second.url()).await;
+    sent.extend(publish_samples(&on_second, &prefix, 5, start + step * 40, step, 40).await);
+    wait_for_rows(&db, &sent, "rows through the second broker").await;
+
+    // The first comes back: nothing breaks, the service stays where it is.
+    first.resume().await;
+    sent.extend(publish_samples(&on_second, &prefix, 5, start + step * 80, step, 40).await);
+    wait_for_rows(&db, &sent, "every row exactly once").await;
+    ready_on(&metrics, &second).await;
+    let (_, status) = http_get(metrics.port(), "/api/status").await;
+    assert!(status.contains(&format!("\"broker\":\"{}\"", second.url())), "{status}");
+
+    let log = service.log();
+    let connected: Vec<&str> = log.lines().filter(|line| line.contains("MQTT connected")).collect();
+    for broker in [&first, &second] {
+        assert!(
+            connected.iter().any(|line| line.contains(&broker.url())),
+            "the log names each broker connected to ({}): {connected:?}",
+            broker.url()
+        );
+    }
+    assert!(service.terminate(Duration::from_secs(30)).await.success());
+}
