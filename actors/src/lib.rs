@@ -26,6 +26,7 @@ pub mod journal;
 pub mod messages;
 pub mod recent;
 pub mod stats;
+mod tls_refusal;
 
 // Around the data path: secrets for the writer, what operators see, and the wiring.
 pub mod monitoring;

@@ -21,9 +21,18 @@ impl TestCertificates {
         let certs = TestCertificates { dir };
         certs.self_signed_ca("ca");
         certs.self_signed_ca("other-ca");
-        certs.signed("server", "fleetagg test server", Some(server_names));
-        certs.signed("client", client_user, None);
+        certs.signed("server", "fleetagg test server", Some(server_names), 2);
+        certs.signed("client", client_user, None, 2);
         certs
+    }
+
+    /// A server certificate like `server.crt`, signed by the same CA, that has expired
+    /// (`expired-server.crt`, `expired-server.key`).
+    pub fn with_expired_server(self, server_names: &str) -> TestCertificates {
+        // Valid until the second it was made.
+        self.signed("expired-server", "fleetagg test server", Some(server_names), 0);
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -51,7 +60,7 @@ impl TestCertificates {
         );
     }
 
-    fn signed(&self, name: &str, common_name: &str, alt_names: Option<&str>) {
+    fn signed(&self, name: &str, common_name: &str, alt_names: Option<&str>, days: u32) {
         openssl(
             &self.dir,
             &[
@@ -82,7 +91,7 @@ impl TestCertificates {
                 "ca.key",
                 "-CAcreateserial",
                 "-days",
-                "2",
+                &days.to_string(),
                 "-extfile",
                 &format!("{name}.ext"),
                 "-out",

@@ -384,7 +384,10 @@ impl Publisher {
     }
 
     /// Publishes until the broker acknowledges, reconnecting while it is away (a broker
-    /// restart). A message may so reach the broker twice: the service drops duplicates.
+    /// restart). A message is published again only when the connection was lost before
+    /// its PUBACK, so it may then reach the broker twice (the service drops duplicates
+    /// in minutes it still holds); a PUBACK that is only slow (a loaded machine) is
+    /// waited for, not answered with a second copy.
     pub async fn publish_until_acked(&self, topic: &str, payload: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -396,11 +399,16 @@ impl Publisher {
                     continue;
                 }
             }
-            let message = paho_mqtt::Message::new(topic, payload, 1);
-            match tokio::time::timeout(Duration::from_secs(2), self.client.publish(message)).await {
-                Ok(Ok(())) => return,
-                _ => actix_rt::time::sleep(Duration::from_millis(200)).await,
+            let mut delivery = self.client.publish(paho_mqtt::Message::new(topic, payload, 1));
+            loop {
+                assert!(Instant::now() < deadline, "the broker did not take a message within 60 s");
+                match tokio::time::timeout(Duration::from_secs(2), &mut delivery).await {
+                    Ok(Ok(())) => return,
+                    Err(_) if self.client.is_connected() => {}
+                    _ => break,
+                }
             }
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

@@ -78,13 +78,19 @@ impl MosquittoBroker {
     pub async fn start_tls_with_client_certificates(
         certs: &crate::certs::TestCertificates,
     ) -> MosquittoBroker {
+        Self::start_tls_serving(certs, "server").await
+    }
+
+    /// [`MosquittoBroker::start_tls_with_client_certificates`] with the server
+    /// certificate `<server>.crt` and its key from `certs`.
+    pub async fn start_tls_serving(certs: &crate::certs::TestCertificates, server: &str) -> MosquittoBroker {
         let dir = new_dir();
         let auth = format!(
             "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n\
              allow_anonymous false\n",
             certs.path("ca.crt").display(),
-            certs.path("server.crt").display(),
-            certs.path("server.key").display()
+            certs.path(&format!("{server}.crt")).display(),
+            certs.path(&format!("{server}.key")).display()
         );
         let mut broker = Self::launch_unstarted(dir, &auth);
         broker.tls = true;

@@ -16,13 +16,22 @@ use fleetagg_integration_tests::{
 use std::time::Duration;
 
 /// Waits until `/readyz` is 200 and names `broker` as the one the service is on.
-async fn ready_on(metrics: &PortLease, broker: &MosquittoBroker) {
-    let expected = format!("ready\nMQTT broker: {}\n", broker.url());
-    eventually(Duration::from_secs(60), &format!("/readyz on {}", broker.url()), || {
-        let expected = expected.clone();
-        async move { http_get(metrics.port(), "/readyz").await == (200, expected) }
-    })
-    .await;
+async fn ready_on(service: &ServiceProcess, metrics: &PortLease, broker: &MosquittoBroker) {
+    let expected = (200, format!("ready\nMQTT broker: {}\n", broker.url()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = http_get(metrics.port(), "/readyz").await;
+        if answer == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz did not say ready on {} within 60 s; the last answer: {answer:?}\nthe log:\n{}",
+            broker.url(),
+            service.log()
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_for_rows(db: &TestDatabase, sent: &[SentSample], what: &str) {
@@ -46,7 +55,7 @@ async fn an_instance_moves_to_the_next_broker_when_its_own_dies() {
         .replace(&format!("\"{}\"", broker_url()), &urls)
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{}\"", metrics.port()));
     let service = ServiceProcess::start(&toml).await;
-    ready_on(&metrics, &first).await;
+    ready_on(&service, &metrics, &first).await;
 
     // Minutes long closed: each is written as soon as it is complete.
     let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(8);
@@ -57,7 +66,7 @@ async fn an_instance_moves_to_the_next_broker_when_its_own_dies() {
 
     // The first broker dies: the service moves to the second, which it has never used.
     first.stop();
-    ready_on(&metrics, &second).await;
+    ready_on(&service, &metrics, &second).await;
     let on_second = Publisher::connect(&second.url()).await;
     sent.extend(publish_samples(&on_second, &prefix, 5, start + step * 40, step, 40).await);
     wait_for_rows(&db, &sent, "rows through the second broker").await;
@@ -66,7 +75,7 @@ async fn an_instance_moves_to_the_next_broker_when_its_own_dies() {
     first.resume().await;
     sent.extend(publish_samples(&on_second, &prefix, 5, start + step * 80, step, 40).await);
     wait_for_rows(&db, &sent, "every row exactly once").await;
-    ready_on(&metrics, &second).await;
+    ready_on(&service, &metrics, &second).await;
     let (_, status) = http_get(metrics.port(), "/api/status").await;
     assert!(status.contains(&format!("\"broker\":\"{}\"", second.url())), "{status}");
 

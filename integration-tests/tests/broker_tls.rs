@@ -76,6 +76,23 @@ async fn a_broker_certificate_from_another_ca_is_named_a_tls_failure() {
     );
     service.wait_for_log("TLS with the MQTT broker failed", Duration::from_secs(30)).await;
     assert!(!service.log().contains("MQTT broker unreachable"), "{}", service.log());
+    assert!(service.log().contains("broker certificate not trusted: unknown CA"), "{}", service.log());
+}
+
+#[actix_rt::test]
+async fn an_expired_broker_certificate_is_named_expired() {
+    let names = "IP:127.0.0.1,DNS:localhost";
+    let certs = TestCertificates::make(names, "fleetagg-test-client").with_expired_server(names);
+    let broker = MosquittoBroker::start_tls_serving(&certs, "expired-server").await;
+    let db = TestDatabase::create().await;
+    let service =
+        ServiceProcess::spawn_unchecked(&config(&db, &broker, &unique("tls_expired"), &certs, "ca.crt"), &[]);
+    service.wait_for_log("TLS with the MQTT broker failed", Duration::from_secs(30)).await;
+    assert!(
+        service.log().contains("broker certificate not trusted: expired (certificate has expired)"),
+        "{}",
+        service.log()
+    );
 }
 
 #[actix_rt::test]
@@ -87,6 +104,7 @@ async fn a_broker_certificate_for_another_host_is_refused() {
         ServiceProcess::spawn_unchecked(&config(&db, &broker, &unique("tls_host"), &certs, "ca.crt"), &[]);
     service.wait_for_log("TLS with the MQTT broker failed", Duration::from_secs(30)).await;
     assert!(!service.log().contains("MQTT connected"), "{}", service.log());
+    assert!(service.log().contains("broker certificate not trusted: hostname mismatch"), "{}", service.log());
 }
 
 /// How many times the service has (re)connected to the broker, from its log.

@@ -299,24 +299,56 @@ async fn mqtt_password_right_and_wrong() {
     assert_no_secrets(&output, &[wrong, password]);
 }
 
+/// Where a rotation test keeps the broker password.
+enum BrokerSecret {
+    File(PathBuf),
+    Aws(MotoServer, &'static str),
+}
+
+impl BrokerSecret {
+    async fn set(&self, password: &str) {
+        match self {
+            BrokerSecret::File(path) => {
+                std::fs::write(path, format!("{password}\n")).expect("write the secret");
+            }
+            BrokerSecret::Aws(moto, id) => moto.put_secret_value(id, password).await,
+        }
+    }
+
+    /// The `[mqtt.password]` section; an hour between refreshes, so that only a refused
+    /// login can make the service read the secret again.
+    fn section(&self) -> String {
+        let source = match self {
+            BrokerSecret::File(path) => format!("source = \"file\"\npath = \"{}\"", path.display()),
+            BrokerSecret::Aws(moto, id) => format!(
+                "source = \"aws-secrets-manager\"\nsecret_id = \"{id}\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"",
+                moto.endpoint
+            ),
+        };
+        format!("\n[mqtt.password]\n{source}\nrefresh_interval = \"1h\"\n")
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            BrokerSecret::File(_) => Vec::new(),
+            BrokerSecret::Aws(moto, _) => moto.aws_env(),
+        }
+    }
+}
+
 /// The broker password rotated without a restart: the broker takes only the new one and
 /// drops the connection (a restart), the service is refused, reads its secret again at
 /// once, and logs in with the new one when it appears; what the broker acknowledged
 /// meanwhile waits in the persistent session, and every sample is written once.
-#[actix_rt::test]
-async fn mqtt_password_rotated_without_restart() {
-    let (user, old, new) = ("fleetagg", "Mr1-old-broker-pw-5c2e81", "Mr2-new-broker-pw-9d4a17");
+async fn mqtt_password_rotated_without_restart(secret: BrokerSecret, old: &str, new: &str) {
+    let user = "fleetagg";
     let broker = MosquittoBroker::start_with_password(user, old).await;
     let db = TestDatabase::create().await;
     let mut feed = Feed::connect(&broker.url(), Some((user, old))).await;
-    let secret_file = temp_file("mqtt-password-rotated", &format!("{old}\n"));
-    // An hour: only the refused login can make the service read the secret again.
-    let mqtt_extra = format!(
-        "username = \"{user}\"\n\n[mqtt.password]\nsource = \"file\"\npath = \"{}\"\nrefresh_interval = \"1h\"\n",
-        secret_file.display()
-    );
+    secret.set(old).await;
+    let mqtt_extra = format!("username = \"{user}\"\n{}", secret.section());
     let toml = config(&broker.url(), &mqtt_extra, &db.url, &feed.prefix, "");
-    let service = ServiceProcess::spawn_with_rust_log(&toml, &[], "trace");
+    let service = ServiceProcess::spawn_with_rust_log(&toml, &secret.env(), "trace");
     service.wait_for_log("fleetagg running", Duration::from_secs(60)).await;
     feed.publish(5).await;
     feed.wait_until_written(&db.url, "rows with the first password").await;
@@ -330,13 +362,32 @@ async fn mqtt_password_rotated_without_restart() {
     let mut rotated = Feed::connect(&broker.url(), Some((user, new))).await;
     (rotated.prefix, rotated.sent) = (feed.prefix.clone(), feed.sent);
     rotated.publish(5).await;
-    std::fs::write(&secret_file, format!("{new}\n")).expect("rotate the secret");
+    secret.set(new).await;
     rotated.wait_until_written(&db.url, "every sample, the ones queued during the rotation too").await;
 
     let output = stop(service).await;
     assert!(output.contains("MQTT broker password changed at its source"), "the rotation should be logged");
     assert!(output.contains("resumed_session=true"), "the session (and its queue) should be kept");
     assert_no_secrets(&output, &[old, new]);
+}
+
+#[actix_rt::test]
+async fn mqtt_password_in_a_file_rotated_without_restart() {
+    let file = temp_file("mqtt-password-rotated", "");
+    mqtt_password_rotated_without_restart(
+        BrokerSecret::File(file),
+        "Mr1-old-broker-pw-5c2e81",
+        "Mr2-new-broker-pw-9d4a17",
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn mqtt_password_in_aws_secrets_manager_rotated_without_restart() {
+    let (id, old) = ("fleetagg/mqtt-rotation", "Ma1-old-broker-pw-3e9b40");
+    let moto = MotoServer::start().await;
+    moto.create_secret(id, old).await;
+    mqtt_password_rotated_without_restart(BrokerSecret::Aws(moto, id), old, "Ma2-new-broker-pw-7f1c28").await;
 }
 
 #[actix_rt::test]

@@ -8,6 +8,7 @@
 //! "certificate verify failed".
 
 use super::error::DbError;
+use crate::tls_refusal::certificate_refusal;
 use fleetagg_config::{DatabaseTlsConfig, TlsMode};
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use postgres_openssl::MakeTlsConnector;
@@ -79,19 +80,11 @@ impl TlsAttempt {
     pub(crate) fn describe_failure(&self, err: &tokio_postgres::Error, target: &str) -> DbError {
         let refused = self.refusal.lock().unwrap_or_else(PoisonError::into_inner).take();
         match refused {
-            Some(reason) => {
-                // OpenSSL says "Hostname mismatch", or "IP address mismatch" for an address.
-                let cause = if reason.to_ascii_lowercase().contains("mismatch") {
-                    format!("hostname mismatch: the certificate does not name the host ({reason})")
-                } else {
-                    format!("unknown CA or invalid certificate ({reason})")
-                };
-                DbError::Connect {
-                    target: target.to_owned(),
-                    message: format!("server certificate not trusted: {cause}"),
-                    code: None,
-                }
-            }
+            Some(reason) => DbError::Connect {
+                target: target.to_owned(),
+                message: format!("server certificate not trusted: {}", certificate_refusal(&reason)),
+                code: None,
+            },
             None => DbError::connect(target, err),
         }
     }

@@ -63,6 +63,17 @@ pub(super) struct Connection {
     pub(super) gate: Arc<StopGate>,
 }
 
+/// What one round over the broker URLs gave.
+enum Attempt {
+    /// Connected to this URL; whether the broker kept the session, when its answer came
+    /// in time.
+    Connected(String, Option<bool>),
+    /// The options could not be built (a certificate file unreadable).
+    Unusable(SourceError),
+    /// No URL answered: the most telling kind, and every URL's cause.
+    Failed(FailureKind, String),
+}
+
 /// Why [`Connection::establish`] returned without a connection.
 enum NotConnected {
     Stopped,
@@ -91,8 +102,17 @@ impl Connection {
         while let Ok(event) = self.events.recv() {
             match event {
                 Event::Stop => return,
-                // A notice from before the last reconnect.
-                Event::Lost if self.client.is_connected() => {}
+                // paho reconnected by itself (to the same URL, the only one it was given)
+                // before this notice was read: the session may be new, so subscribe.
+                Event::Lost if self.client.is_connected() => {
+                    bump(&self.stats.mqtt_reconnects, 1);
+                    self.stats.mqtt_session_resumed.set(None);
+                    if !matches!(self.subscribe_until_granted(false), Ok(true))
+                        && self.establish(false).is_err()
+                    {
+                        return;
+                    }
+                }
                 Event::Lost => {
                     if self.establish(false).is_err() {
                         return;
@@ -110,30 +130,20 @@ impl Connection {
         let mut retries = Retries::new(backoff::MQTT_CONNECT);
         let mut login_refused = false;
         loop {
-            let password = self.password.as_mut().map(|password| password.for_next_connection(login_refused));
-            let options = match connect_options(&self.config, &self.urls, password) {
-                Ok(options) => options,
-                Err(err) if at_start => return Err(NotConnected::Failed(err)),
-                Err(err) => {
+            match self.connect_to_first_that_answers(login_refused)? {
+                Attempt::Connected(url, resumed) => self.note_connected(&url, resumed),
+                Attempt::Unusable(err) if at_start => return Err(NotConnected::Failed(err)),
+                Attempt::Unusable(err) => {
                     self.report(FailureKind::Unreachable, &err.to_string());
                     self.pause(retries.failed())?;
                     continue;
                 }
-            };
-            let Some(token) = self.gate.unless_stopping(|| self.client.connect(options)) else {
-                return Err(NotConnected::Stopped);
-            };
-            match token.wait_for(TOKEN_WAIT) {
-                Ok(response) => self.note_connected(response.connect_response()),
-                Err(err) if !self.client.is_connected() => {
-                    let (kind, cause) = connect_error::describe(&err, &self.urls);
+                Attempt::Failed(kind, cause) => {
                     login_refused = kind == FailureKind::Refused;
                     self.report(kind, &cause);
                     self.pause(retries.failed())?;
                     continue;
                 }
-                // Connected although the token did not say so in time.
-                Err(_) => self.note_connected(None),
             }
             login_refused = false;
             match self.subscribe_until_granted(at_start)? {
@@ -142,6 +152,46 @@ impl Connection {
                 false => continue,
             }
         }
+    }
+
+    /// One round over `mqtt.url`, in order. Each connect names one URL (paho given a
+    /// list keeps trying its other entries by itself after a connection is lost, and
+    /// connects without telling us where), so the URL connected to is known.
+    fn connect_to_first_that_answers(&mut self, login_refused: bool) -> Result<Attempt, NotConnected> {
+        let password = self.password.as_mut().map(|password| password.for_next_connection(login_refused));
+        let mut failures = Vec::new();
+        for url in &self.urls {
+            let options = match connect_options(&self.config, std::slice::from_ref(url), password) {
+                Ok(options) => options,
+                Err(err) => return Ok(Attempt::Unusable(err)),
+            };
+            let Some(token) = self.gate.unless_stopping(|| self.client.connect(options)) else {
+                return Err(NotConnected::Stopped);
+            };
+            match token.wait_for(TOKEN_WAIT) {
+                Ok(response) => {
+                    let resumed = response.connect_response().map(|connected| connected.session_present);
+                    return Ok(Attempt::Connected(url.clone(), resumed));
+                }
+                // Connected although the token did not say so in time.
+                Err(_) if self.client.is_connected() => return Ok(Attempt::Connected(url.clone(), None)),
+                Err(err) => {
+                    let (kind, cause) =
+                        connect_error::describe(&err, std::slice::from_ref(url), &self.config);
+                    failures.push((url, kind, cause));
+                }
+            }
+        }
+        // A refusal is the most telling (the broker answered), then TLS.
+        let kind = [FailureKind::Refused, FailureKind::Tls]
+            .into_iter()
+            .find(|kind| failures.iter().any(|(_, failed, _)| failed == kind))
+            .unwrap_or(FailureKind::Unreachable);
+        let cause = match failures.as_slice() {
+            [(_, _, cause)] => cause.clone(),
+            all => all.iter().map(|(url, _, cause)| format!("{url}: {cause}")).collect::<Vec<_>>().join("; "),
+        };
+        Ok(Attempt::Failed(kind, cause))
     }
 
     /// Subscribes until the broker grants every filter. True when subscribed, false when
@@ -183,22 +233,21 @@ impl Connection {
         }
     }
 
-    fn note_connected(&self, response: Option<mqtt::ConnectResponse>) {
+    fn note_connected(&self, url: &str, resumed: Option<bool>) {
         let stats = &self.stats;
         if stats.mqtt_connected_at_micros.load(Ordering::Relaxed) != 0 {
             bump(&stats.mqtt_reconnects, 1);
         }
         stats.mark_now(&stats.mqtt_connected_at_micros);
         stats.mqtt_connected.store(true, Ordering::Relaxed);
-        stats.mqtt_session_resumed.set(response.as_ref().map(|r| r.session_present));
-        let broker = response.map(|r| r.server_uri).filter(|uri| !uri.is_empty());
+        stats.mqtt_session_resumed.set(resumed);
         tracing::info!(
-            broker = broker.as_deref().unwrap_or("unknown"),
+            broker = url,
             client_id = %self.config.client_id,
             resumed_session = %stats.mqtt_session_resumed.get().map_or("unknown".to_owned(), |resumed| resumed.to_string()),
             "MQTT connected; subscribing"
         );
-        *stats.mqtt_broker.lock().unwrap_or_else(PoisonError::into_inner) = broker;
+        *stats.mqtt_broker.lock().unwrap_or_else(PoisonError::into_inner) = Some(url.to_owned());
     }
 
     /// Logged when a cause starts or changes, not at every retry; `/readyz` says it

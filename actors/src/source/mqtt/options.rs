@@ -10,8 +10,8 @@ use std::time::Duration;
 /// paho's own limit for one attempt (TCP, TLS and CONNACK), per broker URL.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A persistent session (the broker queues while the service is away), the broker URLs
-/// in order (paho tries each until one answers), TLS and the login when configured.
+/// A persistent session (the broker queues while the service is away), the broker URL,
+/// TLS and the login when configured.
 /// No automatic reconnect: the connection thread reconnects itself, so that each attempt
 /// carries the current password and certificate files and re-subscribes (see
 /// `connection.rs`).
@@ -21,7 +21,9 @@ pub(super) fn connect_options(
     password: Option<&secrecy::SecretString>,
 ) -> Result<mqtt::ConnectOptions, SourceError> {
     let client_error = |message: String| SourceError::Client { url: urls.join(","), message };
-    let mut builder = mqtt::ConnectOptionsBuilder::new();
+    // Not paho's default version, which falls back to MQTT 3.1 when 3.1.1 is refused: a
+    // second attempt of its own that the connection thread would not know about.
+    let mut builder = mqtt::ConnectOptionsBuilder::with_mqtt_version(mqtt::MQTT_VERSION_3_1_1);
     builder
         .keep_alive_interval(config.keep_alive)
         .clean_session(false)
