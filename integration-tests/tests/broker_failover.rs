@@ -3,8 +3,7 @@
 //! `/api/status` say which one it is on.
 //!
 //! Two independent Mosquittos stand in for a clustered broker's nodes: they share no
-//! session, so each message is published where the service is connected at the time
-//! (the clustered case, where a node's loss also moves the session, is in docs/operations.md).
+//! session, so each message is published where the service is connected at the time.
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::mosquitto::MosquittoBroker;
