@@ -12,9 +12,11 @@ use std::process::Command;
 
 /// Rows every tiny run prints, by the start of their label.
 const ROWS: &[&str] = &[
+    "paho floor drain, N=",
     "mosquitto_sub drain, N=",
     "fleetagg drain, N=",
-    "drain ratio, N=",
+    "drain / paho floor, N=",
+    "drain / mosquitto_sub, N=",
     "writer upsert, R=",
     "writer COPY, R=",
     "upsert/COPY ratio",

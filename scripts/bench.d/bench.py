@@ -45,7 +45,9 @@ SESSION_RS = ROOT / "actors/src/writer/session.rs"
 
 CEILING_PREFIX = "ceiling"
 SERVICE_PREFIX = "service"
+FLOOR_PREFIX = "floor"
 SUB_CLIENT_ID = "bench-mosquitto-sub"
+FLOOR_CLIENT_ID = "bench-paho-floor"
 SERVICE_CLIENT_ID = "bench-fleetagg"
 # The service's defaults the measurements depend on (config/fleetagg.example.toml).
 GRACE_SECONDS = 5.0
@@ -86,12 +88,17 @@ class Bench:
     def __init__(self, args):
         self.tiny = args.tiny
         self.bin = str(Path(args.bin).resolve())
+        # The paho floor (actors/examples/paho_floor.rs), built beside the binary.
+        self.floor = str(Path(args.floor).resolve())
         self.workdir = Path(args.workdir)
         self.pids_file = self.workdir / "pids"
         self.children = []
         tiny = self.tiny
-        self.sizes = env_list("BENCH_SIZES", [2_000] if tiny else [50_000, 100_000, 200_000])
-        self.machines = env_int("BENCH_MACHINES", 50 if tiny else 1_000)
+        self.sizes = env_list("BENCH_SIZES", [2_000] if tiny else [100_000, 1_000_000])
+        # Each size drained by the floor, the service and the ceiling in turn, this often.
+        self.drain_rounds = env_int("BENCH_DRAIN_ROUNDS", 1 if tiny else 3)
+        # Per backlog size: 1,000 machines for 100,000 messages, 10,000 for 1,000,000.
+        self.machines = env_int("BENCH_MACHINES", 0)
         self.writer_rows = env_int("BENCH_WRITER_ROWS", 5_000 if tiny else 200_000)
         self.writer_repeat = env_int("BENCH_WRITER_REPEAT", 1 if tiny else 2)
         self.rss_machines = env_int("BENCH_RSS_MACHINES", 2_000 if tiny else 100_000)
@@ -301,10 +308,13 @@ class Bench:
     # --- phases --------------------------------------------------------------------------
 
     def create_sessions(self):
-        """Both persistent sessions must exist (and be offline) before a backlog is queued."""
+        """Every persistent session must exist (and be offline) before a backlog is queued."""
         sub = self.mosquitto_sub(["-E"])
         if sub.wait(30) != 0:
             raise SystemExit(f"mosquitto_sub could not create its session: {sub.stderr.read()}")
+        floor = subprocess.run(self.floor_argv(0), capture_output=True, text=True, check=False)
+        if floor.returncode != 0:
+            raise SystemExit(f"the paho floor could not create its session: {floor.stderr}")
         result = subprocess.run([self.bin, "migrate", "--config", str(self.config)], capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"fleetagg migrate failed:\n{result.stdout}{result.stderr}")
@@ -315,8 +325,45 @@ class Bench:
         self.stop_service(service)
         log(f"sessions created; idle fleetagg: VmRSS {self.idle['VmRSS'] / 1024:.1f} MiB")
 
+    def machines_for(self, count):
+        return self.machines or (50 if self.tiny else max(1_000, count // 100))
+
+    def floor_argv(self, count):
+        return [self.floor, "--url", f"tcp://127.0.0.1:{self.port}", "--client-id", FLOOR_CLIENT_ID,
+                "--topic", f"{FLOOR_PREFIX}/+/telemetry", "--count", str(count),
+                "--timeout-seconds", str(max(60, count // 1_000))]
+
+    def drain_floor(self, count):
+        """The paho floor: the service's MQTT client and options, counting only."""
+        publish_rate = self.queue_backlog(FLOOR_PREFIX, count, self.machines_for(count))
+        cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
+        started = time.monotonic()
+        floor = self.spawn(self.floor_argv(count), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(floor.pid, 0)
+        elapsed = time.monotonic() - started
+        floor.returncode = os.waitstatus_to_exitcode(status)
+        self.write_pids()
+        if floor.returncode != 0:
+            raise SystemExit(f"the paho floor exited {floor.returncode}: {floor.stderr.read().decode()}")
+        # paho's C library prints a line of its own on stdout at connect ("checking <uri>").
+        output = floor.stdout.read().decode()
+        reported = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
+        # Timed by the floor itself, from its start to the last message: its disconnect
+        # (up to a second in paho) is not part of draining.
+        seconds = reported["seconds"]
+        return {
+            "messages": count,
+            "seconds": seconds,
+            "rate": count / seconds,
+            "wall_seconds": elapsed,
+            "first_to_last_seconds": reported["seconds_first_to_last"],
+            "publish_rate": publish_rate,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "broker_cpu_seconds": proc_cpu_seconds(self.mosquitto.pid) - cpu_broker,
+        }
+
     def drain_ceiling(self, count):
-        publish_rate = self.queue_backlog(CEILING_PREFIX, count, self.machines)
+        publish_rate = self.queue_backlog(CEILING_PREFIX, count, self.machines_for(count))
         cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
         started = time.monotonic()
         # -W: give up (exit 27) rather than wait for ever if messages went missing.
@@ -474,18 +521,35 @@ class Bench:
                 "ms_per_statement": 1000 * seconds / max(statements, 1)}
 
     def phase_drain(self):
+        """Each backlog size drained by the paho floor, the service and mosquitto_sub in
+        turn, `drain_rounds` times (so a drift of the shared machine hits all three);
+        medians, with the range of the rounds."""
         self.results["drain"] = []
         for count in self.sizes:
-            log(f"drain N={count} from {self.machines} machines: mosquitto_sub (ceiling)")
-            ceiling = self.drain_ceiling(count)
-            log(f"  {ceiling['rate']:,.0f} messages/s in {ceiling['seconds']:.2f}s; now fleetagg")
-            service = self.drain_service(count, self.machines)
-            ratio = service["rate"] / ceiling["rate"]
-            log(f"  {service['rate']:,.0f} messages/s in {service['seconds']:.2f}s: {ratio:.2f} x ceiling")
-            self.results["drain"].append({"ceiling": ceiling, "service": service, "ratio": ratio})
-            self.rows.append((f"mosquitto_sub drain, N={count}", ceiling["rate"], "msg/s", "ceiling", ""))
-            self.rows.append((f"fleetagg drain, N={count}", service["rate"], "msg/s", "", ""))
-            self.rows.append((f"drain ratio, N={count}", ratio, "x ceiling", ">= 0.90", verdict(ratio >= 0.9)))
+            machines = self.machines_for(count)
+            runs = {"floor": [], "service": [], "ceiling": []}
+            for round_number in range(1, self.drain_rounds + 1):
+                log(f"drain N={count} from {machines} machines, round {round_number} of {self.drain_rounds}")
+                runs["floor"].append(self.drain_floor(count))
+                log(f"  paho floor   {runs['floor'][-1]['rate']:>12,.0f} messages/s")
+                runs["service"].append(self.drain_service(count, machines))
+                log(f"  fleetagg     {runs['service'][-1]['rate']:>12,.0f} messages/s")
+                runs["ceiling"].append(self.drain_ceiling(count))
+                log(f"  mosquitto_sub{runs['ceiling'][-1]['rate']:>12,.0f} messages/s")
+            entry = {key: median_run(values) for key, values in runs.items()}
+            entry["rates"] = {key: [run["rate"] for run in values] for key, values in runs.items()}
+            entry["ratio"] = entry["service"]["rate"] / entry["ceiling"]["rate"]
+            entry["ratio_floor"] = entry["service"]["rate"] / entry["floor"]["rate"]
+            entry["machines"] = machines
+            self.results["drain"].append(entry)
+            spread = lambda key: "[{:,.0f}, {:,.0f}]".format(*(f(entry["rates"][key]) for f in (min, max)))  # noqa: E731
+            for key, label in (("floor", "paho floor"), ("service", "fleetagg"), ("ceiling", "mosquitto_sub")):
+                self.rows.append((f"{label} drain, N={count}, median", entry[key]["rate"],
+                                  f"msg/s, range {spread(key)}", "", ""))
+            self.rows.append((f"drain / paho floor, N={count}", entry["ratio_floor"], "x floor", ">= 0.90",
+                              verdict(entry["ratio_floor"] >= 0.9)))
+            self.rows.append((f"drain / mosquitto_sub, N={count}", entry["ratio"], "x ceiling", ">= 0.75",
+                              verdict(entry["ratio"] >= 0.75)))
 
     def phase_writer(self):
         rows = self.writer_rows
@@ -701,9 +765,10 @@ class Bench:
             print(f"| {label} | {format_value(value)} | {unit} | {target} | {outcome} |")
         print()
         for entry in self.results.get("drain", []):
-            c, s = entry["ceiling"], entry["service"]
+            c, s, f = entry["ceiling"], entry["service"], entry["floor"]
             print(
-                f"N={c['messages']}: mosquitto_sub {c['seconds']:.2f}s (its CPU {c['cpu_seconds']:.2f}s, "
+                f"N={c['messages']} (median runs): paho floor {f['seconds']:.2f}s (its CPU {f['cpu_seconds']:.2f}s, "
+                f"first to last message {f['first_to_last_seconds']:.2f}s); mosquitto_sub {c['seconds']:.2f}s (its CPU {c['cpu_seconds']:.2f}s, "
                 f"mosquitto {c['broker_cpu_seconds']:.2f}s); fleetagg {s['seconds']:.2f}s (its CPU "
                 f"{s['cpu_seconds']:.2f}s, mosquitto {s['broker_cpu_seconds']:.2f}s, mosquitto busy until "
                 f"{s['broker_done_seconds']:.2f}s, first row after {s['first_row_seconds'] or 0:.2f}s); "
@@ -990,12 +1055,18 @@ def machine_description():
     return {"cpus": os.cpu_count(), "cpu": model, "memory": memory, "kernel": platform.release()}
 
 
+def median_run(runs):
+    """The run with the median rate (the lower one of the middle two for an even count)."""
+    ordered = sorted(runs, key=lambda run: run["rate"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def drain_chart(drains, machine):
     """A grouped bar chart (SVG): messages/s of mosquitto_sub and fleetagg per backlog size."""
     width, height = 720, 440
     left, right, top, bottom = 90, 30, 60, 90
     plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max(max(d["ceiling"]["rate"], d["service"]["rate"]) for d in drains)
+    peak = max(max(d["ceiling"]["rate"], d["service"]["rate"], d["floor"]["rate"]) for d in drains)
     step = nice_step(peak / 5)
     ymax = step * (int(peak / step) + 1)
     y = lambda value: top + plot_h * (1 - value / ymax)  # noqa: E731
@@ -1004,7 +1075,7 @@ def drain_chart(drains, machine):
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">'
-        "Draining a queued QoS 1 backlog: fleetagg vs mosquitto_sub</text>",
+        "Draining a queued QoS 1 backlog: fleetagg vs the paho floor and mosquitto_sub (medians)</text>",
         f'<text x="{width / 2}" y="42" text-anchor="middle" fill="#555">'
         f"{machine['cpus']} CPUs ({escape(machine['cpu'])}), broker, service and PostgreSQL on one machine"
         "</text>",
@@ -1018,11 +1089,11 @@ def drain_chart(drains, machine):
     parts.append(f'<text transform="translate(20 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
                  "messages/s</text>")
     group_w = plot_w / len(drains)
-    bar_w = min(70, group_w / 3)
-    colors = {"ceiling": "#9aa5b1", "service": "#2f6fb3"}
+    bar_w = min(60, group_w / 4)
+    colors = {"floor": "#c9a227", "ceiling": "#9aa5b1", "service": "#2f6fb3"}
     for index, drain in enumerate(drains):
         center = left + group_w * (index + 0.5)
-        for offset, key in ((-1, "ceiling"), (0, "service")):
+        for offset, key in ((-1.5, "floor"), (-0.5, "service"), (0.5, "ceiling")):
             rate = drain[key]["rate"]
             x0 = center + offset * bar_w
             parts.append(f'<rect x="{x0:.1f}" y="{y(rate):.1f}" width="{bar_w:.1f}" '
@@ -1032,12 +1103,13 @@ def drain_chart(drains, machine):
         parts.append(f'<text x="{center:.1f}" y="{top + plot_h + 18}" text-anchor="middle">'
                      f"N = {drain['ceiling']['messages']:,}</text>")
         parts.append(f'<text x="{center:.1f}" y="{top + plot_h + 34}" text-anchor="middle" fill="#555">'
-                     f"ratio {drain['ratio']:.2f}</text>")
+                     f"{drain['ratio_floor']:.2f} x floor, {drain['ratio']:.2f} x mosquitto_sub</text>")
     parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#333"/>')
     legend_y = height - 18
-    for i, (key, label) in enumerate((("ceiling", "mosquitto_sub (ceiling)"),
-                                      ("service", "fleetagg run, until every sample is in PostgreSQL"))):
-        x0 = left + i * 230
+    for i, (key, label) in enumerate((("floor", "paho floor (counts only)"),
+                                      ("service", "fleetagg, until all in PostgreSQL"),
+                                      ("ceiling", "mosquitto_sub"))):
+        x0 = left + i * 200
         parts.append(f'<rect x="{x0}" y="{legend_y - 10}" width="12" height="12" fill="{colors[key]}"/>')
         parts.append(f'<text x="{x0 + 18}" y="{legend_y}">{label}</text>')
     parts.append("</svg>")
@@ -1060,6 +1132,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--bin", required=True, help="the fleetagg binary")
+    parser.add_argument("--floor", required=True, help="the paho floor (actors/examples/paho_floor.rs)")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     bench = Bench(args)

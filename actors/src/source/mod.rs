@@ -6,7 +6,7 @@ mod fake;
 mod mqtt;
 
 pub use fake::{FakeBroker, FakeSource};
-pub use mqtt::MqttSource;
+pub use mqtt::{service_connect_options, MqttSource};
 
 use crate::backoff::{self, Retries};
 use crate::journal::Journal;

@@ -21,6 +21,7 @@ use connection::{Connection, Event, StopGate};
 use fleetagg_config::MqttConfig;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+pub use options::service_connect_options;
 use paho_mqtt as mqtt;
 use password::BrokerPassword;
 use std::sync::atomic::Ordering;

@@ -51,3 +51,9 @@ pub(super) fn connect_options(
     }
     Ok(builder.finalize())
 }
+
+/// The options the service connects to `url` with, without a password: for a consumer
+/// that must connect exactly as the service does (the paho floor of `scripts/bench`).
+pub fn service_connect_options(config: &MqttConfig, url: &str) -> Result<mqtt::ConnectOptions, SourceError> {
+    connect_options(config, &[url.to_owned()], None)
+}
