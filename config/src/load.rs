@@ -230,9 +230,11 @@ mod tests {
             "[mqtt]\nurl = [\"tcp://a:1883\", \"http://b\"]\n",
             "[mqtt]\nurl = []\n",
             "[mqtt]\nurl = \"tcp://\"\n",
+            // Credentials belong in mqtt.username and [mqtt.password]: a URL is logged.
+            "[mqtt]\nurl = [\"tcp://a:1883\", \"ssl://fleet:Zq7-s3cr3t@b:8883\"]\n",
         ] {
             let err = load_from_str(text, "test", env(&[])).unwrap_err();
-            assert!(err.to_string().contains("mqtt.url"), "{err}");
+            assert!(err.to_string().contains("mqtt.url") && !err.to_string().contains("Zq7"), "{err}");
         }
     }
 

@@ -392,6 +392,19 @@ impl Config {
                 "each URL must start with tcp://, mqtt://, ssl://, mqtts://, ws:// or wss:// and name a host",
             ));
         }
+        let carries_credentials = |url: &String| {
+            let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+            authority.split('/').next().unwrap_or("").contains('@')
+        };
+        if mqtt.url.iter().any(carries_credentials) {
+            // Not echoed, for the same reason; and not accepted: the URL is logged (which
+            // broker the instance is on), a password in it would be too.
+            return Err(ConfigError::key(
+                "mqtt.url",
+                "carries credentials (user@ or user:password@); give them as mqtt.username and \
+                 [mqtt.password] instead",
+            ));
+        }
         if mqtt.client_id.trim().is_empty() {
             return Err(ConfigError::key("mqtt.client_id", "must not be empty"));
         }

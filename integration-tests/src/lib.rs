@@ -540,6 +540,17 @@ pub async fn loading_rate(client: &tokio_postgres::Client) -> Vec<LoadingRateRow
 }
 
 /// Reasons in `rejected_message`, sorted.
+/// Waits until `loading_rate`, read through `client`, holds exactly the rows of `sent`
+/// (every sample once), for up to a minute.
+pub async fn wait_for_exact_rows(client: &tokio_postgres::Client, sent: &[SentSample], what: &str) {
+    let expected = expected_rows(sent);
+    eventually(Duration::from_secs(60), what, || {
+        let expected = &expected;
+        async move { loading_rate(client).await == *expected }
+    })
+    .await;
+}
+
 pub async fn rejection_reasons(client: &tokio_postgres::Client) -> Vec<String> {
     client
         .query("SELECT reason FROM rejected_message ORDER BY reason", &[])

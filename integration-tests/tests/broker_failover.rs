@@ -9,8 +9,8 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::mosquitto::MosquittoBroker;
 use fleetagg_integration_tests::ports::PortLease;
 use fleetagg_integration_tests::{
-    broker_url, eventually, expected_rows, http_get, loading_rate, publish_samples, service_config, unique,
-    Publisher, SentSample, ServiceProcess, TestDatabase,
+    broker_url, http_get, publish_samples, service_config, unique, wait_for_exact_rows, Publisher,
+    ServiceProcess, TestDatabase,
 };
 use std::time::Duration;
 
@@ -33,16 +33,6 @@ async fn ready_on(service: &ServiceProcess, metrics: &PortLease, broker: &Mosqui
     }
 }
 
-async fn wait_for_rows(db: &TestDatabase, sent: &[SentSample], what: &str) {
-    let client = db.client().await;
-    let expected = expected_rows(sent);
-    eventually(Duration::from_secs(60), what, || {
-        let (client, expected) = (&client, &expected);
-        async move { loading_rate(client).await == *expected }
-    })
-    .await;
-}
-
 #[actix_rt::test]
 async fn an_instance_moves_to_the_next_broker_when_its_own_dies() {
     let (first, second) = (MosquittoBroker::start().await, MosquittoBroker::start().await);
@@ -54,6 +44,7 @@ async fn an_instance_moves_to_the_next_broker_when_its_own_dies() {
         .replace(&format!("\"{}\"", broker_url()), &urls)
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{}\"", metrics.port()));
     let service = ServiceProcess::start(&toml).await;
+    let client = db.client().await;
     ready_on(&service, &metrics, &first).await;
 
     // Minutes long closed: each is written as soon as it is complete.
@@ -61,19 +52,19 @@ async fn an_instance_moves_to_the_next_broker_when_its_own_dies() {
     let step = TimeDelta::milliseconds(250);
     let mut sent =
         publish_samples(&Publisher::connect(&first.url()).await, &prefix, 5, start, step, 40).await;
-    wait_for_rows(&db, &sent, "rows through the first broker").await;
+    wait_for_exact_rows(&client, &sent, "rows through the first broker").await;
 
     // The first broker dies: the service moves to the second, which it has never used.
     first.stop();
     ready_on(&service, &metrics, &second).await;
     let on_second = Publisher::connect(&second.url()).await;
     sent.extend(publish_samples(&on_second, &prefix, 5, start + step * 40, step, 40).await);
-    wait_for_rows(&db, &sent, "rows through the second broker").await;
+    wait_for_exact_rows(&client, &sent, "rows through the second broker").await;
 
     // The first comes back: nothing breaks, the service stays where it is.
     first.resume().await;
     sent.extend(publish_samples(&on_second, &prefix, 5, start + step * 80, step, 40).await);
-    wait_for_rows(&db, &sent, "every row exactly once").await;
+    wait_for_exact_rows(&client, &sent, "every row exactly once").await;
     ready_on(&service, &metrics, &second).await;
     let (_, status) = http_get(metrics.port(), "/api/status").await;
     assert!(status.contains(&format!("\"broker\":\"{}\"", second.url())), "{status}");

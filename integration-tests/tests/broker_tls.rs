@@ -8,7 +8,7 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::certs::TestCertificates;
 use fleetagg_integration_tests::mosquitto::MosquittoBroker;
 use fleetagg_integration_tests::{
-    broker_url, eventually, expected_rows, loading_rate, publish_samples, service_config, unique, Publisher,
+    broker_url, eventually, publish_samples, service_config, unique, wait_for_exact_rows, Publisher,
     ServiceProcess, TestDatabase,
 };
 use std::time::Duration;
@@ -43,13 +43,7 @@ async fn publish_over_tls_and_expect_every_row(
     let publisher = Publisher::connect_tls(&broker.url(), certs).await;
     let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(2);
     let sent = publish_samples(&publisher, prefix, 1, minute, TimeDelta::seconds(5), 8).await;
-    let client = db.client().await;
-    let expected = expected_rows(&sent);
-    eventually(Duration::from_secs(30), what, || {
-        let (client, expected) = (&client, &expected);
-        async move { loading_rate(client).await == *expected }
-    })
-    .await;
+    wait_for_exact_rows(&db.client().await, &sent, what).await;
 }
 
 #[actix_rt::test]

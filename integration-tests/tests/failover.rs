@@ -9,7 +9,7 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::{
     broker_url, connect, eventually, expected_rows, loading_rate, publish_samples, service_config, unique,
-    Publisher, ServiceProcess,
+    wait_for_exact_rows, Publisher, ServiceProcess,
 };
 use std::time::Duration;
 
@@ -42,12 +42,7 @@ async fn writes_follow_a_promoted_standby_and_stay_exact() {
     sent.extend(publish_samples(&publisher, &prefix, 7, start + step * 200, step, 200).await);
 
     let client = connect(&standby.url_for("postgres", "fleet")).await;
-    let expected = expected_rows(&sent);
-    eventually(Duration::from_secs(60), "every row on the new primary", || {
-        let (client, expected) = (&client, &expected);
-        async move { loading_rate(client).await == *expected }
-    })
-    .await;
+    wait_for_exact_rows(&client, &sent, "every row on the new primary").await;
     let log_path = service.log_path.clone();
     let status = service.terminate(Duration::from_secs(30)).await;
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
@@ -58,5 +53,5 @@ async fn writes_follow_a_promoted_standby_and_stay_exact() {
         log.matches("connected to PostgreSQL").count() >= 2,
         "the writer should have reconnected:\n{log}"
     );
-    assert_eq!(loading_rate(&client).await, expected, "still exact after the stop");
+    assert_eq!(loading_rate(&client).await, expected_rows(&sent), "still exact after the stop");
 }

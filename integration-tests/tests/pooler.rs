@@ -8,8 +8,8 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::pgbouncer::PgBouncer;
 use fleetagg_integration_tests::{
-    broker_url, connect, eventually, expected_rows, loading_rate, publish_samples, service_config, unique,
-    Publisher, SentSample, ServiceProcess,
+    broker_url, connect, eventually, publish_samples, service_config, unique, wait_for_exact_rows, Publisher,
+    SentSample, ServiceProcess,
 };
 use std::time::Duration;
 
@@ -67,12 +67,7 @@ async fn pooled_cluster() -> (PgCluster, PgBouncer) {
 
 async fn assert_rows_exact(cluster: &PgCluster, sent: &[SentSample], what: &str) {
     let client = connect(&cluster.url_for("postgres", "fleet")).await;
-    let expected = expected_rows(sent);
-    eventually(Duration::from_secs(60), what, || {
-        let (client, expected) = (&client, &expected);
-        async move { loading_rate(client).await == *expected }
-    })
-    .await;
+    wait_for_exact_rows(&client, sent, what).await;
 }
 
 #[actix_rt::test]
