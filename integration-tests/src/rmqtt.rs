@@ -7,21 +7,24 @@
 //!
 //! What each node's configuration settles, learned the hard way (issue 17):
 //! - each node runs in a directory of its own with its configuration passed by `-f`:
-//!   rmqttd also reads `./rmqtt.toml`, `/etc/rmqtt*` and `RMQTT_*` variables, which the
-//!   node's directory does not have and its environment loses;
-//! - `rmqtt-http-api` and `rmqtt-acl` (started by default) are off: every node would bind
-//!   0.0.0.0:6060, and without a rule file the ACL has nothing to say;
+//!   rmqttd also reads `./rmqtt.toml`, `/etc/rmqtt*` and `RMQTT_*` variables (the node's
+//!   directory holds no `rmqtt.toml`, its environment loses those variables, and
+//!   `/etc/rmqtt*` must not exist);
+//! - `rmqtt-http-api` (started by default) is off: every node would bind 0.0.0.0:6060;
+//!   so is `rmqtt-acl` (also started by default): the tests need no access rules;
 //! - `rmqtt-cluster-broadcast`, not raft (two raft nodes split-brain), with a 1 s gRPC
 //!   timeout and a circuit breaker that opens after two failed calls in 10 s: otherwise
 //!   every publish on the surviving node waits for the dead peer (60 s by default);
 //! - `rmqtt-shared-subscription` with `strategy = "hash_topic"`: a topic's messages go to
 //!   one member of a group while it is online, to a random online one otherwise;
-//! - queues long enough for a backlog (`max_mqueue_len`, default 1000, drops beyond), no
-//!   busy check (on 2 loaded cores it refuses connections as "busy").
+//! - anonymous clients allowed (refused by default); queues long enough for a backlog
+//!   (`max_mqueue_len`, default 1000); no busy check: by default a node refuses every
+//!   CONNECT ("server unavailable") while the CPU load is above 90 %, which two cores
+//!   busy with a test suite reach.
 //!
 //! Every port is leased ([`crate::ports`]) and held for the cluster's life, so a killed
 //! node restarts on its own ports. The cluster is ready when a `$share` subscription on
-//! each node receives a message published on the other (2 to 7 s after start).
+//! each node receives a message published on the other (about 3 s after start here; 2 to 7 s in issue 17's trials).
 
 use crate::ports::PortLease;
 use std::path::{Path, PathBuf};
