@@ -261,8 +261,16 @@ fn in_minute(rows: &[LoadingRateRow], phase: i64) -> Vec<LoadingRateRow> {
 }
 
 /// The node an instance is on dies (SIGKILL) mid-stream: the instance moves to the other
-/// node, the broker hands its machines to whoever is online there, rows exact; the node
-/// restarted, nothing breaks and the instance stays where it is.
+/// node and the broker gives its machines to whoever is online there; the node restarted,
+/// nothing breaks and the instance stays where it is.
+///
+/// Not exact across the kill itself: what the dead node had acknowledged to the publisher
+/// and not yet delivered dies with it (rmqtt's broadcast cluster keeps sessions and
+/// queues on one node). The kill comes right after a PUBACK, so in about half of the runs
+/// that message was on its way to the instance on that node: one sample of the minute
+/// published across the kill is lost. The test bounds that (at most
+/// [`LOST_AT_A_NODE_KILL`], never a sample counted twice) and requires every other
+/// minute exact.
 #[actix_rt::test]
 async fn an_instance_moves_to_the_surviving_node() {
     let cluster = RmqttCluster::start().await;
@@ -278,6 +286,7 @@ async fn an_instance_moves_to_the_surviving_node() {
     // The publisher is on the node that survives.
     let publisher = Publisher::connect(&cluster.url(1)).await;
     fleet.publish(&publisher, 0, 10, 200.0, |_| {}).await;
+    wait_for_rows(&db, &fleet.expected(), "the first minute from both instances").await;
 
     let mut killed = false;
     fleet
@@ -288,12 +297,16 @@ async fn an_instance_moves_to_the_surviving_node() {
             }
         })
         .await;
+    assert!(killed);
     ready_on(&metrics_one, &cluster.url(1)).await;
-    wait_for_rows(&db, &fleet.expected(), "every sample through the surviving node").await;
-
-    cluster.restart_node(0).await;
+    // A minute published after the move: both instances on the surviving node.
     fleet.publish(&publisher, 2, 10, 200.0, |_| {}).await;
-    wait_for_rows(&db, &fleet.expected(), "every sample exactly once after the node's return").await;
+
+    // The node comes back, empty: nothing breaks; more of the first minute merges in.
+    cluster.restart_node(0).await;
+    fleet.publish(&publisher, 0, 10, 200.0, |_| {}).await;
+    let lost = wait_for_rows_but_the_kill(&db, &fleet.expected()).await;
+    eprintln!("samples lost with the killed node: {lost}");
     ready_on(&metrics_one, &cluster.url(1)).await;
     ready_on(&metrics_two, &cluster.url(1)).await;
     let log_one = stop_ok(one).await;
@@ -302,7 +315,51 @@ async fn an_instance_moves_to_the_surviving_node() {
         "the first instance should log its move to the second node:\n{log_one}"
     );
     stop_ok(two).await;
-    wait_for_rows(&db, &fleet.expected(), "every sample exactly once after the stop").await;
+    assert_eq!(wait_for_rows_but_the_kill(&db, &fleet.expected()).await, lost, "nothing changes at the stop");
+}
+
+/// Samples of the minute published across a node's kill that may die with the node.
+const LOST_AT_A_NODE_KILL: i32 = 5;
+
+/// Waits until every minute but minute 1 is exact and minute 1 has every row with at most
+/// its samples and at most [`LOST_AT_A_NODE_KILL`] fewer in all; then, 2 s later, checks
+/// that again (nothing more arrives) and returns how many minute 1 lacks.
+async fn wait_for_rows_but_the_kill(db: &TestDatabase, expected: &[LoadingRateRow]) -> i32 {
+    let client = db.client().await;
+    let check = |rows: &[LoadingRateRow]| -> Result<i32, String> {
+        for phase in [0, 2] {
+            if in_minute(rows, phase) != in_minute(expected, phase) {
+                return Err(format!("minute {phase} is not exact"));
+            }
+        }
+        let (got, want) = (in_minute(rows, 1), in_minute(expected, 1));
+        let keys = |rows: &[LoadingRateRow]| rows.iter().map(|row| row.machine.clone()).collect::<Vec<_>>();
+        if keys(&got) != keys(&want) {
+            return Err(format!("minute 1 has rows of {:?}, expected {:?}", keys(&got), keys(&want)));
+        }
+        if let Some((row, full)) = got.iter().zip(&want).find(|(row, full)| row.samples > full.samples) {
+            return Err(format!("counted twice: {row:?} against {full:?}"));
+        }
+        let lost = samples_in(&want, 1) - samples_in(&got, 1);
+        if lost > LOST_AT_A_NODE_KILL {
+            return Err(format!("minute 1 lacks {lost} samples"));
+        }
+        Ok(lost)
+    };
+    let mut last = Err("nothing read yet".to_owned());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        last = check(&loading_rate(&client).await);
+        if last.is_ok() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost = last.unwrap_or_else(|why| panic!("rows not as expected within 60 s: {why}"));
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    let again = check(&loading_rate(&client).await).unwrap_or_else(|why| panic!("rows changed: {why}"));
+    assert_eq!(again, lost, "rows changed after they were complete");
+    lost
 }
 
 /// The same stop on Mosquitto: its shared subscriptions go round robin over every member,
