@@ -171,6 +171,11 @@ impl RmqttCluster {
         self.nodes[node].url()
     }
 
+    /// Node `node`'s process id while it runs (to read its CPU time, say).
+    pub fn pid(&self, node: usize) -> Option<u32> {
+        self.nodes[node].child.lock().expect("node lock").as_ref().map(Child::id)
+    }
+
     /// Node `node`'s log so far, for failure messages.
     pub fn log(&self, node: usize) -> String {
         self.nodes[node].log()
