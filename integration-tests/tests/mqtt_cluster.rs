@@ -266,7 +266,7 @@ fn in_minute(rows: &[LoadingRateRow], phase: i64) -> Vec<LoadingRateRow> {
 ///
 /// Not exact across the kill itself: what the dead node had acknowledged to the publisher
 /// and not yet delivered dies with it (rmqtt's broadcast cluster keeps sessions and
-/// queues on one node). The kill comes right after a PUBACK, so in about half of the runs
+/// queues on one node). The kill comes right after a PUBACK, so in about a third of the runs
 /// that message was on its way to the instance on that node: one sample of the minute
 /// published across the kill is lost. The test bounds that (at most
 /// [`LOST_AT_A_NODE_KILL`], never a sample counted twice) and requires every other
