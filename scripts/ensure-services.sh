@@ -5,8 +5,10 @@
 # PgBouncer (the pooler tests run one of their own), Chromium (the status page's test opens
 # it in a real headless browser), `runuser` (the secret-rotation tests run `initdb`/`pg_ctl` of private password-checking
 # PostgreSQL clusters as the postgres user) and a Python virtual environment in
-# scripts/.venv with `moto[server]` (a local AWS Secrets Manager for those tests; only
-# with --with-moto, which scripts/test passes).
+# scripts/.venv with `moto[server]` (a local AWS Secrets Manager for those tests) and
+# rmqttd, a clustered MQTT broker built once into ~/.cache/fleetagg (the scale-out tests
+# run a private two-node cluster); those two only with --with-moto, which scripts/test
+# passes.
 # Idempotent: where things already run it only checks them. Needs root (or sudo) for apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -118,4 +120,27 @@ if [ "${1:-}" = "--with-moto" ] && [ ! -x "$venv/bin/moto_server" ]; then
     [ -x "$venv/bin/moto_server" ] || { say "moto_server missing after installing moto[server]"; exit 1; }
 fi
 
-say "Mosquitto and PostgreSQL are ready${1:+ (and moto)}"
+# --- rmqttd (a two-node clustered broker for the scale-out tests) ----------------------
+# integration-tests/src/rmqtt.rs runs $FLEETAGG_RMQTTD (scripts/test sets it to the path
+# below). Built once from crates.io into a cache outside the repository and never rebuilt
+# while the binary is there: a cold build takes about 22 minutes on 2 cores. Its build
+# needs protoc (Debian's protobuf-compiler). Only with --with-moto, like moto: the demo
+# does not need it.
+rmqttd_version=0.24.0
+rmqttd_root="${XDG_CACHE_HOME:-$HOME/.cache}/fleetagg/rmqttd-$rmqttd_version"
+ensure_rmqttd() {
+    if [ -x "$rmqttd_root/bin/rmqttd" ]; then
+        return
+    fi
+    command -v protoc >/dev/null || apt_install protobuf-compiler
+    say "building rmqttd $rmqttd_version into $rmqttd_root (once; about 22 minutes on 2 cores)"
+    CARGO_TARGET_DIR="$(dirname "$rmqttd_root")/rmqttd-build" \
+        nice -n 19 cargo install --locked --quiet rmqttd --version "$rmqttd_version" --root "$rmqttd_root"
+    [ -x "$rmqttd_root/bin/rmqttd" ] || { say "rmqttd missing after cargo install"; exit 1; }
+}
+if [ "${1:-}" = "--with-moto" ]; then
+    ensure_rmqttd
+    say "rmqttd: $rmqttd_root/bin/rmqttd"
+fi
+
+say "Mosquitto and PostgreSQL are ready${1:+ (and moto, rmqttd)}"

@@ -12,6 +12,7 @@ pub mod mosquitto;
 pub mod moto;
 pub mod pgbouncer;
 pub mod ports;
+pub mod rmqtt;
 pub mod scripted_broker;
 
 use std::path::{Path, PathBuf};
