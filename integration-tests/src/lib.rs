@@ -286,6 +286,16 @@ impl ServiceProcess {
         self.wait_exit(timeout).await
     }
 
+    /// Stops the service with SIGTERM, asserts a clean exit (0 within 40 s) and returns
+    /// its log.
+    pub async fn stop_ok(self) -> String {
+        let log_path = self.log_path.clone();
+        let status = self.terminate(Duration::from_secs(40)).await;
+        let log = std::fs::read_to_string(log_path).expect("log");
+        assert!(status.success(), "fleetagg exited with {status}; log:\n{log}");
+        log
+    }
+
     /// Sends SIGTERM without waiting (for what happens between the signal and the exit).
     /// The process id (to look at its open file descriptors, say).
     pub fn pid(&self) -> u32 {

@@ -83,14 +83,6 @@ async fn wait_for_rows(url: &str, expected: &[LoadingRateRow], what: &str) {
     .await;
 }
 
-async fn stop_ok(service: ServiceProcess) -> String {
-    let log_path = service.log_path.clone();
-    let status = service.terminate(Duration::from_secs(40)).await;
-    let log = std::fs::read_to_string(log_path).expect("log");
-    assert!(status.success(), "fleetagg exited with {status}; log:\n{log}");
-    log
-}
-
 async fn fleet_database(cluster: &PgCluster) -> String {
     cluster.admin_execute("CREATE DATABASE fleet").await;
     cluster.url_for("postgres", "fleet")
@@ -115,7 +107,7 @@ async fn postgres_restarted_mid_stream() {
         .await;
     assert!(restarted);
     wait_for_rows(&url, &stream.expected(), "every sample after the restart").await;
-    let log = stop_ok(service).await;
+    let log = service.stop_ok().await;
     assert!(log.matches("connected to PostgreSQL").count() >= 2, "the writer should have reconnected");
     wait_for_rows(&url, &stream.expected(), "every sample exactly once").await;
 }
@@ -144,7 +136,7 @@ async fn postgres_unreachable_for_20_seconds() {
         .await;
     assert!(resumed, "the stream should outlast the outage");
     wait_for_rows(&url, &stream.expected(), "every sample after the outage").await;
-    let log = stop_ok(service).await;
+    let log = service.stop_ok().await;
     assert!(log.contains("database writes recovered"), "recovery should be logged");
 }
 
@@ -177,7 +169,7 @@ async fn broker_restarted_mid_stream() {
         async move { !rejection_reasons(client).await.is_empty() }
     })
     .await;
-    let log = stop_ok(service).await;
+    let log = service.stop_ok().await;
     assert!(log.contains("connection to the MQTT broker lost"), "the loss should be logged");
     assert_eq!(loading_rate(&client).await, stream.expected());
 }
@@ -202,7 +194,7 @@ async fn writer_connection_killed_every_second() {
     stream.publish_with(&publisher, 100.0, |_| {}).await;
     killer.await.expect("killer task");
     wait_for_rows(&db.url, &stream.expected(), "every sample despite the kills").await;
-    let log = stop_ok(service).await;
+    let log = service.stop_ok().await;
     assert!(log.contains("writer restarted by its supervisor"), "the supervisor should restart the writer");
     wait_for_rows(&db.url, &stream.expected(), "every sample exactly once").await;
 }
@@ -241,7 +233,7 @@ async fn a_row_postgres_refuses_is_isolated_and_the_rest_written() {
         }
     })
     .await;
-    stop_ok(service).await;
+    service.stop_ok().await;
 }
 
 #[actix_rt::test]
@@ -261,7 +253,7 @@ async fn a_full_buffer_holds_back_instead_of_dropping() {
     service.wait_for_log("writer buffer full", Duration::from_secs(30)).await;
     cluster.start();
     wait_for_rows(&url, &stream.expected(), "every row once PostgreSQL is back").await;
-    let log = stop_ok(service).await;
+    let log = service.stop_ok().await;
     assert!(log.contains("writer buffer has room again"), "the end of the hold should be logged");
 }
 
@@ -301,7 +293,7 @@ async fn two_instances_share_a_subscription_and_merge_exactly() {
     let publisher = Publisher::connect(&broker_url()).await;
     stream.publish_with(&publisher, 200.0, |_| {}).await;
     wait_for_rows(&db.url, &stream.expected(), "rows merged from both instances").await;
-    let (log_one, log_two) = (stop_ok(first).await, stop_ok(second).await);
+    let (log_one, log_two) = (first.stop_ok().await, second.stop_ok().await);
     for log in [&log_one, &log_two] {
         assert!(log.contains("minutes upserted"), "each instance should have written a share");
     }
@@ -315,7 +307,7 @@ async fn sigterm_during_start_up_still_writes_what_arrives() {
     let mut stream = Stream::new(100, 2);
     let text = config(&db.url, &stream, "5s", "").replace(&broker_url(), &broker.url());
     // A first run creates the persistent session; the stream is queued for it meanwhile.
-    stop_ok(ServiceProcess::start(&text).await).await;
+    ServiceProcess::start(&text).await.stop_ok().await;
     let publisher = Publisher::connect(&broker.url()).await;
     stream.publish_with(&publisher, 500.0, |_| {}).await;
     drop(publisher);

@@ -134,17 +134,26 @@ async fn ready_on(metrics: &PortLease, broker: &str) {
     .await;
 }
 
+/// Two instances of `fleet`, writing to `databases`, each listing its own node first
+/// (the first instance node 0, the second node 1); waits until each is ready there.
+async fn start_on_both_nodes(
+    fleet: &Fleet,
+    cluster: &RmqttCluster,
+    databases: [&str; 2],
+) -> (ServiceProcess, ServiceProcess, PortLease, PortLease) {
+    let (metrics_one, metrics_two) = (PortLease::acquire(), PortLease::acquire());
+    let config_one = fleet.config(databases[0], &[cluster.url(0), cluster.url(1)], &metrics_one);
+    let config_two = fleet.config(databases[1], &[cluster.url(1), cluster.url(0)], &metrics_two);
+    let one = ServiceProcess::start(&config_one).await;
+    let two = ServiceProcess::start(&config_two).await;
+    ready_on(&metrics_one, &cluster.url(0)).await;
+    ready_on(&metrics_two, &cluster.url(1)).await;
+    (one, two, metrics_one, metrics_two)
+}
+
 /// The samples `rows` count in minute `phase`.
 fn samples_in(rows: &[LoadingRateRow], phase: i64) -> i32 {
     rows.iter().filter(|row| row.ts == Fleet::minute(phase)).map(|row| row.samples).sum()
-}
-
-async fn stop_ok(service: ServiceProcess) -> String {
-    let log_path = service.log_path.clone();
-    let status = service.terminate(Duration::from_secs(40)).await;
-    let log = std::fs::read_to_string(log_path).expect("log");
-    assert!(status.success(), "fleetagg exited with {status}; log:\n{log}");
-    log
 }
 
 /// Each machine's messages stay on one instance: with a database per instance, no machine
@@ -154,16 +163,9 @@ async fn stop_ok(service: ServiceProcess) -> String {
 async fn each_machine_stays_on_one_instance() {
     let cluster = RmqttCluster::start().await;
     let (db_one, db_two) = (TestDatabase::create().await, TestDatabase::create().await);
-    let (metrics_one, metrics_two) = (PortLease::acquire(), PortLease::acquire());
     let mut fleet = Fleet::new(40);
-    let one =
-        ServiceProcess::start(&fleet.config(&db_one.url, &[cluster.url(0), cluster.url(1)], &metrics_one))
-            .await;
-    let two =
-        ServiceProcess::start(&fleet.config(&db_two.url, &[cluster.url(1), cluster.url(0)], &metrics_two))
-            .await;
-    ready_on(&metrics_one, &cluster.url(0)).await;
-    ready_on(&metrics_two, &cluster.url(1)).await;
+    let (one, two, _metrics_one, _metrics_two) =
+        start_on_both_nodes(&fleet, &cluster, [&db_one.url, &db_two.url]).await;
 
     // Shuffled, through one node: every machine's samples interleave with the others'.
     let publisher = Publisher::connect(&cluster.url(0)).await;
@@ -194,8 +196,8 @@ async fn each_machine_stays_on_one_instance() {
             "the {name} instance took {share} of 40 machines (20-80 % expected): {on_one:?} / {on_two:?}"
         );
     }
-    stop_ok(one).await;
-    stop_ok(two).await;
+    one.stop_ok().await;
+    two.stop_ok().await;
 }
 
 /// An instance stopped mid-stream: the broker skips its offline session and gives its
@@ -205,14 +207,9 @@ async fn each_machine_stays_on_one_instance() {
 async fn a_stopped_instance_hands_its_machines_to_the_other() {
     let cluster = RmqttCluster::start().await;
     let db = TestDatabase::create().await;
-    let (metrics_one, metrics_two) = (PortLease::acquire(), PortLease::acquire());
     let mut fleet = Fleet::new(20);
-    let one =
-        ServiceProcess::start(&fleet.config(&db.url, &[cluster.url(0), cluster.url(1)], &metrics_one)).await;
-    let mut two =
-        ServiceProcess::start(&fleet.config(&db.url, &[cluster.url(1), cluster.url(0)], &metrics_two)).await;
-    ready_on(&metrics_one, &cluster.url(0)).await;
-    ready_on(&metrics_two, &cluster.url(1)).await;
+    let (one, mut two, _metrics_one, _metrics_two) =
+        start_on_both_nodes(&fleet, &cluster, [&db.url, &db.url]).await;
     let publisher = Publisher::connect(&cluster.url(0)).await;
     fleet.publish(&publisher, 0, 10, 200.0, |_| {}).await;
     stop_mid_stream(&mut fleet, &publisher, &mut two).await;
@@ -230,7 +227,7 @@ async fn a_stopped_instance_hands_its_machines_to_the_other() {
     let two = two.restart().await;
     fleet.publish(&publisher, 0, 10, 200.0, |_| {}).await;
     wait_for_rows(&db, &fleet.expected(), "every sample exactly once").await;
-    let (log_one, log_two) = (stop_ok(one).await, stop_ok(two).await);
+    let (log_one, log_two) = (one.stop_ok().await, two.stop_ok().await);
     for log in [&log_one, &log_two] {
         assert!(log.contains("minutes upserted"), "each instance should have written a share");
     }
@@ -275,14 +272,9 @@ fn in_minute(rows: &[LoadingRateRow], phase: i64) -> Vec<LoadingRateRow> {
 async fn an_instance_moves_to_the_surviving_node() {
     let cluster = RmqttCluster::start().await;
     let db = TestDatabase::create().await;
-    let (metrics_one, metrics_two) = (PortLease::acquire(), PortLease::acquire());
     let mut fleet = Fleet::new(20);
-    let one =
-        ServiceProcess::start(&fleet.config(&db.url, &[cluster.url(0), cluster.url(1)], &metrics_one)).await;
-    let two =
-        ServiceProcess::start(&fleet.config(&db.url, &[cluster.url(1), cluster.url(0)], &metrics_two)).await;
-    ready_on(&metrics_one, &cluster.url(0)).await;
-    ready_on(&metrics_two, &cluster.url(1)).await;
+    let (one, two, metrics_one, metrics_two) =
+        start_on_both_nodes(&fleet, &cluster, [&db.url, &db.url]).await;
     // The publisher is on the node that survives.
     let publisher = Publisher::connect(&cluster.url(1)).await;
     fleet.publish(&publisher, 0, 10, 200.0, |_| {}).await;
@@ -309,12 +301,12 @@ async fn an_instance_moves_to_the_surviving_node() {
     eprintln!("samples lost with the killed node: {lost}");
     ready_on(&metrics_one, &cluster.url(1)).await;
     ready_on(&metrics_two, &cluster.url(1)).await;
-    let log_one = stop_ok(one).await;
+    let log_one = one.stop_ok().await;
     assert!(
         log_one.lines().any(|line| line.contains("MQTT connected") && line.contains(&cluster.url(1))),
         "the first instance should log its move to the second node:\n{log_one}"
     );
-    stop_ok(two).await;
+    two.stop_ok().await;
     assert_eq!(wait_for_rows_but_the_kill(&db, &fleet.expected()).await, lost, "nothing changes at the stop");
 }
 
@@ -397,7 +389,7 @@ async fn on_mosquitto_a_stopped_instance_share_waits_for_it() {
 
     let two = two.restart().await;
     wait_for_rows(&db, &fleet.expected(), "every sample once the stopped instance is back").await;
-    stop_ok(one).await;
-    stop_ok(two).await;
+    one.stop_ok().await;
+    two.stop_ok().await;
     wait_for_rows(&db, &fleet.expected(), "every sample exactly once after the stop").await;
 }
