@@ -298,12 +298,25 @@ async fn probe(subscriber_url: &str, publisher_url: &str) -> bool {
             let arrived = matches!(sent, Ok(Ok(())))
                 && matches!(tokio::time::timeout(step, receiver.recv()).await, Ok(Ok(Some(_))));
             let _ = tokio::time::timeout(step, publisher.disconnect(None)).await;
+            keep_for_good(publisher);
             arrived
         }
         _ => false,
     };
     let _ = tokio::time::timeout(step, subscriber.disconnect(None)).await;
+    keep_for_good(subscriber);
     arrived
+}
+
+/// Never drops a probe client. A token that timed out still holds a clone of its client;
+/// when it completes later on paho's own thread and drops the last clone there, paho's
+/// `MQTTAsync_destroy` waits for the lock that thread already holds: a deadlock (seen: two
+/// tests stuck in `MQTTAsync_createWithOptions` behind `MQTTAsync_destroy` on
+/// `MQTTAsync_send`). A handful of probe clients kept until the test process exits cost
+/// nothing.
+fn keep_for_good(client: paho_mqtt::AsyncClient) {
+    static KEPT: std::sync::Mutex<Vec<paho_mqtt::AsyncClient>> = std::sync::Mutex::new(Vec::new());
+    KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(client);
 }
 
 async fn probe_client(url: &str) -> Option<paho_mqtt::AsyncClient> {
@@ -319,6 +332,9 @@ async fn probe_client(url: &str) -> Option<paho_mqtt::AsyncClient> {
         .finalize();
     match tokio::time::timeout(Duration::from_secs(3), client.connect(options)).await {
         Ok(Ok(_)) => Some(client),
-        _ => None,
+        _ => {
+            keep_for_good(client);
+            None
+        }
     }
 }
