@@ -1,5 +1,5 @@
 //! One back-off for every retry loop (writer, secret keeper, secret at start-up, MQTT
-//! connection at start-up, journal appends): exponential from `initial` by `factor` up to `max`, each
+//! connection and its reconnects, journal appends): exponential from `initial` by `factor` up to `max`, each
 //! delay spread by ±`jitter` so that many instances restarted together (a plant's
 //! power cut) do not retry in lockstep against the database or the broker.
 
@@ -24,8 +24,8 @@ pub const SECRET_REFRESH: Backoff =
 /// A secret fetched at start-up: a service that cannot log in should say so soon.
 pub const SECRET_AT_START: Backoff =
     Backoff { initial: Duration::from_millis(250), factor: 2, max: Duration::from_secs(4), jitter: 0.1 };
-/// Connecting to the MQTT broker at start-up (paho's automatic reconnect, used once
-/// connected, takes the same `initial` and `max`).
+/// Connecting to the MQTT broker, at start-up and at every reconnect, and subscribing
+/// again after a refused SUBACK (the source's connection thread).
 pub const MQTT_CONNECT: Backoff =
     Backoff { initial: Duration::from_secs(1), factor: 2, max: Duration::from_secs(30), jitter: 0.1 };
 
