@@ -7,7 +7,13 @@
 //! - `open_minutes`: one `OpenMinutes` per machine holding one sample (the aggregator's
 //!   state while a minute is open);
 //! - `pipeline`: the broker and one aggregator actor per machine on one arbiter per core,
-//!   fed one message per machine by the fake broker, every minute still open.
+//!   fed one message per machine by the fake broker, every minute still open;
+//! - `written_*`: one `OpenMinutes` per machine after ten minutes of samples, all of them
+//!   written (closed) and held in the duplicate index (`max_lateness` of 10 minutes), plus
+//!   the current minute open with one sample: `written_1s` one sample a second on whole
+//!   seconds, `written_1s_ms` and `written_1s_us` the same stamped in milliseconds or
+//!   microseconds by a clock a few milliseconds off, `written_10s` ten a second on
+//!   100 ms ticks.
 //!
 //! `cargo bench -p fleetagg-actors --bench memory` (MACHINES=… to change the fleet, 100,000
 //! by default). Not a criterion benchmark: it measures bytes, not time.
@@ -78,6 +84,50 @@ fn open_minutes(machines: usize) {
     drop(held);
 }
 
+/// Ten written minutes and one open minute per machine (see the module comment).
+fn written(scenario: &str, machines: usize) {
+    let (per_second, jitter_unit): (i64, i64) = match scenario {
+        "written_1s" => (1, 0),
+        "written_1s_ms" => (1, 1_000),
+        "written_1s_us" => (1, 1),
+        _ => (10, 0),
+    };
+    let now = SAMPLE_MICROS + 10 * 60_000_000;
+    let sample = |micros: i64| Sample {
+        ts: Timestamp::from_micros(micros),
+        load_rate: 42.0,
+        mileage: 1.0,
+        mark: JournalMark::NONE,
+    };
+    let first_minute = Timestamp::from_micros(SAMPLE_MICROS).minute();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let before = rss_kib();
+    let held: Vec<OpenMinutes> = (0..machines)
+        .map(|_| {
+            let mut open = OpenMinutes::default();
+            let start = first_minute.start().micros();
+            for tick in 0..(600 * per_second) {
+                // A clock up to 5 ms off, in the scenario's unit.
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let jitter = if jitter_unit == 0 {
+                    0
+                } else {
+                    (state >> 33) as i64 % 5_000 / jitter_unit * jitter_unit
+                };
+                open.accept(&sample(start + tick * 1_000_000 / per_second + jitter));
+            }
+            open.take_closed(Timestamp::from_micros(now), Duration::from_secs(5), first_minute);
+            open.accept(&sample(now));
+            assert_eq!(open.len(), 1);
+            open
+        })
+        .collect();
+    report(scenario, machines, before, rss_kib());
+    let index: usize = held.iter().map(|open| open.written().heap_bytes()).sum();
+    println!("memory/{scenario:<14} index bytes on the heap: {} per machine", index / machines.max(1));
+    drop(held);
+}
+
 struct Discard;
 
 impl Actor for Discard {
@@ -135,9 +185,12 @@ fn main() {
     match std::env::var(SCENARIO).as_deref() {
         Ok("open_minutes") => open_minutes(machines),
         Ok("pipeline") => pipeline(machines),
+        Ok(scenario) if scenario.starts_with("written_") => written(scenario, machines),
         _ => {
             let exe = std::env::current_exe().expect("the path of this benchmark");
-            for scenario in ["open_minutes", "pipeline"] {
+            let scenarios =
+                ["open_minutes", "written_1s", "written_1s_ms", "written_1s_us", "written_10s", "pipeline"];
+            for scenario in scenarios {
                 let status = Command::new(&exe).env(SCENARIO, scenario).status().expect("a child process");
                 assert!(status.success(), "scenario {scenario} failed: {status}");
             }

@@ -3,7 +3,7 @@
 //! `send().await`, or on the hot path by `try_send` with a full mailbox turned into an
 //! awaited `send()`. Back-pressure must reach the MQTT connection, not pile up in a queue.
 
-use crate::logic::{ClosedMinute, RejectedMessage, Sample};
+use crate::logic::{ClosedMinute, RejectedMessage, Sample, WrittenMinute};
 use actix::Message;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -23,7 +23,23 @@ pub struct AcceptSamples(pub Vec<Sample>);
 pub struct RouteSamples {
     pub new_machines: Vec<Arc<str>>,
     pub deliveries: Vec<(u32, Vec<Sample>)>,
+    /// At start-up only: minutes written before, per machine (see [`RememberWritten`]).
+    pub written: Vec<(u32, Vec<WrittenMinute>)>,
 }
+
+/// Service → broker, when the minutes written before this start could only be read
+/// after it (the database was unreachable then): routed to their aggregators like
+/// [`RouteSamples::written`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RememberWrittenRows(pub Vec<(String, WrittenMinute)>);
+
+/// Shard → aggregator, at start-up before any sample: minutes of its machine written
+/// within `max_lateness` before this start, read back from the database, so a resend of
+/// one of their samples is recognised as a duplicate.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RememberWritten(pub Vec<WrittenMinute>);
 
 /// Shard → aggregator: a look at the open minutes it asked for is due (see
 /// `shard::CloseTimers`).

@@ -10,10 +10,13 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use fleetagg_actors::clock::{Clock, ManualClock};
 use fleetagg_actors::logic::rows::MAX_STORED_PAYLOAD;
-use fleetagg_actors::logic::{ClosedMinute, MinuteAggregate, RejectReason, RejectedMessage, Timestamp};
+use fleetagg_actors::logic::seen::chunk_of;
+use fleetagg_actors::logic::{
+    ClosedMinute, MinuteAggregate, RejectReason, RejectedMessage, Timestamp, WrittenMinute,
+};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
 use fleetagg_actors::service::PipelineOutputs;
-use fleetagg_actors::service::PipelineSettings;
+use fleetagg_actors::service::{PipelineSettings, Restored};
 use fleetagg_actors::source::{FakeBroker, InboundMessage};
 use fleetagg_actors::stats::PipelineStats;
 use fleetagg_actors::Pipeline;
@@ -109,6 +112,16 @@ fn key(machine: &str, minute: &str) -> (String, DateTime<Utc>) {
 }
 
 async fn start(now: &str, configure: impl FnOnce(&mut Config), recorder: Recorder) -> Harness {
+    start_after(now, configure, recorder, Vec::new()).await
+}
+
+/// [`start`], after a run that wrote `written`.
+async fn start_after(
+    now: &str,
+    configure: impl FnOnce(&mut Config),
+    recorder: Recorder,
+    written: Vec<(String, WrittenMinute)>,
+) -> Harness {
     let mut config = Config::default();
     config.aggregation.tick = Duration::from_millis(5);
     config.mqtt.inbound_capacity = 4;
@@ -121,8 +134,11 @@ async fn start(now: &str, configure: impl FnOnce(&mut Config), recorder: Recorde
     let address = recorder.clone().start();
     let outputs = PipelineOutputs { minutes: address.clone().recipient(), rejections: address.recipient() };
     let shared_clock: Arc<dyn Clock> = clock.clone();
+    let restored = Restored { journal: None, written };
     let pipeline =
-        Pipeline::start(settings, Box::new(source), outputs, shared_clock, stats.clone()).await.unwrap();
+        Pipeline::start_restored(settings, Box::new(source), outputs, shared_clock, stats.clone(), restored)
+            .await
+            .unwrap();
     Harness { publisher, recorder, clock, stats, pipeline }
 }
 
@@ -269,6 +285,54 @@ async fn a_late_message_for_a_written_minute_is_merged_not_lost() {
     assert_eq!(
         h.recorder.rows(),
         Rows::from([(key("m1", "2026-03-01T10:00:00Z"), aggregate(2, 40.0, (10.0, 30.0), (5.0, 6.0)))])
+    );
+}
+
+#[actix_rt::test]
+async fn a_resend_after_its_minute_was_written_is_a_duplicate() {
+    let h = start("2026-03-01T10:05:00Z", |_| {}, Recorder::default()).await;
+    h.publish(message("m1", "2026-03-01T10:00:10Z", 10.0, 5.0)).await;
+    h.wait_for_parts(1).await;
+    // A gateway resending its buffer: the written sample again, and one that is new.
+    h.publish(message("m1", "2026-03-01T10:00:10Z", 10.0, 5.0)).await;
+    h.publish(message("m1", "2026-03-01T10:00:50Z", 30.0, 6.0)).await;
+    h.wait_for_parts(2).await;
+    // And the late part once more, after it was written too.
+    h.publish(message("m1", "2026-03-01T10:00:50Z", 30.0, 6.0)).await;
+    h.wait_until_routed(4).await;
+    h.pipeline.stop().await;
+    assert_eq!(h.stats.duplicates.load(Ordering::SeqCst), 2);
+    assert_eq!(h.recorder.part_count(), 2);
+    assert_eq!(
+        h.recorder.rows(),
+        Rows::from([(key("m1", "2026-03-01T10:00:00Z"), aggregate(2, 40.0, (10.0, 30.0), (5.0, 6.0)))])
+    );
+}
+
+#[actix_rt::test]
+async fn minutes_written_before_the_start_catch_resends_after_it() {
+    let minute = at("2026-03-01T10:00:00Z").minute();
+    let written = vec![(
+        "m1".to_owned(),
+        WrittenMinute {
+            minute,
+            seen: chunk_of(minute, &[at("2026-03-01T10:00:10Z").micros()]).into_boxed_slice(),
+        },
+    )];
+    let h = start_after("2026-03-01T10:05:00Z", |_| {}, Recorder::default(), written).await;
+    h.publish(message("m1", "2026-03-01T10:00:10Z", 10.0, 5.0)).await;
+    h.publish(message("m1", "2026-03-01T10:00:20Z", 20.0, 6.0)).await;
+    // Another machine's sample at the same instant is its own.
+    h.publish(message("m2", "2026-03-01T10:00:10Z", 10.0, 5.0)).await;
+    h.wait_until_routed(3).await;
+    h.pipeline.stop().await;
+    assert_eq!(h.stats.duplicates.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        h.recorder.rows(),
+        Rows::from([
+            (key("m1", "2026-03-01T10:00:00Z"), aggregate(1, 20.0, (20.0, 20.0), (6.0, 6.0))),
+            (key("m2", "2026-03-01T10:00:00Z"), aggregate(1, 10.0, (10.0, 10.0), (5.0, 5.0))),
+        ])
     );
 }
 

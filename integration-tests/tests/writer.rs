@@ -29,6 +29,7 @@ fn part(machine: &str, minute: i64, samples: u32, sum: f64, min: f64, max: f64) 
             mileage_max: max * 10.0,
         },
         tally: Default::default(),
+        seen: Vec::new(),
     }
 }
 

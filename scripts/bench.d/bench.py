@@ -878,6 +878,7 @@ class Poller:
 SQL_TYPES = {
     "TEXT_ARRAY": "text[]", "TIMESTAMPTZ_ARRAY": "timestamptz[]", "INT4_ARRAY": "int4[]",
     "INT8_ARRAY": "int8[]", "FLOAT8_ARRAY": "float8[]", "TEXT": "text", "INT8": "int8", "INT4": "int4",
+    "BYTEA_ARRAY": "bytea[]",
 }
 # The statement's first eight parameters are the row columns, as arrays, in this order.
 ROW_ARRAYS = ["text[]", "timestamptz[]", "int4[]", "float8[]", "float8[]", "float8[]", "float8[]", "float8[]"]
@@ -894,18 +895,31 @@ def upsert_statement():
     names = re.findall(r"Type::(\w+)", types.group(1))
     unknown = [name for name in names if name not in SQL_TYPES]
     sql_types = [SQL_TYPES.get(name) for name in names]
-    if unknown or sql_types[:8] != ROW_ARRAYS or any(t.endswith("[]") for t in sql_types[8:]):
+    extra_arrays = [t for t in sql_types[8:] if t.endswith("[]")]
+    if unknown or sql_types[:8] != ROW_ARRAYS or extra_arrays not in ([], ["bytea[]"]):
         raise SystemExit(f"UPSERT_MINUTES takes {names}; scripts/bench.d/bench.py knows the row arrays "
-                         "followed by scalar text/integer parameters only: update it")
+                         "followed by scalar text/integer parameters and one bytea[] (`seen`) only: update it")
     return sql.group(1), sql_types
 
 
-def extra_parameters(sql_types, batch):
+def seen_chunk(samples):
+    """The `seen` value of a row of `samples` whole-second samples from the minute's start,
+    as actors/logic/src/seen.rs encodes it: unit 1 s (code 0), a bitmap (form 0)."""
+    bitmap = bytearray((samples - 1) // 8 + 1)
+    for slot in range(samples):
+        bitmap[slot // 8] |= 1 << (slot % 8)
+    return bytes([0x00, len(bitmap)]) + bytes(bitmap)
+
+
+def extra_parameters(sql_types, batch, records):
     """Values of the parameters after the row arrays (a batch id in the ledger): unique
-    per batch and per run."""
+    per batch and per run; `seen` (bytea[]) as the service would send it."""
     values = []
     for index, sql_type in enumerate(sql_types[8:]):
-        if sql_type == "text":
+        if sql_type == "bytea[]":
+            chunks = ",".join(f"'\\x{seen_chunk(record[2]).hex()}'::bytea" for record in records)
+            values.append(f"ARRAY[{chunks}]")
+        elif sql_type == "text":
             values.append(f"'bench-{os.getpid()}-{time.time_ns()}-{batch}-{index}'")
         else:
             values.append(str(time.time_ns() // 1000 + batch * 10 + index))
@@ -957,7 +971,7 @@ def write_upsert_script(path, records, upsert_sql, sql_types):
                 "'{" + ",".join(f'"{m}"' for m in columns[0]) + "}'",
                 "'{" + ",".join(f'"{t}"' for t in columns[1]) + "}'",
             ] + ["'{" + ",".join(repr(v) for v in column) + "}'" for column in columns[2:]]
-            literals += extra_parameters(sql_types, number)
+            literals += extra_parameters(sql_types, number, batch)
             out.write(f"EXECUTE upsert_minutes({', '.join(literals)});\n")
 
 

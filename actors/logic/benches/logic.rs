@@ -10,7 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use chrono_tz::Tz;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fleetagg_logic::{
-    validate, EpochUnit, MinuteAggregate, OpenMinutes, Sample, Timestamp, TimestampRules, ValidationRules,
+    validate, EpochUnit, Minute, MinuteAggregate, OpenMinutes, Sample, Timestamp, TimestampRules,
+    ValidationRules,
 };
 use std::time::Duration;
 
@@ -112,7 +113,7 @@ fn bench_accumulate(c: &mut Criterion) {
                 for sample in &stream {
                     black_box(open.accept(sample));
                 }
-                black_box(open.take_closed(end, Duration::from_secs(5)))
+                black_box(open.take_closed(end, Duration::from_secs(5), Minute::from_index(0)))
             },
             BatchSize::SmallInput,
         );

@@ -10,6 +10,7 @@ pub mod provenance;
 pub mod reject_limit;
 pub mod rfc3339;
 pub mod rows;
+pub mod seen;
 pub mod time;
 pub mod validate;
 
@@ -17,5 +18,6 @@ pub use minute::{Accepted, MinuteAggregate, MinutePart, OpenMinutes};
 pub use provenance::{JournalMark, JournalTally};
 pub use reject_limit::RejectLimiter;
 pub use rows::{ClosedMinute, PendingMinutes, RejectedMessage};
+pub use seen::{WrittenMinute, WrittenMinutes};
 pub use time::{EpochUnit, Minute, Timestamp, TimestampRules};
 pub use validate::{validate, RejectReason, Rejection, Sample, Telemetry, ValidationRules};

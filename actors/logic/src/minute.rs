@@ -6,6 +6,7 @@
 //! into the same row one pass over all samples would give.
 
 use crate::provenance::JournalTally;
+use crate::seen::{chunk_of, WrittenMinutes};
 use crate::time::{duration_micros, Minute, Timestamp};
 use crate::validate::Sample;
 use std::time::Duration;
@@ -57,8 +58,13 @@ impl MinuteAggregate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
     Added,
-    /// Same timestamp as a sample already held: a QoS 1 redelivery, dropped.
+    /// Same timestamp as a sample held in an open minute: a QoS 1 redelivery, dropped.
+    /// Its journal record is finished with that minute.
     Duplicate,
+    /// Same timestamp as a sample of a minute already handed to the writer (a resend
+    /// after its minute was written), dropped. Nothing holds its journal record: the
+    /// caller finishes it.
+    AlreadyWritten,
 }
 
 #[derive(Debug)]
@@ -106,15 +112,23 @@ pub struct MinutePart {
     pub minute: Minute,
     pub aggregate: MinuteAggregate,
     pub tally: JournalTally,
+    /// The part's sample timestamps, encoded ([`crate::seen`]): stored with the row.
+    pub seen: Vec<u8>,
 }
 
 impl MinutePart {
     fn of(minute: Minute, open: OpenMinute) -> Self {
-        MinutePart { minute, aggregate: open.aggregate, tally: open.tally }
+        MinutePart {
+            minute,
+            aggregate: open.aggregate,
+            tally: open.tally,
+            seen: chunk_of(minute, &open.seen),
+        }
     }
 }
 
-/// The minutes of one machine that are still open, oldest first.
+/// The minutes of one machine that are still open, oldest first, and the index of the
+/// ones it handed over within `max_lateness`.
 ///
 /// A sorted `Vec`, not a map: a machine has one or two open minutes (the current one,
 /// and the previous one during its grace period), so a linear scan from the newest end
@@ -123,10 +137,17 @@ impl MinutePart {
 #[derive(Debug, Default)]
 pub struct OpenMinutes {
     minutes: Vec<(Minute, OpenMinute)>,
+    /// What the closed minutes counted, so a resend after its minute was written is
+    /// still a duplicate ([`crate::seen`]).
+    written: WrittenMinutes,
 }
 
 impl OpenMinutes {
     pub fn accept(&mut self, sample: &Sample) -> Accepted {
+        // One varint read while samples are newer than every written minute.
+        if self.written.contains(sample.ts) {
+            return Accepted::AlreadyWritten;
+        }
         let minute = sample.ts.minute();
         // Newest first: samples arrive mostly in time order.
         let index = match self.minutes.iter().rposition(|(held, _)| *held <= minute) {
@@ -146,17 +167,38 @@ impl OpenMinutes {
         self.minutes.first().map(|(minute, _)| minute.end().saturating_add_micros(duration_micros(grace)))
     }
 
-    /// Removes and returns the minutes whose end + `grace` is at or before `now`.
-    pub fn take_closed(&mut self, now: Timestamp, grace: Duration) -> Vec<MinutePart> {
+    /// Removes and returns the minutes whose end + `grace` is at or before `now`; they
+    /// join the written index, which forgets the minutes before `remember_since`.
+    pub fn take_closed(
+        &mut self,
+        now: Timestamp,
+        grace: Duration,
+        remember_since: Minute,
+    ) -> Vec<MinutePart> {
         let grace = duration_micros(grace);
         let due =
             self.minutes.partition_point(|(minute, _)| minute.end().saturating_add_micros(grace) <= now);
-        let closed = self.minutes.drain(..due).map(|(minute, open)| MinutePart::of(minute, open)).collect();
+        let closed: Vec<MinutePart> =
+            self.minutes.drain(..due).map(|(minute, open)| MinutePart::of(minute, open)).collect();
         if self.minutes.is_empty() {
             // A machine that went quiet keeps no allocation.
             self.minutes = Vec::new();
         }
+        for part in &closed {
+            self.written.remember(part.minute, &part.seen);
+        }
+        self.written.forget_before(remember_since);
         closed
+    }
+
+    /// Adds a minute written before this start (read back from the database).
+    pub fn remember_written(&mut self, minute: Minute, seen: &[u8]) {
+        self.written.remember(minute, seen);
+    }
+
+    /// The written index (for memory figures and tests).
+    pub fn written(&self) -> &WrittenMinutes {
+        &self.written
     }
 
     /// Removes and returns every open minute (shutdown: partial minutes merge later).
@@ -197,7 +239,11 @@ mod tests {
         assert_eq!(open.accept(&sample(90, 30.0, 7.0)), Accepted::Added);
         assert_eq!(open.accept(&sample(90, 99.0, 9.0)), Accepted::Duplicate);
         assert_eq!(open.accept(&sample(125, 50.0, 8.0)), Accepted::Added);
-        let closed = open.take_closed(Timestamp::from_micros(125_000_000), Duration::from_secs(5));
+        let closed = open.take_closed(
+            Timestamp::from_micros(125_000_000),
+            Duration::from_secs(5),
+            Minute::from_index(0),
+        );
         assert_eq!(closed.len(), 1);
         let MinutePart { minute, aggregate, .. } = closed[0].clone();
         assert_eq!(minute.index(), 1);
@@ -213,8 +259,34 @@ mod tests {
         open.accept(&sample(0, 1.0, 1.0));
         let grace = Duration::from_secs(5);
         let just_before = Timestamp::from_micros(65_000_000 - 1);
-        assert!(open.take_closed(just_before, grace).is_empty());
-        assert_eq!(open.take_closed(Timestamp::from_micros(65_000_000), grace).len(), 1);
+        assert!(open.take_closed(just_before, grace, Minute::from_index(0)).is_empty());
+        assert_eq!(
+            open.take_closed(Timestamp::from_micros(65_000_000), grace, Minute::from_index(0)).len(),
+            1
+        );
         assert!(open.is_empty());
+    }
+
+    #[test]
+    fn a_resend_after_its_minute_closed_is_already_written_until_forgotten() {
+        let mut open = OpenMinutes::default();
+        let grace = Duration::from_secs(5);
+        open.accept(&sample(61, 1.0, 1.0));
+        open.accept(&sample(62, 2.0, 2.0));
+        let closed = open.take_closed(Timestamp::from_micros(130_000_000), grace, Minute::from_index(0));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(crate::seen::chunk_offsets(&closed[0].seen), Ok(vec![1_000_000, 2_000_000]));
+        // The resend, and a late sample of the same minute that is new.
+        assert_eq!(open.accept(&sample(61, 1.0, 1.0)), Accepted::AlreadyWritten);
+        assert_eq!(open.accept(&sample(63, 3.0, 3.0)), Accepted::Added);
+        assert_eq!(open.accept(&sample(63, 3.0, 3.0)), Accepted::Duplicate);
+        // The late part joins the index when it closes; both parts' samples are known.
+        let late = open.take_closed(Timestamp::from_micros(130_000_000), grace, Minute::from_index(0));
+        assert_eq!(late.len(), 1);
+        assert_eq!(open.accept(&sample(63, 3.0, 3.0)), Accepted::AlreadyWritten);
+        assert_eq!(open.accept(&sample(62, 3.0, 3.0)), Accepted::AlreadyWritten);
+        // Forgotten once before `remember_since`: then it is a new part again.
+        open.take_closed(Timestamp::from_micros(130_000_000), grace, Minute::from_index(2));
+        assert_eq!(open.accept(&sample(61, 1.0, 1.0)), Accepted::Added);
     }
 }

@@ -20,6 +20,9 @@ pub struct ClosedMinute {
     pub aggregate: MinuteAggregate,
     /// The journal records the row answers for: committed, they are finished.
     pub tally: JournalTally,
+    /// Its samples' timestamps ([`crate::seen`] chunks), stored in the row's `seen`
+    /// column and read back at start-up so that a resend after a restart is recognised.
+    pub seen: Vec<u8>,
 }
 
 /// A rejected message as stored in `rejected_message`. Build it with
@@ -92,18 +95,23 @@ fn stored_len(bytes: &[u8]) -> usize {
 /// and a minute that arrives in parts costs one row write instead of several.
 #[derive(Debug, Default)]
 pub struct PendingMinutes {
-    rows: FxHashMap<(Arc<str>, Minute), (MinuteAggregate, JournalTally)>,
+    rows: FxHashMap<(Arc<str>, Minute), PendingRow>,
 }
+
+/// A pending row's merged parts: aggregate, journal records, `seen` chunks.
+type PendingRow = (MinuteAggregate, JournalTally, Vec<u8>);
 
 impl PendingMinutes {
     pub fn add(&mut self, row: ClosedMinute) {
         self.rows
             .entry((row.machine, row.minute))
-            .and_modify(|(aggregate, tally)| {
+            .and_modify(|(aggregate, tally, seen)| {
                 aggregate.merge(&row.aggregate);
                 tally.merge(&row.tally);
+                // Chunks concatenate into their union.
+                seen.extend_from_slice(&row.seen);
             })
-            .or_insert((row.aggregate, row.tally));
+            .or_insert((row.aggregate, row.tally, row.seen));
     }
 
     pub fn extend(&mut self, rows: impl IntoIterator<Item = ClosedMinute>) {
@@ -116,7 +124,13 @@ impl PendingMinutes {
     pub fn take_all(&mut self) -> Vec<ClosedMinute> {
         std::mem::take(&mut self.rows)
             .into_iter()
-            .map(|((machine, minute), (aggregate, tally))| ClosedMinute { machine, minute, aggregate, tally })
+            .map(|((machine, minute), (aggregate, tally, seen))| ClosedMinute {
+                machine,
+                minute,
+                aggregate,
+                tally,
+                seen,
+            })
             .collect()
     }
 
@@ -147,6 +161,7 @@ mod tests {
                 mark: JournalMark::NONE,
             }),
             tally: JournalTally::of(JournalMark { seq: load_rate as u64, segment: 1 }),
+            seen: crate::seen::chunk_of(Minute::from_index(7), &[7 * 60_000_000 + load_rate as i64]),
         };
         let mut pending = PendingMinutes::default();
         pending.add(part(10.0));
@@ -160,6 +175,8 @@ mod tests {
         // The merged row answers for both parts' journal records.
         assert_eq!(rows[0].tally.max_seq, 30);
         assert_eq!(rows[0].tally.segments().collect::<Vec<_>>(), vec![(1, 2)]);
+        // And its `seen` holds both parts' timestamps.
+        assert_eq!(crate::seen::chunk_offsets(&rows[0].seen), Ok(vec![10, 30]));
         assert!(pending.is_empty());
     }
 

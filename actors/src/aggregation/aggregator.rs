@@ -14,12 +14,15 @@
 
 use super::timers::CloseTimers;
 use crate::clock::Clock;
-use crate::logic::{Accepted, ClosedMinute, MinutePart, OpenMinutes};
-use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, WriteMinutes};
+use crate::journal::Journal;
+use crate::logic::time::duration_micros;
+use crate::logic::{Accepted, ClosedMinute, Minute, MinutePart, OpenMinutes};
+use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, RememberWritten, WriteMinutes};
 use crate::stats::{bump, PipelineStats};
 use actix::prelude::*;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,9 @@ pub struct AggregatorSettings {
     /// [`LATE_QUIET`] and [`LATE_HOLD`], so a test with a tiny tick closes late minutes
     /// quickly.
     pub tick: Duration,
+    /// How long a written minute's timestamps are kept for duplicate detection:
+    /// `max_lateness`, beyond which a sample is rejected as too late anyway.
+    pub remember_written: Duration,
 }
 
 impl AggregatorSettings {
@@ -69,6 +75,23 @@ pub struct AggregatorShared {
     /// waits for another's wake-up.
     pub writer: Recipient<WriteMinutes>,
     pub stats: Arc<PipelineStats>,
+    /// Finishes the journal record of a resend dropped as already written (no row will).
+    pub journal: Option<Arc<Journal>>,
+    /// While the journal is replayed, the arrival time (µs) of its oldest message: its
+    /// samples were validated as of then, so written minutes are kept from then on, not
+    /// from now. `i64::MAX` otherwise.
+    pub replaying_since: AtomicI64,
+}
+
+impl AggregatorShared {
+    /// The oldest minute a sample accepted now can fall in.
+    fn remember_since(&self) -> Minute {
+        let now = self
+            .clock
+            .now()
+            .min(crate::logic::Timestamp::from_micros(self.replaying_since.load(Ordering::Relaxed)));
+        now.saturating_add_micros(-duration_micros(self.settings.remember_written)).minute()
+    }
 }
 
 #[derive(Debug)]
@@ -139,7 +162,11 @@ impl Aggregator {
             self.late = None;
         }
         let before = self.open.len();
-        let closed = self.open.take_closed(self.shared.clock.now(), self.shared.settings.grace);
+        let closed = self.open.take_closed(
+            self.shared.clock.now(),
+            self.shared.settings.grace,
+            self.shared.remember_since(),
+        );
         self.track_open_minutes(before);
         if !closed.is_empty() {
             ctx.wait(self.hand_over(closed).into_actor(self));
@@ -163,6 +190,7 @@ impl Aggregator {
                 minute: part.minute,
                 aggregate: part.aggregate,
                 tally: part.tally,
+                seen: part.seen,
             })
             .collect();
         let shared = self.shared.clone();
@@ -192,10 +220,17 @@ impl Handler<AcceptSamples> for Aggregator {
         let mut late = false;
         let before = self.open.len();
         let now = self.shared.clock.now();
-        let grace = crate::logic::time::duration_micros(self.shared.settings.grace);
+        let grace = duration_micros(self.shared.settings.grace);
         for sample in &samples {
-            if self.open.accept(sample) == Accepted::Duplicate {
-                duplicates += 1;
+            match self.open.accept(sample) {
+                Accepted::Added => {}
+                Accepted::Duplicate => duplicates += 1,
+                Accepted::AlreadyWritten => {
+                    duplicates += 1;
+                    if let Some(journal) = &self.shared.journal {
+                        journal.release_mark(sample.mark);
+                    }
+                }
             }
             late |= sample.ts.minute().end().saturating_add_micros(grace) <= now;
         }
@@ -208,6 +243,16 @@ impl Handler<AcceptSamples> for Aggregator {
         bump(&self.shared.stats.accepted, samples.len() as u64 - duplicates);
         bump(&self.shared.stats.duplicates, duplicates);
         self.schedule_check(arrived);
+    }
+}
+
+impl Handler<RememberWritten> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, RememberWritten(minutes): RememberWritten, _: &mut Self::Context) {
+        for written in minutes {
+            self.open.remember_written(written.minute, &written.seen);
+        }
     }
 }
 

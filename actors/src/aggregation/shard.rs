@@ -20,7 +20,7 @@
 use super::aggregator::{Aggregator, AggregatorShared};
 use super::timers::{CloseTimers, TIMER_RESOLUTION};
 use crate::delivery::{count_lost, Deliveries};
-use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, RouteSamples};
+use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, RememberWritten, RouteSamples};
 use actix::dev::SendError;
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -64,13 +64,23 @@ impl Actor for Shard {
 impl Handler<RouteSamples> for Shard {
     type Result = ();
 
-    fn handle(&mut self, RouteSamples { new_machines, deliveries }: RouteSamples, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        RouteSamples { new_machines, deliveries, written }: RouteSamples,
+        ctx: &mut Self::Context,
+    ) {
         for machine in new_machines {
             let index = self.aggregators.len() as u32;
             let aggregator = Aggregator::new(machine, index, self.shared.clone(), self.timers.clone());
             self.aggregators.push(aggregator.start());
         }
         let mut waiting = Deliveries::default();
+        // Before the samples: a mailbox is first in, first out.
+        for (index, minutes) in written {
+            if let Some(aggregator) = self.aggregators.get(index as usize) {
+                waiting.deliver(aggregator, RememberWritten(minutes), 0, &self.shared.stats);
+            }
+        }
         for (index, samples) in deliveries {
             let count = samples.len() as u64;
             match self.aggregators.get(index as usize) {

@@ -23,8 +23,8 @@ use crate::clock::Clock;
 use crate::delivery::Deliveries;
 use crate::journal::{Journal, ReplayFilter};
 use crate::logic::validate::validate_received;
-use crate::logic::{JournalTally, RejectLimiter, RejectedMessage, ValidationRules};
-use crate::messages::{FlushOpenMinutes, StopIntake, StoreRejections};
+use crate::logic::{JournalTally, RejectLimiter, RejectedMessage, ValidationRules, WrittenMinute};
+use crate::messages::{FlushOpenMinutes, RememberWrittenRows, StopIntake, StoreRejections};
 use crate::recent::SILENT_MACHINES;
 use crate::source::{InboundMessage, MessageSource};
 use crate::stats::{bump, PipelineStats};
@@ -66,6 +66,9 @@ pub struct Broker {
     replay: Option<ReplayFilter>,
     /// See [`BrokerSettings::panic_after_messages`].
     panic_after_messages: Option<u64>,
+    /// Minutes written before this start, routed to their aggregators before anything
+    /// else (see [`Broker::with_written`]).
+    written: Vec<(String, WrittenMinute)>,
 }
 
 /// What a broker needs besides its source and channel.
@@ -109,7 +112,16 @@ impl Broker {
             journal: None,
             replay: None,
             panic_after_messages: settings.panic_after_messages,
+            written: Vec::new(),
         }
+    }
+
+    /// Hands each machine's aggregator the minutes it wrote within `max_lateness` before
+    /// this start, before the first sample: a resend of one of their samples is then a
+    /// duplicate, not a second count.
+    pub fn with_written(mut self, written: Vec<(String, WrittenMinute)>) -> Self {
+        self.written = written;
+        self
     }
 
     /// Releases what this actor finishes in `journal`, and skips replayed messages that
@@ -137,6 +149,19 @@ impl Broker {
         }
     }
 
+    /// Hands minutes written before this start to their aggregators; the broker takes
+    /// no batch until they are delivered.
+    fn route_written(&mut self, written: Vec<(String, WrittenMinute)>, ctx: &mut Context<Self>) {
+        if written.is_empty() {
+            return;
+        }
+        for (machine, minute) in written {
+            self.routes.add_written(&machine, minute);
+        }
+        let delivered = self.deliver_batch().finish(self.stats.clone());
+        ctx.wait(delivered.into_actor(self));
+    }
+
     /// Hands each shard its share of the batch (see [`crate::delivery`] for the policy).
     fn deliver_batch(&mut self) -> Deliveries {
         let mut deliveries = Deliveries::default();
@@ -154,6 +179,9 @@ impl Actor for Broker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Waited for before the first batch is taken from the stream below.
+        let written = std::mem::take(&mut self.written);
+        self.route_written(written, ctx);
         if let Some(receiver) = self.inbound.take() {
             ctx.add_stream(Batches { receiver, max: BATCH_MESSAGES, stats: self.stats.clone() });
         }
@@ -264,6 +292,14 @@ impl StreamHandler<Vec<InboundMessage>> for Broker {
             }
             ctx.stop();
         }));
+    }
+}
+
+impl Handler<RememberWrittenRows> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, RememberWrittenRows(written): RememberWrittenRows, ctx: &mut Self::Context) {
+        self.route_written(written, ctx);
     }
 }
 

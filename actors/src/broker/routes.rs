@@ -4,7 +4,7 @@
 //! Kept apart from the actor so that the per-message work is plain data structure code:
 //! one hash lookup by the machine id borrowed from the payload, and a push.
 
-use crate::logic::Sample;
+use crate::logic::{Sample, WrittenMinute};
 use crate::messages::RouteSamples;
 use crate::recent::SilentMachine;
 use rustc_hash::{FxBuildHasher, FxHashMap};
@@ -75,6 +75,22 @@ impl RoutingTable {
         pending.deliveries[route.slot as usize].1.push(sample);
     }
 
+    /// Adds a minute `machine` wrote before this start (at start-up, before any sample).
+    /// Rows of one machine in a row travel in one message.
+    pub(super) fn add_written(&mut self, machine: &str, written: WrittenMinute) {
+        if !self.by_machine.contains_key(machine) {
+            self.assign(machine);
+        }
+        let Some(route) = self.by_machine.get_mut(machine) else { return };
+        // Silent since its last written minute, as far as this run knows.
+        route.last_seen = route.last_seen.max(written.minute.end().micros());
+        let pending = &mut self.pending[route.shard as usize];
+        match pending.written.last_mut() {
+            Some((index, minutes)) if *index == route.index => minutes.push(written),
+            _ => pending.written.push((route.index, vec![written])),
+        }
+    }
+
     fn assign(&mut self, machine: &str) {
         let machine: Arc<str> = machine.into();
         let shard = (FxBuildHasher.hash_one(&machine) % self.pending.len() as u64) as usize;
@@ -92,7 +108,11 @@ impl RoutingTable {
         self.pending
             .iter_mut()
             .enumerate()
-            .filter(|(_, pending)| !pending.deliveries.is_empty() || !pending.new_machines.is_empty())
+            .filter(|(_, pending)| {
+                !pending.deliveries.is_empty()
+                    || !pending.new_machines.is_empty()
+                    || !pending.written.is_empty()
+            })
             .map(|(shard, pending)| (shard, std::mem::take(pending)))
             .collect()
     }

@@ -32,6 +32,10 @@ pub struct Recovered {
     pub rejections_intents: Vec<RejectionsIntent>,
     /// Bytes of damaged records skipped (a torn tail, a bad checksum).
     pub lost_bytes: u64,
+    /// When the oldest message to replay arrived (µs since the epoch): replayed samples
+    /// are validated as of their arrival, so minutes written since then, less
+    /// `max_lateness`, are what their resends may repeat.
+    pub oldest_received_micros: Option<i64>,
     /// The segments to read again, with how much of each is valid.
     segments: Vec<(u32, u64)>,
     dir: PathBuf,
@@ -121,6 +125,10 @@ pub(super) fn open(
         let scan = scan_segment(&dir, id).map_err(|err| directory_error(format!("segment {id}: {err}")))?;
         max_seq = max_seq.max(scan.max_seq);
         recovered.messages += scan.messages;
+        recovered.oldest_received_micros = match (recovered.oldest_received_micros, scan.oldest_received) {
+            (Some(held), Some(found)) => Some(held.min(found)),
+            (held, found) => held.or(found),
+        };
         recovered.lost_bytes += scan.lost_bytes;
         recovered.minutes_intents.extend(scan.minutes);
         recovered.rejections_intents.extend(scan.rejections);
@@ -187,6 +195,8 @@ struct SegmentScan {
     valid_len: u64,
     lost_bytes: u64,
     modified_micros: i64,
+    /// When its oldest message arrived (µs since the epoch).
+    oldest_received: Option<i64>,
 }
 
 fn scan_segment(dir: &Path, id: u32) -> std::io::Result<SegmentScan> {
@@ -198,9 +208,11 @@ fn scan_segment(dir: &Path, id: u32) -> std::io::Result<SegmentScan> {
         match record::decode(&data, at) {
             Decoded::Record(found, next) => {
                 match found {
-                    Record::Message { seq, .. } => {
+                    Record::Message { seq, received, .. } => {
                         scan.messages += 1;
                         scan.max_seq = scan.max_seq.max(seq);
+                        scan.oldest_received =
+                            Some(scan.oldest_received.map_or(received, |at| at.min(received)));
                     }
                     // A new message must never take a sequence an intent refers to
                     // (its record may be the damaged one), or a replay would skip it.

@@ -92,23 +92,32 @@ pub(super) async fn open_journal(
     Ok(Some(JournalReplay { journal, recovered, filter }))
 }
 
-/// The ledger lookup for the replay, retried like the other start-up steps.
+/// The ledger lookup for the replay.
 async fn committed_batches(
     connector: &Connector,
     credentials: Option<&Credentials>,
     ids: &[String],
 ) -> Result<rustc_hash::FxHashSet<String>, DbError> {
+    query_at_startup("cannot ask PostgreSQL which journaled batches it committed", || async {
+        connector.connect(credentials).await?.committed_batches(ids).await
+    })
+    .await
+}
+
+/// A start-up query of the database, retried like the other start-up steps while its
+/// error is retriable; `what` says what failed in the warning.
+pub(super) async fn query_at_startup<T, F, Fut>(what: &'static str, mut query: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
     let mut retries = Retries::new(backoff::DATABASE_WRITES);
     loop {
-        let looked_up = async {
-            let mut session = connector.connect(credentials).await?;
-            session.committed_batches(ids).await
-        };
-        match looked_up.await {
-            Ok(committed) => return Ok(committed),
+        match query().await {
+            Ok(answer) => return Ok(answer),
             Err(err) if err.is_retriable() && retries.failures() + 1 < backoff::STARTUP_ATTEMPTS => {
                 let wait = retries.failed();
-                tracing::warn!(error = %err, ?wait, "cannot ask PostgreSQL which journaled batches it committed; retrying");
+                tracing::warn!(error = %err, ?wait, "{what}; retrying");
                 actix_rt::time::sleep(wait).await;
             }
             Err(err) => return Err(err),

@@ -8,9 +8,12 @@
 
 mod journal_start;
 mod pipeline;
+mod written;
+
+use written::WrittenQuery;
 
 pub use journal_start::JournalReplay;
-pub use pipeline::{Pipeline, PipelineOutputs, PipelineSettings};
+pub use pipeline::{Pipeline, PipelineOutputs, PipelineSettings, Restored};
 
 use journal_start::open_journal;
 use pipeline::stop_arbiters;
@@ -94,15 +97,16 @@ pub struct Service {
     writer_arbiter: Arbiter,
     stats: Arc<PipelineStats>,
     monitor: Option<Monitor>,
-    /// Warns when connected but silent (`mqtt.idle_alert`).
-    watchdog: Option<actix_rt::task::JoinHandle<()>>,
+    /// Tasks aborted at the stop: the silence watchdog (`mqtt.idle_alert`), and the
+    /// reader of the minutes written before this start while the database is away.
+    background: Vec<actix_rt::task::JoinHandle<()>>,
     /// Emptied at a stop that wrote everything.
     journal: Option<Arc<Journal>>,
 }
 
-/// What `start_actors` hands back: the pipeline, the writer, the silence watchdog and
+/// What `start_actors` hands back: the pipeline, the writer, the background tasks and
 /// the journal.
-type StartedActors = (Pipeline, Addr<Writer>, Option<actix_rt::task::JoinHandle<()>>, Option<Arc<Journal>>);
+type StartedActors = (Pipeline, Addr<Writer>, Vec<actix_rt::task::JoinHandle<()>>, Option<Arc<Journal>>);
 
 /// The HTTP listener.
 #[derive(Debug)]
@@ -157,8 +161,8 @@ impl Service {
             Self::start_actors(config, source, clock, &stats, connector, &writer_arbiter, monitor.as_ref())
                 .await;
         match started {
-            Ok((pipeline, writer, watchdog, journal)) => {
-                Ok(Service { pipeline, writer, writer_arbiter, stats, monitor, watchdog, journal })
+            Ok((pipeline, writer, background, journal)) => {
+                Ok(Service { pipeline, writer, writer_arbiter, stats, monitor, background, journal })
             }
             Err(err) => {
                 stop_arbiters(vec![writer_arbiter]);
@@ -206,6 +210,15 @@ impl Service {
         };
         let journal =
             open_journal(config, &connector, credentials.as_ref().map(|(_, current)| current), stats).await?;
+        let written_query = WrittenQuery::new(
+            &connector,
+            credentials.as_ref().map(|(_, current)| current),
+            clock.now(),
+            config.aggregation.max_lateness,
+            journal.as_ref().and_then(|replay| replay.recovered.oldest_received_micros),
+        );
+        let written = written_query.first_attempt().await;
+        let read_later = written.is_none().then_some(written_query);
         let writer_journal = journal.as_ref().map(|replay| replay.journal.clone());
         let writer_journal_handle = writer_journal.clone();
         let writer_stats = stats.clone();
@@ -228,16 +241,26 @@ impl Service {
         let outputs =
             PipelineOutputs { minutes: writer.clone().recipient(), rejections: writer.clone().recipient() };
         let settings = PipelineSettings::from_config(config);
-        let pipeline =
-            Pipeline::start_journaled(settings, source, outputs, clock.clone(), stats.clone(), journal)
-                .await?;
+        let pipeline = Pipeline::start_restored(
+            settings,
+            source,
+            outputs,
+            clock.clone(),
+            stats.clone(),
+            Restored { journal, written: written.unwrap_or_default() },
+        )
+        .await?;
         if let Some(monitor) = monitor {
             for (core, shard) in pipeline.shards.iter().enumerate() {
                 monitor.state.heartbeats.watch(format!("aggregators-{core}"), &shard.handle());
             }
         }
-        let watchdog = monitoring::spawn_silence_watchdog(stats.clone(), config.mqtt.idle_alert, clock);
-        Ok((pipeline, writer, watchdog, writer_journal_handle))
+        let mut background: Vec<_> =
+            monitoring::spawn_silence_watchdog(stats.clone(), config.mqtt.idle_alert, clock)
+                .into_iter()
+                .collect();
+        background.extend(read_later.map(|query| query.in_background(pipeline.broker.clone())));
+        Ok((pipeline, writer, background, writer_journal_handle))
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
@@ -279,8 +302,8 @@ impl Service {
         }
         stop_arbiters(vec![self.writer_arbiter]);
         stop_monitor(self.monitor);
-        if let Some(watchdog) = self.watchdog {
-            watchdog.abort();
+        for task in self.background {
+            task.abort();
         }
         ShutdownReport { intake_drained, minutes_left_in_aggregators, writer }
     }

@@ -5,12 +5,13 @@ use super::journal_start::{replay, JournalReplay};
 use crate::aggregation::{AggregatorSettings, AggregatorShared, Shard};
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
-use crate::logic::{EpochUnit, TimestampRules, ValidationRules};
+use crate::logic::{EpochUnit, TimestampRules, ValidationRules, WrittenMinute};
 use crate::messages::{StopIntake, StoreRejections, WriteMinutes};
 use crate::source::{InboundSink, MessageSource, SourceError};
 use crate::stats::PipelineStats;
 use actix::prelude::*;
 use fleetagg_config::Config;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,11 +48,25 @@ impl PipelineSettings {
                     .ok()
                     .and_then(|value| value.parse().ok()),
             },
-            aggregator: AggregatorSettings { grace: aggregation.grace, tick: aggregation.tick },
+            aggregator: AggregatorSettings {
+                grace: aggregation.grace,
+                tick: aggregation.tick,
+                remember_written: aggregation.max_lateness,
+            },
             inbound_capacity: config.mqtt.inbound_capacity,
             shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         }
     }
+}
+
+/// What an earlier run left for this one.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The journal to append to, and what to replay from it.
+    pub journal: Option<JournalReplay>,
+    /// Minutes written within `max_lateness` before this start (see
+    /// [`crate::logic::seen`]), per machine.
+    pub written: Vec<(String, WrittenMinute)>,
 }
 
 /// Where the pipeline hands over what leaves it (in the service: the writer).
@@ -80,18 +95,20 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
     ) -> Result<Pipeline, SourceError> {
-        Self::start_journaled(settings, source, outputs, clock, stats, None).await
+        Self::start_restored(settings, source, outputs, clock, stats, Restored::default()).await
     }
 
-    /// [`Pipeline::start`] with a journal: every message is appended to it before it is
-    /// processed, and what it recovered is replayed before the source connects.
-    pub async fn start_journaled(
+    /// [`Pipeline::start`] with what an earlier run left: with a journal, every message
+    /// is appended to it before it is processed, and what it recovered is replayed before
+    /// the source connects; the minutes written within `max_lateness` go to their
+    /// aggregators first.
+    pub async fn start_restored(
         settings: PipelineSettings,
         mut source: Box<dyn MessageSource>,
         outputs: PipelineOutputs,
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
-        journal: Option<JournalReplay>,
+        Restored { journal, written }: Restored,
     ) -> Result<Pipeline, SourceError> {
         let shards: Vec<Arbiter> = (0..settings.shards.max(1)).map(|_| Arbiter::new()).collect();
         let handles: Vec<ArbiterHandle> = shards.iter().map(Arbiter::handle).collect();
@@ -109,6 +126,8 @@ impl Pipeline {
             clock: clock.clone(),
             writer: outputs.minutes,
             stats: stats.clone(),
+            journal: journal.as_ref().map(|replay| replay.journal.clone()),
+            replaying_since: AtomicI64::new(i64::MAX),
         });
         let shard_addresses = handles
             .iter()
@@ -125,7 +144,8 @@ impl Pipeline {
             outputs.rejections,
             clock,
             stats.clone(),
-        );
+        )
+        .with_written(written);
         let (broker, recovered) = match journal {
             Some(JournalReplay { journal, recovered, filter }) => {
                 (broker.with_journal(journal, filter).start(), Some(recovered))
@@ -133,7 +153,10 @@ impl Pipeline {
             None => (broker.start(), None),
         };
         if let Some(recovered) = recovered {
+            let since = recovered.oldest_received_micros.unwrap_or(i64::MAX);
+            shared.replaying_since.store(since, Ordering::Relaxed);
             replay(&recovered, &sink, &stats).await;
+            shared.replaying_since.store(i64::MAX, Ordering::Relaxed);
         }
         if let Err(err) = starting.await {
             let _ = broker.send(StopIntake).await;

@@ -135,6 +135,7 @@ mod tests {
             minute: Minute::from_index(n),
             aggregate: MinuteAggregate::of(&sample),
             tally: JournalTally::default(),
+            seen: Vec::new(),
         }
     }
 

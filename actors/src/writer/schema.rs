@@ -48,6 +48,19 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     );
     ",
     ),
+    (
+        3,
+        "loading_rate.seen: the sample timestamps each row counts",
+        r"
+    -- Which sample timestamps the row counts, in fleetagg's compact encoding (a few bytes
+    -- a minute, see actors/logic/src/seen.rs): read back at start-up so that a sample
+    -- resent after its minute was written is recognised as a duplicate, even across a
+    -- restart. Rows written before this column existed have NULL: nothing is known.
+    ALTER TABLE loading_rate ADD COLUMN seen bytea;
+    COMMENT ON COLUMN loading_rate.seen IS
+        'fleetagg: timestamps of the samples counted (duplicate detection); not for queries';
+    ",
+    ),
 ];
 
 /// The newest version, for the check that needs no privilege beyond reading.

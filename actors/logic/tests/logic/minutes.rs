@@ -56,21 +56,26 @@ fn take_closed_closes_at_end_plus_grace_and_keeps_later_minutes() {
     open.accept(&sample(0, 1.0, 1.0));
     open.accept(&sample(61_000_000, 2.0, 2.0));
     open.accept(&sample(125_000_000, 3.0, 3.0));
-    assert!(open.take_closed(Timestamp::from_micros(64_999_999), grace).is_empty());
-    let closed = open.take_closed(Timestamp::from_micros(65_000_000), grace);
+    assert!(open.take_closed(Timestamp::from_micros(64_999_999), grace, Minute::from_index(0)).is_empty());
+    let closed = open.take_closed(Timestamp::from_micros(65_000_000), grace, Minute::from_index(0));
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].minute, Minute::from_index(0));
     assert_eq!(open.len(), 2);
     // A redelivery of a still-held minute is caught; minute 1 is still held.
     assert_eq!(open.accept(&sample(61_000_000, 9.0, 9.0)), Accepted::Duplicate);
-    let closed = open.take_closed(Timestamp::from_micros(185_000_000), grace);
+    let closed = open.take_closed(Timestamp::from_micros(185_000_000), grace, Minute::from_index(0));
     let indexes: Vec<i64> = closed.iter().map(|part| part.minute.index()).collect();
     assert_eq!(indexes, [1, 2]);
     assert!(open.is_empty());
     // Zero grace closes exactly at the end.
     open.accept(&sample(200_000_000, 1.0, 1.0));
-    assert!(open.take_closed(Timestamp::from_micros(239_999_999), Duration::ZERO).is_empty());
-    assert_eq!(open.take_closed(Timestamp::from_micros(240_000_000), Duration::ZERO).len(), 1);
+    assert!(open
+        .take_closed(Timestamp::from_micros(239_999_999), Duration::ZERO, Minute::from_index(0))
+        .is_empty());
+    assert_eq!(
+        open.take_closed(Timestamp::from_micros(240_000_000), Duration::ZERO, Minute::from_index(0)).len(),
+        1
+    );
 }
 
 #[test]
@@ -80,6 +85,7 @@ fn pending_minutes_merge_rows_with_the_same_machine_and_minute() {
         minute: Minute::from_index(minute),
         aggregate: MinuteAggregate::of(&sample(minute * MICROS_PER_MINUTE, load_rate, mileage)),
         tally: JournalTally::default(),
+        seen: Vec::new(),
     };
     let mut pending = PendingMinutes::default();
     assert!(pending.is_empty());

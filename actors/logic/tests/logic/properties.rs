@@ -279,6 +279,36 @@ proptest! {
         prop_assert_eq!(total as usize, seen.len());
     }
 
+    #[test]
+    fn a_timestamp_counts_once_however_its_minutes_close_and_reopen(
+        offered in prop::collection::vec((0i64..480, any::<bool>()), 1..300),
+        every_microsecond in any::<bool>(),
+    ) {
+        // Half-second slots over four minutes (or the same with a microsecond added, so
+        // the chunks count in µs), with minutes closed at random points in between: a
+        // repeat is caught whether its minute is open, closed, or reopened by a late part.
+        let base = utc("2026-03-01T11:56:00Z").micros();
+        let grace = Duration::from_secs(5);
+        let mut open = OpenMinutes::default();
+        let mut parts = Vec::new();
+        let mut seen = HashSet::new();
+        for &(slot, close_after) in &offered {
+            let ts = base + slot * 500_000 + i64::from(every_microsecond && slot % 3 == 0);
+            let first = seen.insert(ts);
+            let accepted = open.accept(&sample(ts, 1.0, 1.0));
+            prop_assert_eq!(accepted == Accepted::Added, first, "slot {}", slot);
+            if close_after {
+                parts.extend(open.take_closed(Timestamp::from_micros(base + 10 * MICROS_PER_MINUTE), grace, Minute::from_index(0)));
+            }
+        }
+        parts.extend(open.take_all());
+        let total: u32 = parts.iter().map(|part| part.aggregate.samples).sum();
+        prop_assert_eq!(total as usize, seen.len());
+        // Each part's `seen` holds exactly its samples.
+        let stored: usize = parts.iter().map(|part| fleetagg_logic::seen::chunk_offsets(&part.seen).unwrap().len()).sum();
+        prop_assert_eq!(stored, seen.len());
+    }
+
     // (e) Closing minutes.
 
     #[test]
@@ -300,7 +330,7 @@ proptest! {
         }
         let grace_i64 = i64::try_from(grace_micros).unwrap();
         let is_closed = |minute: &Minute| minute.end().micros() + grace_i64 <= now.micros();
-        let closed = open.take_closed(now, grace);
+        let closed = open.take_closed(now, grace, Minute::from_index(0));
         let closed_minutes: Vec<Minute> = closed.iter().map(|part| part.minute).collect();
         let expected_closed: Vec<Minute> = counts.keys().copied().filter(is_closed).collect();
         prop_assert_eq!(&closed_minutes, &expected_closed);
@@ -308,7 +338,7 @@ proptest! {
             prop_assert_eq!(part.aggregate.samples, counts[&part.minute]);
         }
         // What remains is the rest, and closing again at the same instant finds nothing.
-        prop_assert!(open.take_closed(now, grace).is_empty());
+        prop_assert!(open.take_closed(now, grace, Minute::from_index(0)).is_empty());
         let rest: Vec<Minute> = open.take_all().iter().map(|part| part.minute).collect();
         let expected_rest: Vec<Minute> = counts.keys().copied().filter(|m| !is_closed(m)).collect();
         prop_assert_eq!(rest, expected_rest);
@@ -462,6 +492,7 @@ proptest! {
                 minute: Minute::from_index(*minute),
                 aggregate: *aggregate,
                 tally: JournalTally::default(),
+                seen: Vec::new(),
             });
             expected
                 .entry(((*machine).to_owned(), *minute))

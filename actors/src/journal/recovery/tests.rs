@@ -88,6 +88,7 @@ fn intents_are_read_back_with_their_batch_ids() {
         minute: Minute::from_index(42),
         aggregate: MinuteAggregate::of(&sample),
         tally: JournalTally::of(mark),
+        seen: Vec::new(),
     };
     journal.append_minutes_intent("batch-7", &[row]).expect("intent");
     drop(journal);

@@ -1,0 +1,127 @@
+//! Resends after their minute was written (a field gateway flushing its buffer after a
+//! reconnect), against the real binary, Mosquitto and PostgreSQL: within
+//! `max_lateness` they are duplicates after the write, after a clean restart and after a
+//! SIGKILL, and the rows never change; a sample that is new to a written minute still
+//! counts. A start while PostgreSQL is away reads the written minutes once it is back.
+
+use chrono::{TimeDelta, Utc};
+use fleetagg_integration_tests::cluster::PgCluster;
+use fleetagg_integration_tests::ports::PortLease;
+use fleetagg_integration_tests::{
+    broker_url, connect, eventually, expected_rows, http_get, loading_rate, metric, publish_samples,
+    service_config, unique, wait_for_exact_rows, Publisher, ServiceProcess, TestDatabase,
+};
+use std::time::Duration;
+
+const MACHINES: usize = 20;
+const SAMPLES: usize = 600;
+
+async fn duplicates(port: u16) -> f64 {
+    let (_, body) = http_get(port, "/metrics").await;
+    metric(&body, "fleetagg_duplicates_total").expect("fleetagg_duplicates_total")
+}
+
+/// Sends `send` again and waits until the service on `port` has dropped every sample of
+/// it as a duplicate.
+async fn resend_all<F, Fut>(port: u16, send: F, what: &str)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future,
+{
+    // A replay after a SIGKILL may have dropped earlier resends already.
+    let before = duplicates(port).await;
+    send().await;
+    let expected = before + SAMPLES as f64;
+    eventually(Duration::from_secs(60), what, || async move { duplicates(port).await == expected }).await;
+}
+
+#[actix_rt::test]
+async fn resends_after_the_write_and_after_restarts_are_duplicates_and_rows_stay_exact() {
+    let db = TestDatabase::create().await;
+    let prefix = unique("resend");
+    let metrics = PortLease::acquire();
+    let port = metrics.port();
+    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "1s")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let service = ServiceProcess::start(&config).await;
+    let publisher = Publisher::connect(&broker_url()).await;
+    let client = connect(&db.url).await;
+    // 600 samples of 20 machines over two minutes that ended a minute ago: each minute is
+    // written within about a second (grace 1 s), well within max_lateness (10 min).
+    let start = Utc::now() - TimeDelta::minutes(3);
+    let send =
+        || publish_samples(&publisher, &prefix, MACHINES, start, TimeDelta::milliseconds(200), SAMPLES);
+    let sent = send().await;
+    wait_for_exact_rows(&client, &sent, "the first delivery written").await;
+    let written = loading_rate(&client).await;
+
+    // The gateway resends everything: all of it is already written.
+    resend_all(port, send, "600 duplicates after the write").await;
+    assert_eq!(loading_rate(&client).await, written, "a resend after the write changed rows");
+
+    // After a clean restart (the index is read back from the database).
+    let status = service.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    let mut service = ServiceProcess::start(&config).await;
+    resend_all(port, send, "600 duplicates after a restart").await;
+    assert_eq!(loading_rate(&client).await, written, "a resend after a restart changed rows");
+
+    // After a SIGKILL, and with one sample that is new to a written minute.
+    service.kill_9();
+    let service = service.restart().await;
+    resend_all(port, send, "600 duplicates after a SIGKILL").await;
+    let late = (format!("m{}", MACHINES - 1), start + TimeDelta::milliseconds(100), 42.0, 4242.0);
+    publisher
+        .publish(
+            &format!("{prefix}/{}/telemetry", late.0),
+            format!(
+                r#"{{"machine":"{}","ts":"{}","load_rate":{},"mileage":{}}}"#,
+                late.0,
+                late.1.to_rfc3339(),
+                late.2,
+                late.3
+            ),
+        )
+        .await;
+    let mut with_late = sent.clone();
+    with_late.push(late);
+    wait_for_exact_rows(&client, &with_late, "the new sample merged into its written minute").await;
+    assert_eq!(loading_rate(&client).await, expected_rows(&with_late));
+    service.stop_ok().await;
+}
+
+#[actix_rt::test]
+async fn a_start_without_the_database_reads_the_written_minutes_once_it_is_back() {
+    let cluster = PgCluster::start_trust().await;
+    cluster.admin_execute("CREATE DATABASE fleet").await;
+    let url = cluster.url_for("postgres", "fleet");
+    let prefix = unique("resend_later");
+    let metrics = PortLease::acquire();
+    let port = metrics.port();
+    let config = service_config(&url, &prefix, &unique("fleetagg"), "1s")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let service = ServiceProcess::start(&config).await;
+    let publisher = Publisher::connect(&broker_url()).await;
+    let start = Utc::now() - TimeDelta::minutes(3);
+    let send =
+        || publish_samples(&publisher, &prefix, MACHINES, start, TimeDelta::milliseconds(200), SAMPLES);
+    let sent = send().await;
+    let client = connect(&url).await;
+    wait_for_exact_rows(&client, &sent, "the first delivery written").await;
+    let written = loading_rate(&client).await;
+    service.stop_ok().await;
+
+    cluster.stop();
+    let service = ServiceProcess::start_with_env(&config, &[], false).await;
+    service.wait_for_log("starting without them", Duration::from_secs(30)).await;
+    cluster.start();
+    service.wait_for_log("written minutes read back", Duration::from_secs(60)).await;
+    resend_all(port, send, "600 duplicates once the database is back").await;
+    let client = connect(&url).await;
+    assert_eq!(
+        loading_rate(&client).await,
+        written,
+        "a resend after a start without the database changed rows"
+    );
+    service.stop_ok().await;
+}
