@@ -54,4 +54,16 @@ fn the_benchmark_command_runs_on_a_tiny_size_and_prints_its_table() {
         let value = row.split('|').nth(2).map(|cell| cell.trim().replace(',', "")).unwrap_or_default();
         assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "row {label:?} has no number: {row:?}");
     }
+    // The drain's timing from the first message received, and the service's CPU per thread
+    // (paho's receive thread among them).
+    let timed = stdout.lines().find(|line| line.contains("from it to the last row")).unwrap_or_default();
+    assert!(
+        timed.contains("first message received after") && !timed.contains("after 0.00s, from"),
+        "no first-message timing:\n{stdout}"
+    );
+    let threads = stdout.lines().find(|line| line.contains("fleetagg CPU per thread")).unwrap_or_default();
+    assert!(
+        threads.contains("fleetagg-aggr-0") && threads.contains("MQTTAsync_rcv"),
+        "no per-thread CPU:\n{stdout}"
+    );
 }

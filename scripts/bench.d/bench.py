@@ -421,6 +421,10 @@ class Bench:
             service = self.start_service(config)
             profiler = self.attach_profiler(service.pid)
             first_row = None
+            # When the first message reached the service (its received counter), so the
+            # drain can also be timed without the start-up.
+            first_message = None
+            address = None
             running = False
             # (seconds, samples in PostgreSQL, fleetagg CPU s, mosquitto CPU s), every poll.
             timeline = []
@@ -432,6 +436,10 @@ class Bench:
                                  proc_cpu_seconds(self.mosquitto.pid) - cpu_broker))
                 if samples and first_row is None:
                     first_row = now - started
+                if first_message is None:
+                    address = address or self.metrics_address()
+                    if address and self.received(address) > 0:
+                        first_message = time.monotonic() - started
                 if samples >= count:
                     break
                 if service.poll() is not None:
@@ -447,6 +455,7 @@ class Bench:
             if profiler:
                 self.stop(profiler, signal.SIGINT)
             status = proc_status(service.pid)
+            threads = proc_thread_cpu_seconds(service.pid)
             cpu = proc_cpu_seconds(service.pid)
             broker_cpu = proc_cpu_seconds(self.mosquitto.pid) - cpu_broker
             # What the service costs once the backlog is written and nothing arrives.
@@ -473,6 +482,9 @@ class Bench:
             "seconds": elapsed,
             "rate": count / elapsed,
             "first_row_seconds": first_row,
+            "first_message_seconds": first_message,
+            "first_message_to_last_row_seconds": elapsed - first_message if first_message is not None else None,
+            "thread_cpu_seconds": threads,
             "publish_rate": publish_rate,
             "cpu_seconds": cpu,
             "broker_cpu_seconds": broker_cpu,
@@ -484,16 +496,30 @@ class Bench:
             "timeline": timeline,
         }
 
+    def metrics_address(self):
+        """The running service's metrics listener, from its log; None before it logged it."""
+        for line in self.service_log.read_text(errors="replace").splitlines():
+            if "metrics listening" in line:
+                found = re.search(r"(\d+\.\d+\.\d+\.\d+:\d+)", line)
+                return found and found.group(1)
+        return None
+
+    def received(self, address):
+        """fleetagg_messages_received_total of the running service (0 when unreadable)."""
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0
+        found = re.search(r"^fleetagg_messages_received_total ([0-9.e+-]+)$", text, re.M)
+        return float(found.group(1)) if found else 0
+
     def writer_metrics(self, poller):
         """The writer's upsert statements so far, from the running service's /metrics: rows,
         statements and the seconds spent in them (the statement's round trips and
         PostgreSQL's work, not the rest of the pipeline). Read until they count every row
         in loading_rate: a statement is counted just after its commit."""
-        address = None
-        for line in self.service_log.read_text(errors="replace").splitlines():
-            if "metrics listening" in line:
-                found = re.search(r"(\d+\.\d+\.\d+\.\d+:\d+)", line)
-                address = found and found.group(1)
+        address = self.metrics_address()
         if not address:
             raise SystemExit(f"no 'metrics listening' address in the service's log:\n{tail(self.service_log)}")
         rows = poller.value("SELECT count(*) FROM loading_rate")
@@ -771,9 +797,14 @@ class Bench:
                 f"first to last message {f['first_to_last_seconds']:.2f}s); mosquitto_sub {c['seconds']:.2f}s (its CPU {c['cpu_seconds']:.2f}s, "
                 f"mosquitto {c['broker_cpu_seconds']:.2f}s); fleetagg {s['seconds']:.2f}s (its CPU "
                 f"{s['cpu_seconds']:.2f}s, mosquitto {s['broker_cpu_seconds']:.2f}s, mosquitto busy until "
-                f"{s['broker_done_seconds']:.2f}s, first row after {s['first_row_seconds'] or 0:.2f}s); "
+                f"{s['broker_done_seconds']:.2f}s, first row after {s['first_row_seconds'] or 0:.2f}s, "
+                f"first message received after {s.get('first_message_seconds') or 0:.2f}s, from it to the last "
+                f"row {s.get('first_message_to_last_row_seconds') or 0:.2f}s = "
+                f"{c['messages'] / (s.get('first_message_to_last_row_seconds') or float('inf')):,.0f} msg/s); "
                 f"backlog queued at {c['publish_rate']:,.0f} msg/s"
             )
+            threads = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in (s.get("thread_cpu_seconds") or {}).items())
+            print(f"N={c['messages']} fleetagg CPU per thread (median run): {threads}")
         statements = self.results.get("statements")
         for entry in statements["summary"] if statements else []:
             w, ms, d = entry["writer_rows_per_second"], entry["ms_per_statement"], entry["drain_rate"]
@@ -1028,6 +1059,23 @@ def proc_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_thread_cpu_seconds(pid):
+    """CPU seconds per thread name (threads of one name summed: the aggregator arbiters,
+    say), busiest first."""
+    per_name = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            with open(task / "stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        per_name[name] = per_name.get(name, 0.0) + seconds
+    return dict(sorted(per_name.items(), key=lambda item: -item[1]))
 
 
 def tail(path, lines=30):

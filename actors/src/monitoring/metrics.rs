@@ -47,7 +47,11 @@ impl Collector for StatsCollector {
         let counters: [(&str, &str, u64); 23] = [
             ("messages_received", "Messages received from the broker", get(&s.received)),
             ("samples_accepted", "Samples accepted into a minute", get(&s.accepted)),
-            ("duplicates", "Redelivered samples dropped as duplicates", get(&s.duplicates)),
+            (
+                "duplicates",
+                "Samples dropped as duplicates: redelivered or resent within max_lateness",
+                get(&s.duplicates),
+            ),
             (
                 "rejections_not_stored",
                 "Rejections counted, not stored: over rejects.max_per_second or rejects.max_buffered",

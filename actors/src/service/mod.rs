@@ -16,7 +16,7 @@ pub use journal_start::JournalReplay;
 pub use pipeline::{Pipeline, PipelineOutputs, PipelineSettings, Restored};
 
 use journal_start::open_journal;
-use pipeline::stop_arbiters;
+use pipeline::{name_thread, stop_arbiters};
 
 use crate::clock::Clock;
 use crate::journal::{Journal, JournalError};
@@ -157,6 +157,7 @@ impl Service {
         // First, so that /readyz can say what start-up is waiting for.
         let monitor = start_monitor(config, &stats)?;
         let writer_arbiter = Arbiter::new();
+        name_thread(&writer_arbiter, "fleetagg-writer".to_owned());
         let started =
             Self::start_actors(config, source, clock, &stats, connector, &writer_arbiter, monitor.as_ref())
                 .await;
