@@ -430,7 +430,7 @@ async fn stream_late_samples(h: &Harness, machine: &str, count: i64, gap: Durati
 
 #[actix_rt::test]
 async fn a_stream_of_late_samples_becomes_one_part_not_one_per_message() {
-    // A tick of 2 s leaves the late-sample quiet period at its 500 ms and the hold at 2 s.
+    // A tick of 2 s leaves the late-sample quiet period (50 to 500 ms) and the hold (2 s).
     let h = start(
         "2026-03-01T10:05:00Z",
         |config| config.aggregation.tick = Duration::from_secs(2),
@@ -440,13 +440,35 @@ async fn a_stream_of_late_samples_becomes_one_part_not_one_per_message() {
     stream_late_samples(&h, "m1", 20, Duration::from_millis(5)).await;
     h.wait_for_parts(1).await;
     actix_rt::time::sleep(Duration::from_millis(400)).await;
-    // One part when the machine is not starved of CPU for 500 ms between two messages;
+    // One part when the machine is not starved of CPU for 50 ms between two messages;
     // a loaded test machine may split the stream a few times, never per message.
     let parts = h.recorder.part_count();
     assert!((1..=5).contains(&parts), "20 late samples became {parts} parts");
     h.pipeline.stop().await;
     let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
     assert_eq!(samples, 20);
+}
+
+#[actix_rt::test]
+async fn late_samples_far_apart_still_gather_into_few_parts() {
+    // A machine of a large drained backlog: its late samples come 150 ms apart, three
+    // times a fixed 50 ms quiet period. The quiet period follows the pace (450 ms here).
+    let h = start(
+        "2026-03-01T10:05:00Z",
+        |config| config.aggregation.tick = Duration::from_secs(2),
+        Recorder::default(),
+    )
+    .await;
+    stream_late_samples(&h, "m1", 8, Duration::from_millis(150)).await;
+    h.wait_for_parts(1).await;
+    actix_rt::time::sleep(Duration::from_millis(700)).await;
+    // The first sample alone (its pace unknown yet), then the rest together; a loaded
+    // machine may split once more. A fixed 50 ms made 8 parts.
+    let parts = h.recorder.part_count();
+    assert!((1..=3).contains(&parts), "8 late samples 150 ms apart became {parts} parts");
+    h.pipeline.stop().await;
+    let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
+    assert_eq!(samples, 8);
 }
 
 #[actix_rt::test]

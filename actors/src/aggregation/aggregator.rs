@@ -9,8 +9,13 @@
 //!
 //! A sample for a minute that is already due (a late message, or a backlog drained after
 //! an outage) reopens that minute. It is not closed at once, which would make every late
-//! message a row of its own: it closes once no late sample has arrived for
-//! [`LATE_QUIET`], or [`LATE_HOLD`] after the first one, whichever comes first.
+//! message a row of its own: it closes once no late sample has arrived for a quiet
+//! period, or [`LATE_HOLD`] after the first one, whichever comes first. The quiet period
+//! follows the machine's own pace: three times the last gap between its late arrivals,
+//! within [`LATE_QUIET_MIN`] and [`LATE_QUIET_MAX`]. A backlog of 1,000 machines brings a
+//! machine's messages about 20 ms apart, one of 10,000 machines 0.2 s apart: a fixed
+//! 50 ms made the second nearly a row update per message, a fixed 500 ms added half a
+//! second to the end of the first (docs/benchmarks.md).
 
 use super::timers::CloseTimers;
 use crate::clock::Clock;
@@ -26,11 +31,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a reopened (late) minute waits for more late samples before it closes. Long
-/// enough to span the gap between one machine's messages in a drained backlog: at 50 ms,
-/// a 1,000,000-message backlog of 10,000 machines (a machine's messages 0.2 s apart)
-/// became nearly a part, and a row update, per message (docs/benchmarks.md).
-pub(super) const LATE_QUIET: Duration = Duration::from_millis(500);
+/// The shortest wait of a reopened (late) minute for more late samples before it closes.
+pub(super) const LATE_QUIET_MIN: Duration = Duration::from_millis(50);
+/// The longest such wait (a machine whose late samples come far apart).
+pub(super) const LATE_QUIET_MAX: Duration = Duration::from_millis(500);
 /// The longest a reopened minute is held while late samples keep coming.
 pub(super) const LATE_HOLD: Duration = Duration::from_secs(2);
 
@@ -41,8 +45,8 @@ pub struct AggregatorSettings {
     /// The longest the aggregator sleeps between looks at its open minutes. Closing is
     /// timed to end + grace; this only bounds how late a close can be when the wall
     /// clock is stepped forward (or, in tests, moved by hand). It also caps
-    /// [`LATE_QUIET`] and [`LATE_HOLD`], so a test with a tiny tick closes late minutes
-    /// quickly.
+    /// the late-sample quiet period and [`LATE_HOLD`], so a test with a tiny tick closes
+    /// late minutes quickly.
     pub tick: Duration,
     /// How long a written minute's timestamps are kept for duplicate detection:
     /// `max_lateness`, beyond which a sample is rejected as too late anyway.
@@ -50,20 +54,43 @@ pub struct AggregatorSettings {
 }
 
 impl AggregatorSettings {
-    fn late_quiet(&self) -> Duration {
-        LATE_QUIET.min(self.tick)
-    }
-
     fn late_hold(&self) -> Duration {
         LATE_HOLD.min(self.tick)
     }
 }
 
-/// Late samples arriving for already-due minutes (see the module comment).
+/// Late samples arriving for already-due minutes (see the module comment). Kept after
+/// the reopened minutes close, so the next late arrival knows the machine's pace.
 #[derive(Debug, Clone, Copy)]
 struct LateArrivals {
-    first: Instant,
+    /// The first late arrival of the reopened minutes still held; `None` once they closed.
+    first: Option<Instant>,
     last: Instant,
+    /// The quiet period, in µs (a `u32`: this is per machine).
+    quiet_micros: u32,
+}
+
+impl LateArrivals {
+    /// When the reopened minutes may close; `None` while none is held.
+    fn settled(&self, settings: &AggregatorSettings) -> Option<Instant> {
+        let quiet = Duration::from_micros(u64::from(self.quiet_micros)).min(settings.tick);
+        self.first.map(|first| (self.last + quiet).min(first + settings.late_hold()))
+    }
+
+    /// Notes a late arrival at `at`, after `previous` (the machine's last one, if any).
+    fn arrived(previous: Option<LateArrivals>, at: Instant) -> LateArrivals {
+        let quiet = match previous {
+            Some(previous) => {
+                (at.saturating_duration_since(previous.last) * 3).clamp(LATE_QUIET_MIN, LATE_QUIET_MAX)
+            }
+            None => LATE_QUIET_MIN,
+        };
+        LateArrivals {
+            first: Some(previous.and_then(|previous| previous.first).unwrap_or(at)),
+            last: at,
+            quiet_micros: u32::try_from(quiet.as_micros()).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 /// What every aggregator has in common, held once: at 100,000 machines each byte per
@@ -128,11 +155,8 @@ impl Aggregator {
     /// the oldest minute is due (capped by `tick`); `None` when nothing is open.
     fn next_check(&self, now: Instant) -> Option<Instant> {
         let due = self.open.earliest_due(self.shared.settings.grace)?;
-        if let Some(late) = self.late {
-            return Some(
-                (late.last + self.shared.settings.late_quiet())
-                    .min(late.first + self.shared.settings.late_hold()),
-            );
+        if let Some(settled) = self.late.and_then(|late| late.settled(&self.shared.settings)) {
+            return Some(settled);
         }
         let wait = u64::try_from(due.micros().saturating_sub(self.shared.clock.now().micros())).unwrap_or(0);
         Some(now + Duration::from_micros(wait).min(self.shared.settings.tick))
@@ -155,14 +179,14 @@ impl Aggregator {
 
     fn close_due(&mut self, ctx: &mut Context<Self>) {
         let now = self.shared.clock.instant();
-        if let Some(late) = self.late {
-            let settled = (late.last + self.shared.settings.late_quiet())
-                .min(late.first + self.shared.settings.late_hold());
+        if let Some(settled) = self.late.and_then(|late| late.settled(&self.shared.settings)) {
             if now < settled {
                 self.schedule_check(now);
                 return;
             }
-            self.late = None;
+            if let Some(late) = &mut self.late {
+                late.first = None;
+            }
         }
         let before = self.open.len();
         let closed = self.open.take_closed(
@@ -239,8 +263,7 @@ impl Handler<AcceptSamples> for Aggregator {
         }
         let arrived = self.shared.clock.instant();
         if late {
-            let first = self.late.map_or(arrived, |late| late.first);
-            self.late = Some(LateArrivals { first, last: arrived });
+            self.late = Some(LateArrivals::arrived(self.late, arrived));
         }
         self.track_open_minutes(before);
         bump(&self.shared.stats.accepted, samples.len() as u64 - duplicates);
