@@ -11,6 +11,9 @@ then measures, side by side in one run:
             R aggregate rows, in batches of batch_max_rows, versus COPY of the same rows
             into the same table;
   memory    peak RSS (VmHWM) of fleetagg with K machines active, per machine;
+  backfill  a historical backfill (ten-minute readings of weeks, every message a minute
+            of its own, max_lateness of a year) against the usual backlog shape of the
+            same size, interleaved: messages/s of each and their ratio;
   latency   (not in tiny mode) live traffic: how long after a minute's end its row is
             committed (p50, p99), measured with a statement-level trigger.
   statements  the writer with database.statements = "prepared" against "unnamed": the
@@ -66,7 +69,7 @@ def env_list(name, default):
     return [int(item.replace("_", "")) for item in value.split(",") if item.strip()]
 
 
-PHASES = ["drain", "writer", "memory", "latency", "statements"]
+PHASES = ["drain", "writer", "memory", "backfill", "latency", "statements"]
 
 
 def env_names(name, default):
@@ -100,6 +103,7 @@ class Bench:
         # Per backlog size: 1,000 machines for 100,000 messages, 10,000 for 1,000,000.
         self.machines = env_int("BENCH_MACHINES", 0)
         self.writer_rows = env_int("BENCH_WRITER_ROWS", 5_000 if tiny else 200_000)
+        self.backfill_messages = env_int("BENCH_BACKFILL_MESSAGES", 2_000 if tiny else 100_000)
         self.writer_repeat = env_int("BENCH_WRITER_REPEAT", 1 if tiny else 2)
         self.rss_machines = env_int("BENCH_RSS_MACHINES", 2_000 if tiny else 100_000)
         self.rss_messages = env_int("BENCH_RSS_MESSAGES", 2 * self.rss_machines)
@@ -227,7 +231,7 @@ class Bench:
 
     # --- fleetagg ------------------------------------------------------------------------
 
-    def write_service_config(self, name="fleetagg.toml", database=None, db_url=None):
+    def write_service_config(self, name="fleetagg.toml", database=None, db_url=None, max_lateness="30m"):
         """Writes a configuration for `fleetagg run` and returns its path; `database` adds
         lines to its [database] table, `db_url` replaces the benchmark database's URL."""
         config = self.workdir / name
@@ -240,7 +244,7 @@ class Bench:
             f'client_id = "{SERVICE_CLIENT_ID}"\n'
             f'topics = ["{SERVICE_PREFIX}/+/telemetry"]\n'
             "[aggregation]\n"
-            'max_lateness = "30m"\n'
+            f'max_lateness = "{max_lateness}"\n'
             "[database]\n"
             f'url = "{db_url or self.db_url}"\n'
             + "".join(f"{line}\n" for line in database or [])
@@ -300,10 +304,10 @@ class Bench:
         match = re.search(r"\(([0-9.]+) messages/s\)", result.stdout)
         return float(match.group(1)) if match else float("nan")
 
-    def queue_backlog(self, prefix, count, machines):
-        # Every minute of the window [now-6m, now-2m) is closable at once, and stays
-        # within max_lateness while it is drained.
-        return self.simulate(prefix, count, machines, ["--ts-start", "now-6m", "--ts-span", "4m"])
+    def queue_backlog(self, prefix, count, machines, window=("now-6m", "4m")):
+        # By default every minute of the window [now-6m, now-2m) is closable at once, and
+        # stays within max_lateness while it is drained.
+        return self.simulate(prefix, count, machines, ["--ts-start", window[0], "--ts-span", window[1]])
 
     # --- phases --------------------------------------------------------------------------
 
@@ -383,7 +387,7 @@ class Bench:
             "broker_cpu_seconds": proc_cpu_seconds(self.mosquitto.pid) - cpu_broker,
         }
 
-    def drain_service(self, count, machines, idle_seconds=0.0, config=None, writer_metrics=False):
+    def drain_service(self, count, machines, idle_seconds=0.0, config=None, writer_metrics=False, window=None):
         """Queues `count` messages from `machines` machines, then times `fleetagg run` (with
         `config`, or the default one) from start until PostgreSQL holds every sample;
         `writer_metrics` also reads the writer's counters from the service's /metrics
@@ -391,7 +395,7 @@ class Bench:
         again, at most three times."""
         for attempt in range(1, 4):
             try:
-                return self.try_drain_service(count, machines, idle_seconds, config, writer_metrics)
+                return self.try_drain_service(count, machines, idle_seconds, config, writer_metrics, window)
             except StartupHang as hang:
                 self.startup_hangs += 1
                 log(f"  fleetagg hung at start-up ({hang}); attempt {attempt} of 3 abandoned")
@@ -410,9 +414,9 @@ class Bench:
             drained = sub.stdout.count("\n")
             log(f"  cleared {drained} messages left in the service's session")
 
-    def try_drain_service(self, count, machines, idle_seconds, config, writer_metrics):
+    def try_drain_service(self, count, machines, idle_seconds, config, writer_metrics, window=None):
         self.psql("TRUNCATE loading_rate, rejected_message")
-        publish_rate = self.queue_backlog(SERVICE_PREFIX, count, machines)
+        publish_rate = self.queue_backlog(SERVICE_PREFIX, count, machines, *([window] if window else []))
         poller = Poller(self.db_url)
         service = None
         try:
@@ -576,6 +580,34 @@ class Bench:
                               verdict(entry["ratio_floor"] >= 0.9)))
             self.rows.append((f"drain / mosquitto_sub, N={count}", entry["ratio"], "x ceiling", ">= 0.75",
                               verdict(entry["ratio"] >= 0.75)))
+
+    def phase_backfill(self):
+        """Issue 14, item 5: months of ten-minute readings replayed at once, every message
+        a minute (and a row) of its own, against the usual backlog of the same size (four
+        minutes of timestamps), the two interleaved `drain_rounds` times. The backfill
+        must not be slower per message than the usual drain by more than half."""
+        count = self.backfill_messages
+        machines = max(1, count // 1_000)
+        # Machine k gets messages k, k + machines, …: ten minutes apart.
+        span_minutes = (count // machines) * 10
+        window = (f"now-{span_minutes + 5}m", f"{span_minutes}m")
+        config = self.write_service_config("fleetagg-backfill.toml", max_lateness="400d")
+        log(f"backfill: {count} messages from {machines} machines over {span_minutes / 1440:.1f} days, "
+            f"against the usual backlog, {self.drain_rounds} rounds")
+        runs = {"usual": [], "backfill": []}
+        for _ in range(self.drain_rounds):
+            runs["usual"].append(self.drain_service(count, machines, config=config))
+            log(f"  usual backlog {runs['usual'][-1]['rate']:>12,.0f} messages/s")
+            runs["backfill"].append(self.drain_service(count, machines, config=config, window=window))
+            log(f"  backfill      {runs['backfill'][-1]['rate']:>12,.0f} messages/s (as many rows)")
+        usual, backfill = (statistics.median(run["rate"] for run in runs[key]) for key in ("usual", "backfill"))
+        ratio = backfill / usual
+        self.results["backfill"] = {"messages": count, "machines": machines, "days": span_minutes / 1440,
+                                    "usual": [run["rate"] for run in runs["usual"]],
+                                    "backfill": [run["rate"] for run in runs["backfill"]], "ratio": ratio}
+        self.rows.append((f"usual backlog drain, N={count}, median", usual, "msg/s", "", ""))
+        self.rows.append((f"backfill drain, N={count} (a row each), median", backfill, "msg/s", "", ""))
+        self.rows.append(("backfill / usual drain", ratio, "x", ">= 0.50", verdict(ratio >= 0.5)))
 
     def phase_writer(self):
         rows = self.writer_rows
@@ -837,7 +869,7 @@ class Bench:
         self.config = self.write_service_config()
         self.create_sessions()
         log(f"phases: {', '.join(self.phases)}")
-        for phase in ("drain", "writer", "memory", "statements"):
+        for phase in ("drain", "writer", "memory", "backfill", "statements"):
             if phase in self.phases:
                 getattr(self, f"phase_{phase}")()
         self.phase_startup()
