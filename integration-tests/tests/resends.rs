@@ -125,3 +125,44 @@ async fn a_start_without_the_database_reads_the_written_minutes_once_it_is_back(
     );
     service.stop_ok().await;
 }
+
+#[actix_rt::test]
+async fn a_malformed_seen_value_costs_only_the_duplicate_check_of_its_rows() {
+    let db = TestDatabase::create().await;
+    let prefix = unique("resend_bad");
+    let metrics = PortLease::acquire();
+    let port = metrics.port();
+    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "1s")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let service = ServiceProcess::start(&config).await;
+    let publisher = Publisher::connect(&broker_url()).await;
+    let client = connect(&db.url).await;
+    let start = Utc::now() - TimeDelta::minutes(3);
+    let send =
+        || publish_samples(&publisher, &prefix, MACHINES, start, TimeDelta::milliseconds(200), SAMPLES);
+    let sent = send().await;
+    wait_for_exact_rows(&client, &sent, "the first delivery written").await;
+    service.stop_ok().await;
+
+    // Someone with write access damages m0's rows: an unknown unit code.
+    let damaged = client
+        .execute("UPDATE loading_rate SET seen = '\\x0701ff'::bytea WHERE machine = 'm0'", &[])
+        .await
+        .expect("damage m0's seen");
+    assert!(damaged > 0);
+    let service = ServiceProcess::start(&config).await;
+    service.wait_for_log("malformed `seen` value", Duration::from_secs(10)).await;
+    send().await;
+    // m0's 30 samples are counted again (their minutes' index was lost); the rest are
+    // duplicates, and the service goes on.
+    let m0_samples = sent.iter().filter(|sample| sample.0 == "m0").count();
+    let expected = (SAMPLES - m0_samples) as f64;
+    eventually(Duration::from_secs(60), "the other machines' resends dropped", || async move {
+        duplicates(port).await == expected
+    })
+    .await;
+    let mut twice = sent.clone();
+    twice.extend(sent.iter().filter(|sample| sample.0 == "m0").cloned());
+    wait_for_exact_rows(&client, &twice, "m0 counted again, every other row unchanged").await;
+    service.stop_ok().await;
+}
