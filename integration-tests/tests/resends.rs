@@ -35,22 +35,48 @@ where
     eventually(Duration::from_secs(60), what, || async move { duplicates(port).await == expected }).await;
 }
 
+/// A test's service configuration for `database_url`, its metrics on a leased port (the
+/// lease is held as long as the test needs the port).
+fn config_with_metrics(database_url: &str, prefix: &str) -> (String, PortLease) {
+    let metrics = PortLease::acquire();
+    let config = service_config(database_url, prefix, &unique("fleetagg"), "1s")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{}", metrics.port()));
+    (config, metrics)
+}
+
+/// A field gateway that sends, and resends, the same buffer: 600 samples of 20 machines
+/// over two minutes that ended a minute before the test began. Each minute is written
+/// within about a second (grace 1 s), well within max_lateness (10 min).
+struct Gateway {
+    publisher: Publisher,
+    prefix: String,
+    start: chrono::DateTime<Utc>,
+}
+
+impl Gateway {
+    async fn connect(prefix: &str) -> Gateway {
+        let publisher = Publisher::connect(&broker_url()).await;
+        Gateway { publisher, prefix: prefix.to_owned(), start: Utc::now() - TimeDelta::minutes(3) }
+    }
+
+    async fn send(&self) -> Vec<fleetagg_integration_tests::SentSample> {
+        let step = TimeDelta::milliseconds(200);
+        publish_samples(&self.publisher, &self.prefix, MACHINES, self.start, step, SAMPLES).await
+    }
+}
+
 #[actix_rt::test]
 async fn resends_after_the_write_and_after_restarts_are_duplicates_and_rows_stay_exact() {
     let db = TestDatabase::create().await;
     let prefix = unique("resend");
-    let metrics = PortLease::acquire();
+    let (config, metrics) = config_with_metrics(&db.url, &prefix);
     let port = metrics.port();
-    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "1s")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let service = ServiceProcess::start(&config).await;
-    let publisher = Publisher::connect(&broker_url()).await;
+    let gateway = Gateway::connect(&prefix).await;
     let client = connect(&db.url).await;
-    // 600 samples of 20 machines over two minutes that ended a minute ago: each minute is
-    // written within about a second (grace 1 s), well within max_lateness (10 min).
-    let start = Utc::now() - TimeDelta::minutes(3);
-    let send =
-        || publish_samples(&publisher, &prefix, MACHINES, start, TimeDelta::milliseconds(200), SAMPLES);
+    let send = || gateway.send();
+    let start = gateway.start;
+    let publisher = &gateway.publisher;
     let sent = send().await;
     wait_for_exact_rows(&client, &sent, "the first delivery written").await;
     let written = loading_rate(&client).await;
@@ -96,15 +122,11 @@ async fn a_start_without_the_database_reads_the_written_minutes_once_it_is_back(
     cluster.admin_execute("CREATE DATABASE fleet").await;
     let url = cluster.url_for("postgres", "fleet");
     let prefix = unique("resend_later");
-    let metrics = PortLease::acquire();
+    let (config, metrics) = config_with_metrics(&url, &prefix);
     let port = metrics.port();
-    let config = service_config(&url, &prefix, &unique("fleetagg"), "1s")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let service = ServiceProcess::start(&config).await;
-    let publisher = Publisher::connect(&broker_url()).await;
-    let start = Utc::now() - TimeDelta::minutes(3);
-    let send =
-        || publish_samples(&publisher, &prefix, MACHINES, start, TimeDelta::milliseconds(200), SAMPLES);
+    let gateway = Gateway::connect(&prefix).await;
+    let send = || gateway.send();
     let sent = send().await;
     let client = connect(&url).await;
     wait_for_exact_rows(&client, &sent, "the first delivery written").await;
@@ -130,16 +152,12 @@ async fn a_start_without_the_database_reads_the_written_minutes_once_it_is_back(
 async fn a_malformed_seen_value_costs_only_the_duplicate_check_of_its_rows() {
     let db = TestDatabase::create().await;
     let prefix = unique("resend_bad");
-    let metrics = PortLease::acquire();
+    let (config, metrics) = config_with_metrics(&db.url, &prefix);
     let port = metrics.port();
-    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "1s")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let service = ServiceProcess::start(&config).await;
-    let publisher = Publisher::connect(&broker_url()).await;
+    let gateway = Gateway::connect(&prefix).await;
     let client = connect(&db.url).await;
-    let start = Utc::now() - TimeDelta::minutes(3);
-    let send =
-        || publish_samples(&publisher, &prefix, MACHINES, start, TimeDelta::milliseconds(200), SAMPLES);
+    let send = || gateway.send();
     let sent = send().await;
     wait_for_exact_rows(&client, &sent, "the first delivery written").await;
     service.stop_ok().await;
