@@ -28,6 +28,10 @@ struct Fleet {
     sent: Vec<SentSample>,
     /// Seconds of each minute (index: phase) already used by every machine.
     used: [usize; 3],
+    /// Minute 0, fixed when the fleet is made: read from the clock at every publish, a
+    /// minute boundary passing during a test moved the phases, so a later "minute 0"
+    /// repeated samples of minute 1 (dropped as duplicates since the written index).
+    first_minute: DateTime<Utc>,
 }
 
 impl Fleet {
@@ -38,12 +42,15 @@ impl Fleet {
             machines,
             sent: Vec::new(),
             used: [0; 3],
+            first_minute: Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate")
+                - TimeDelta::minutes(8),
         }
     }
 
-    /// The first minute of the three a test may publish: 8 minutes ago.
-    fn minute(phase: i64) -> DateTime<Utc> {
-        Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(8 - phase)
+    /// Minute `phase` of the three a test may publish: the first began up to 9 minutes
+    /// before the fleet was made.
+    fn minute(&self, phase: i64) -> DateTime<Utc> {
+        self.first_minute + TimeDelta::minutes(phase)
     }
 
     /// Publishes `per_machine` samples of every machine in minute `phase` (0, 1 or 2), one
@@ -62,7 +69,7 @@ impl Fleet {
         let first = self.used[slot];
         self.used[slot] += per_machine;
         assert!(self.used[slot] <= 60, "a minute holds 60 samples a machine");
-        let minute = Fleet::minute(phase);
+        let minute = self.minute(phase);
         let already = self.sent.len();
         let mut samples: Vec<SentSample> = (0..self.machines)
             .flat_map(|machine| {
@@ -152,8 +159,8 @@ async fn start_on_both_nodes(
 }
 
 /// The samples `rows` count in minute `phase`.
-fn samples_in(rows: &[LoadingRateRow], phase: i64) -> i32 {
-    rows.iter().filter(|row| row.ts == Fleet::minute(phase)).map(|row| row.samples).sum()
+fn samples_in(fleet: &Fleet, rows: &[LoadingRateRow], phase: i64) -> i32 {
+    rows.iter().filter(|row| row.ts == fleet.minute(phase)).map(|row| row.samples).sum()
 }
 
 /// Each machine's messages stay on one instance: with a database per instance, no machine
@@ -216,11 +223,12 @@ async fn a_stopped_instance_hands_its_machines_to_the_other() {
 
     // A minute published while the second instance is away: all of it is written.
     fleet.publish(&publisher, 2, 10, 200.0, |_| {}).await;
-    let expected = in_minute(&fleet.expected(), 2);
+    let expected = in_minute(&fleet, &fleet.expected(), 2);
     let client = db.client().await;
     eventually(Duration::from_secs(30), "the whole minute written while one instance is stopped", || {
         let (client, expected) = (&client, &expected);
-        async move { in_minute(&loading_rate(client).await, 2) == *expected }
+        let fleet = &fleet;
+        async move { in_minute(fleet, &loading_rate(client).await, 2) == *expected }
     })
     .await;
 
@@ -253,8 +261,8 @@ async fn stop_mid_stream(fleet: &mut Fleet, publisher: &Publisher, service: &mut
 }
 
 /// The rows of minute `phase`.
-fn in_minute(rows: &[LoadingRateRow], phase: i64) -> Vec<LoadingRateRow> {
-    rows.iter().filter(|row| row.ts == Fleet::minute(phase)).cloned().collect()
+fn in_minute(fleet: &Fleet, rows: &[LoadingRateRow], phase: i64) -> Vec<LoadingRateRow> {
+    rows.iter().filter(|row| row.ts == fleet.minute(phase)).cloned().collect()
 }
 
 /// The node an instance is on dies (SIGKILL) mid-stream: the instance moves to the other
@@ -297,7 +305,7 @@ async fn an_instance_moves_to_the_surviving_node() {
     // The node comes back, empty: nothing breaks; more of the first minute merges in.
     cluster.restart_node(0).await;
     fleet.publish(&publisher, 0, 10, 200.0, |_| {}).await;
-    let lost = wait_for_rows_but_the_kill(&db, &fleet.expected()).await;
+    let lost = wait_for_rows_but_the_kill(&db, &fleet).await;
     eprintln!("samples lost with the killed node: {lost}");
     ready_on(&metrics_one, &cluster.url(1)).await;
     ready_on(&metrics_two, &cluster.url(1)).await;
@@ -307,7 +315,7 @@ async fn an_instance_moves_to_the_surviving_node() {
         "the first instance should log its move to the second node:\n{log_one}"
     );
     two.stop_ok().await;
-    assert_eq!(wait_for_rows_but_the_kill(&db, &fleet.expected()).await, lost, "nothing changes at the stop");
+    assert_eq!(wait_for_rows_but_the_kill(&db, &fleet).await, lost, "nothing changes at the stop");
 }
 
 /// Samples of the minute published across a node's kill that may die with the node.
@@ -316,15 +324,16 @@ const LOST_AT_A_NODE_KILL: i32 = 5;
 /// Waits until every minute but minute 1 is exact and minute 1 has every row with at most
 /// its samples and at most [`LOST_AT_A_NODE_KILL`] fewer in all; then, 2 s later, checks
 /// that again (nothing more arrives) and returns how many minute 1 lacks.
-async fn wait_for_rows_but_the_kill(db: &TestDatabase, expected: &[LoadingRateRow]) -> i32 {
+async fn wait_for_rows_but_the_kill(db: &TestDatabase, fleet: &Fleet) -> i32 {
     let client = db.client().await;
+    let expected = &fleet.expected();
     let check = |rows: &[LoadingRateRow]| -> Result<i32, String> {
         for phase in [0, 2] {
-            if in_minute(rows, phase) != in_minute(expected, phase) {
+            if in_minute(fleet, rows, phase) != in_minute(fleet, expected, phase) {
                 return Err(format!("minute {phase} is not exact"));
             }
         }
-        let (got, want) = (in_minute(rows, 1), in_minute(expected, 1));
+        let (got, want) = (in_minute(fleet, rows, 1), in_minute(fleet, expected, 1));
         let keys = |rows: &[LoadingRateRow]| rows.iter().map(|row| row.machine.clone()).collect::<Vec<_>>();
         if keys(&got) != keys(&want) {
             return Err(format!("minute 1 has rows of {:?}, expected {:?}", keys(&got), keys(&want)));
@@ -332,7 +341,7 @@ async fn wait_for_rows_but_the_kill(db: &TestDatabase, expected: &[LoadingRateRo
         if let Some((row, full)) = got.iter().zip(&want).find(|(row, full)| row.samples > full.samples) {
             return Err(format!("counted twice: {row:?} against {full:?}"));
         }
-        let lost = samples_in(&want, 1) - samples_in(&got, 1);
+        let lost = samples_in(fleet, &want, 1) - samples_in(fleet, &got, 1);
         if lost > LOST_AT_A_NODE_KILL {
             return Err(format!("minute 1 lacks {lost} samples"));
         }
@@ -373,15 +382,16 @@ async fn on_mosquitto_a_stopped_instance_share_waits_for_it() {
     // A minute published while the second instance is away: the running instance writes
     // its turns (half) and no more, however long it is given.
     fleet.publish(&publisher, 2, 10, 200.0, |_| {}).await;
-    let published = samples_in(&fleet.expected(), 2);
+    let published = samples_in(&fleet, &fleet.expected(), 2);
     let client = db.client().await;
     eventually(Duration::from_secs(30), "the running instance's share of the minute", || {
         let client = &client;
-        async move { samples_in(&loading_rate(client).await, 2) >= published / 4 }
+        let fleet = &fleet;
+        async move { samples_in(fleet, &loading_rate(client).await, 2) >= published / 4 }
     })
     .await;
     actix_rt::time::sleep(Duration::from_secs(3)).await;
-    let written = samples_in(&loading_rate(&client).await, 2);
+    let written = samples_in(&fleet, &loading_rate(&client).await, 2);
     assert!(
         written <= published * 3 / 4,
         "with an instance stopped, its turns should wait for it: {written} of {published} samples written"
