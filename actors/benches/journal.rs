@@ -1,5 +1,5 @@
 //! The journal's cost per message on the delivering thread: one `append_message` (encode,
-//! CRC32C, one `write`) of a typical telemetry message, with `sync = "os"` and with
+//! CRC32C, a copy into the mapped segment) of a typical telemetry message, with `sync = "os"` and with
 //! `sync = "fsync"` (the sync thread running beside, as in the service). Every segment
 //! is released as it fills, so the directory stays small, as it does in service.
 //!

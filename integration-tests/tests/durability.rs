@@ -124,7 +124,13 @@ async fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let replayed = sum_logged(&all, "journal replayed", "messages");
     let skipped = sum_logged(&all, "journal replayed", "already_committed");
     assert!(replayed > 0 && skipped > 0, "replayed {replayed}, already committed {skipped}");
+    // What was killed is the mapped journal (records copied into reserved space), not
+    // the fallback that writes each record.
+    assert!(!all.contains(MAPPING_FALLBACK), "the journal fell back to writing");
 }
+
+/// Logged when a journal segment cannot be reserved and mapped.
+const MAPPING_FALLBACK: &str = "cannot reserve and map segment space";
 
 #[actix_rt::test]
 async fn a_panic_on_the_data_path_exits_70_and_the_restart_writes_exact_rows() {
@@ -298,6 +304,9 @@ async fn a_full_disk_holds_intake_back_loses_nothing_and_resumes_when_space_retu
     disk.grow("64m");
     service.wait_for_log("journal appends work again", Duration::from_secs(30)).await;
     actix_rt::time::sleep(Duration::from_secs(2)).await;
+    // The full disk met the mapped journal's reservation, page by page at the end.
+    let log = service.log();
+    assert!(!log.contains(MAPPING_FALLBACK), "{log}");
     let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
     assert_eq!(loading_rate(&client).await, expected_rows(&sent));

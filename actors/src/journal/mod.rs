@@ -17,6 +17,7 @@
 //!
 //! [`recovery`] opens the directory (lock, identity, scan) and replays it.
 
+mod active_file;
 mod recovery;
 pub mod record;
 mod replay_filter;
@@ -26,10 +27,10 @@ pub use replay_filter::ReplayFilter;
 
 use crate::logic::{ClosedMinute, JournalMark, JournalTally, RejectedMessage};
 use crate::stats::{bump, PipelineStats};
+use active_file::ActiveFile;
 use fleetagg_config::{JournalConfig, JournalSync};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -84,9 +85,7 @@ struct Inner {
 #[derive(Debug)]
 struct Active {
     id: u32,
-    /// Shared with the sync thread, which `fdatasync`s it without holding the mutex.
-    file: Arc<File>,
-    len: u64,
+    file: ActiveFile,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,9 +113,10 @@ impl Journal {
         recovery::open(config, identity, stats)
     }
 
-    /// Appends one received message and returns its place. Written to the operating
-    /// system (one `write`) before it returns, so a crash of the process after this
-    /// cannot lose it. A failed append leaves no partial record behind.
+    /// Appends one received message and returns its place. In the page cache (copied
+    /// into the mapped segment, see [`active_file`]) before it returns, so a crash of
+    /// the process after this cannot lose it. A failed append leaves no partial record
+    /// behind.
     pub fn append_message(
         &self,
         topic: &str,
@@ -141,7 +141,7 @@ impl Journal {
             held.pending += 1;
         }
         bump(&self.stats.journal_appended, 1);
-        if inner.active.len >= self.segment_bytes {
+        if inner.active.file.len >= self.segment_bytes {
             self.rotate(&mut inner)?;
         }
         Ok(JournalMark { seq, segment })
@@ -181,7 +181,7 @@ impl Journal {
         let file = {
             let mut inner = self.lock();
             self.write(&mut inner, encoded)?;
-            inner.active.file.clone()
+            inner.active.file.file.clone()
         };
         if self.sync == JournalSync::Fsync {
             file.sync_data().map_err(|source| self.append_error(source))?;
@@ -226,7 +226,7 @@ impl Journal {
             if !std::mem::take(&mut inner.dirty) {
                 return Ok(());
             }
-            inner.active.file.clone()
+            inner.active.file.file.clone()
         };
         file.sync_data().map_err(|source| self.append_error(source))
     }
@@ -270,19 +270,14 @@ impl Journal {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One `write` of whole records; on failure (a full disk) the file is cut back to
-    /// where it was, so no torn record stays between good ones.
+    /// Appends whole records (see [`active_file`]); on failure (a full disk) nothing of
+    /// them counts, so no torn record stays between good ones.
     fn write(&self, inner: &mut Inner, encoded: &[u8]) -> Result<(), JournalError> {
-        let mut file: &File = &inner.active.file;
-        if let Err(err) = file.write_all(encoded) {
+        if let Err(err) = inner.active.file.append(encoded) {
             bump(&self.stats.journal_write_errors, 1);
-            if let Err(cut) = inner.active.file.set_len(inner.active.len) {
-                tracing::error!(error = %cut, "cannot cut a failed journal append back; recovery will skip it");
-            }
             return Err(self.append_error(err));
         }
         let written = encoded.len() as u64;
-        inner.active.len += written;
         inner.dirty = true;
         if let Some(held) = inner.segments.get_mut(&inner.active.id) {
             held.bytes += written;
@@ -299,11 +294,19 @@ impl Journal {
     fn rotate(&self, inner: &mut Inner) -> Result<(), JournalError> {
         if self.sync == JournalSync::Fsync {
             // The power-loss window must not grow across a segment boundary.
-            inner.active.file.sync_data().map_err(|source| self.append_error(source))?;
+            inner.active.file.file.sync_data().map_err(|source| self.append_error(source))?;
         }
         let id = inner.active.id + 1;
         let file = create_segment(&self.dir, id, self.sync).map_err(|source| self.append_error(source))?;
-        inner.active = Active { id, file: Arc::new(file), len: 0 };
+        let mapped = inner.active.file.is_mapped();
+        let previous = std::mem::replace(
+            &mut inner.active,
+            Active { id, file: if mapped { ActiveFile::mapped(file) } else { ActiveFile::written(file) } },
+        );
+        let mut previous = previous.file;
+        if let Err(err) = previous.finish() {
+            tracing::warn!(segment = id - 1, error = %err, "cannot cut a finished journal segment back to its records; recovery skips its zeros");
+        }
         let started_micros = self.stats.clock.now().micros();
         inner.segments.insert(id, Segment { pending: 0, bytes: 0, started_micros });
         self.remove_finished(inner);
@@ -342,7 +345,10 @@ impl Journal {
 /// A new, empty segment file. With `sync = "fsync"` the directory entry is synced too,
 /// or a power loss could lose the file with its synced contents.
 fn create_segment(dir: &Path, id: u32, sync: JournalSync) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new().append(true).create_new(true).open(segment_path(dir, id))?;
+    // Read and write, not append: the file is mapped, and records go at the segment's
+    // length, not the file's (which includes reserved space).
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(segment_path(dir, id))?;
     if sync == JournalSync::Fsync {
         File::open(dir)?.sync_all()?;
     }

@@ -152,12 +152,19 @@ pub(super) fn decode(data: &[u8], at: usize) -> Decoded<'_> {
     }
     let length = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
     let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if length == 0 && rest.iter().all(|&byte| byte == 0) {
+        // Space reserved past the last record (`active_file`): the segment ends here.
+        return Decoded::End;
+    }
     if length == 0 || length > MAX_BODY {
         return Decoded::Corrupt;
     }
     let Some(body) = rest.get(HEADER..HEADER + length) else { return Decoded::Torn };
     if crc32c::crc32c(body) != crc {
-        return Decoded::Corrupt;
+        // Nothing written after it: the last record, cut short by a crash while it was
+        // copied into reserved (zeroed) space. Anything after it means damage.
+        let after = &rest[HEADER + length..];
+        return if after.iter().all(|&byte| byte == 0) { Decoded::Torn } else { Decoded::Corrupt };
     }
     match parse_body(body) {
         Some(record) => Decoded::Record(record, at + HEADER + length),

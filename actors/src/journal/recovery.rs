@@ -7,7 +7,7 @@
 //! goes on: a damaged journal never becomes a crash loop.
 
 use super::record::{self, Decoded, MinutesIntent, Record, RejectionsIntent};
-use super::{create_segment, segment_path, Active, Inner, Journal, JournalError, Segment};
+use super::{create_segment, segment_path, Active, ActiveFile, Inner, Journal, JournalError, Segment};
 use crate::logic::{JournalMark, Timestamp};
 use crate::source::InboundMessage;
 use crate::stats::PipelineStats;
@@ -156,7 +156,7 @@ pub(super) fn open(
         sync: config.sync,
         segment_bytes: config.segment_bytes,
         inner: Mutex::new(Inner {
-            active: Active { id: active_id, file: Arc::new(file), len: 0 },
+            active: Active { id: active_id, file: ActiveFile::mapped(file) },
             next_seq: max_seq + 1,
             segments,
             buffer: Vec::new(),
@@ -232,7 +232,9 @@ fn scan_segment(dir: &Path, id: u32) -> std::io::Result<SegmentScan> {
         }
     };
     scan.valid_len = at as u64;
-    scan.lost_bytes = (data.len() - at) as u64;
+    // Zeros at the end are reserved space, not lost records.
+    let written_end = data.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    scan.lost_bytes = if damage.is_some() { written_end.saturating_sub(at).max(1) as u64 } else { 0 };
     match damage {
         Some(Decoded::Torn) => {
             tracing::warn!(path = %path.display(), bytes = scan.lost_bytes, "journal segment ends in a torn record (a crash during a write); cut off");
@@ -240,6 +242,11 @@ fn scan_segment(dir: &Path, id: u32) -> std::io::Result<SegmentScan> {
         }
         Some(_) => {
             tracing::error!(path = %path.display(), offset = at, bytes = scan.lost_bytes, "journal segment has a corrupt record; the rest of the segment is skipped");
+        }
+        // Space reserved for records that never came (the segment was active when the
+        // process stopped): not a loss; cut off so the disk holds only records.
+        None if at < data.len() => {
+            std::fs::OpenOptions::new().write(true).open(&path)?.set_len(scan.valid_len)?;
         }
         None => {}
     }
