@@ -341,10 +341,12 @@ class Bench:
         """The paho floor: the service's MQTT client and options, counting only."""
         publish_rate = self.queue_backlog(FLOOR_PREFIX, count, self.machines_for(count))
         cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
+        machine_before = machine_cpu_seconds()
         started = time.monotonic()
         floor = self.spawn(self.floor_argv(count), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(floor.pid, 0)
         elapsed = time.monotonic() - started
+        machine_busy = machine_cpu_seconds()[0] - machine_before[0]
         floor.returncode = os.waitstatus_to_exitcode(status)
         self.write_pids()
         if floor.returncode != 0:
@@ -364,6 +366,7 @@ class Bench:
             "publish_rate": publish_rate,
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "broker_cpu_seconds": proc_cpu_seconds(self.mosquitto.pid) - cpu_broker,
+            "machine_busy_seconds": machine_busy,
         }
 
     def drain_ceiling(self, count):
@@ -421,6 +424,7 @@ class Bench:
         service = None
         try:
             cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
+            machine_before = machine_cpu_seconds()
             started = time.monotonic()
             service = self.start_service(config)
             profiler = self.attach_profiler(service.pid)
@@ -455,6 +459,7 @@ class Bench:
                     raise SystemExit(f"only {samples} of {count} samples after {now - started:.0f}s")
                 time.sleep(0.02)
             elapsed = time.monotonic() - started
+            machine_busy = machine_cpu_seconds()[0] - machine_before[0]
             writer = self.writer_metrics(poller) if writer_metrics else None
             if profiler:
                 self.stop(profiler, signal.SIGINT)
@@ -489,6 +494,7 @@ class Bench:
             "first_message_seconds": first_message,
             "first_message_to_last_row_seconds": elapsed - first_message if first_message is not None else None,
             "thread_cpu_seconds": threads,
+            "machine_busy_seconds": machine_busy,
             "publish_rate": publish_rate,
             "cpu_seconds": cpu,
             "broker_cpu_seconds": broker_cpu,
@@ -843,6 +849,18 @@ class Bench:
             )
             threads = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in (s.get("thread_cpu_seconds") or {}).items())
             print(f"N={c['messages']} fleetagg CPU per thread (median run): {threads}")
+            cores = os.cpu_count() or 1
+            for who, run in (("paho floor", f), ("fleetagg", s)):
+                busy = run.get("machine_busy_seconds")
+                # Over the process's whole life (the floor's own time leaves out its disconnect).
+                wall = run.get("wall_seconds", run["seconds"])
+                if busy is not None:
+                    print(
+                        f"N={c['messages']} machine CPU during the {who} drain (median run): {busy:.2f} core-s busy "
+                        f"of {wall * cores:.2f} ({100 * busy / (wall * cores):.0f} % of {cores} cores); "
+                        f"outside it and mosquitto (PostgreSQL, the rest): "
+                        f"{busy - run['cpu_seconds'] - run['broker_cpu_seconds']:.2f} core-s"
+                    )
         statements = self.results.get("statements")
         for entry in statements["summary"] if statements else []:
             w, ms, d = entry["writer_rows_per_second"], entry["ms_per_statement"], entry["drain_rate"]
@@ -1126,6 +1144,17 @@ def proc_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds():
+    """(busy, idle) CPU seconds of the whole machine since boot, all cores summed, from
+    /proc/stat: to see whether a drain had the machine to itself or saturated it."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    busy = sum(fields[:8]) - idle  # user … steal; guest time is inside user
+    ticks = os.sysconf("SC_CLK_TCK")
+    return busy / ticks, idle / ticks
 
 
 def proc_thread_cpu_seconds(pid):
