@@ -28,6 +28,9 @@ pub struct PipelineStats {
     pub samples_lost: AtomicU64,
     pub minutes_closed: AtomicU64,
     pub rows_written: AtomicU64,
+    /// Samples in committed minute rows: once it equals `accepted`, everything accepted so
+    /// far is in PostgreSQL (what a drain's end is timed by, without querying the table).
+    pub samples_written: AtomicU64,
     pub rejects_written: AtomicU64,
     pub write_batches: AtomicU64,
     pub write_failures: AtomicU64,

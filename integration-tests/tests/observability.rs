@@ -91,6 +91,8 @@ async fn counters_match_what_was_sent_and_what_was_stored() {
     let rows_written = value("fleetagg_rows_written_total");
     assert!(rows_written >= rows_in_db as f64, "{rows_written} row writes for {rows_in_db} rows");
     assert_eq!(value("fleetagg_minute_commit_lag_seconds_count"), rows_written);
+    // The 24 samples of the past minutes are in PostgreSQL; the current minute's 6 are open.
+    assert_eq!(value("fleetagg_samples_written_total"), 24.0);
     assert!(value("fleetagg_write_batch_seconds_count") >= 1.0);
     assert_eq!(value("fleetagg_mqtt_connected"), 1.0);
     assert_eq!(value("fleetagg_database_healthy"), 1.0);

@@ -44,7 +44,7 @@ fn get(counter: &AtomicU64) -> u64 {
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let counters: [(&str, &str, u64); 23] = [
+        let counters: [(&str, &str, u64); 24] = [
             ("messages_received", "Messages received from the broker", get(&s.received)),
             ("samples_accepted", "Samples accepted into a minute", get(&s.accepted)),
             (
@@ -60,6 +60,7 @@ impl Collector for StatsCollector {
             ("samples_lost", "Samples an aggregator could not take (should stay 0)", get(&s.samples_lost)),
             ("minutes_closed", "Minutes handed to the writer", get(&s.minutes_closed)),
             ("rows_written", "Minute rows upserted", get(&s.rows_written)),
+            ("samples_written", "Samples in committed minute rows", get(&s.samples_written)),
             ("rejections_written", "Rejected messages stored", get(&s.rejects_written)),
             ("write_batches", "Upsert statements that succeeded", get(&s.write_batches)),
             ("write_failures", "Flushes that failed (rows kept for a retry)", get(&s.write_failures)),

@@ -100,16 +100,20 @@ impl InboundSink {
             return true;
         }
         let mut retries = Retries::new(backoff::JOURNAL_APPEND);
+        // A failing append is retried here until it works, so only this loop can clear
+        // the problem it set (not every append: that was a mutex per message).
+        let mut failed = false;
         loop {
             match journal.append_message(&message.topic, &message.payload, message.payload_len) {
                 Ok(mark) => {
                     message.mark = mark;
-                    if self.stats.set_journal_problem(None) {
+                    if failed && self.stats.set_journal_problem(None) {
                         tracing::info!(dir = %journal.dir().display(), "journal appends work again");
                     }
                     return true;
                 }
                 Err(err) => {
+                    failed = true;
                     if self.stats.set_journal_problem(Some(err.to_string())) {
                         tracing::error!(error = %err, "cannot append to the journal; intake waits until it can (the broker keeps queuing)");
                     }

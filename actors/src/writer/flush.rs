@@ -116,6 +116,10 @@ impl FlushJob {
     fn count(&self, batch: &Batch, applied: bool, started: Instant) {
         self.release(batch);
         let stats = &self.stats;
+        if let Rows::Minutes(rows) = &batch.rows {
+            // Applied either way: by this attempt, or by one whose commit reply was lost.
+            bump(&stats.samples_written, rows.iter().map(|row| u64::from(row.aggregate.samples)).sum());
+        }
         if !applied {
             // Its commit was lost with a connection; the ledger recognised the retry.
             bump(&stats.batches_replayed, 1);
