@@ -16,9 +16,21 @@ use std::time::Duration;
 /// A service through `bouncer` with `statements`, small batches (many statements, so
 /// many server connections), on `prefix`'s topics, optionally in a shared group.
 fn config(bouncer: &PgBouncer, prefix: &str, statements: &str, group: Option<&str>) -> String {
+    config_with_batches(bouncer, prefix, statements, group, 3)
+}
+
+fn config_with_batches(
+    bouncer: &PgBouncer,
+    prefix: &str,
+    statements: &str,
+    group: Option<&str>,
+    batch_max_rows: usize,
+) -> String {
     let mut text = service_config(&bouncer.url_for("fleet"), prefix, &unique("fleetagg"), "1s").replace(
         "flush_interval = \"200ms\"",
-        &format!("flush_interval = \"200ms\"\nbatch_max_rows = 3\nstatements = \"{statements}\""),
+        &format!(
+            "flush_interval = \"200ms\"\nbatch_max_rows = {batch_max_rows}\nstatements = \"{statements}\""
+        ),
     );
     if let Some(group) = group {
         text = text.replace("max_payload_bytes", &format!("shared_group = \"{group}\"\nmax_payload_bytes"));
@@ -28,11 +40,49 @@ fn config(bouncer: &PgBouncer, prefix: &str, statements: &str, group: Option<&st
 
 /// Publishes `count` samples of 12 machines over the last three closed minutes.
 async fn publish(prefix: &str, count: usize) -> Vec<SentSample> {
+    publish_machines(prefix, 12, count).await
+}
+
+async fn publish_machines(prefix: &str, machines: usize, count: usize) -> Vec<SentSample> {
     let publisher = Publisher::connect(&broker_url()).await;
     let start = Utc::now().duration_trunc(TimeDelta::minutes(1)).expect("truncate") - TimeDelta::minutes(4);
     let step = TimeDelta::milliseconds(180_000 / i64::try_from(count).expect("small"));
-    publish_samples(&publisher, prefix, 12, start, step, count).await
+    publish_samples(&publisher, prefix, machines, start, step, count).await
 }
+
+/// Rows known new go by `COPY` in a transaction with the ledger entry, which a
+/// transaction pooler passes whole. Two instances on one shared subscription both see
+/// every machine's minutes as new, so one `COPY` meets the other's rows: it is upserted
+/// instead, and the rows stay exact.
+#[actix_rt::test]
+async fn copy_through_the_pooler_with_two_instances_keeps_every_row_exact() {
+    for statements in ["auto", "unnamed"] {
+        let (cluster, bouncer) = pooled_cluster().await;
+        let prefix = unique(&format!("pooler_copy_{statements}"));
+        let group = unique("group");
+        let first =
+            ServiceProcess::start(&config_with_batches(&bouncer, &prefix, statements, Some(&group), 5000))
+                .await;
+        let second =
+            ServiceProcess::start(&config_with_batches(&bouncer, &prefix, statements, Some(&group), 5000))
+                .await;
+        // An odd number of machines: messages alternate between the instances, so each
+        // machine's samples (one every 399 messages) reach both.
+        let sent = publish_machines(&prefix, 399, 2394).await;
+        assert_rows_exact(&cluster, &sent, &format!("every row, COPY from two instances ({statements})"))
+            .await;
+        let logs = [stopped_log(first).await, stopped_log(second).await];
+        assert_rows_exact(&cluster, &sent, &format!("still exact after both stopped ({statements})")).await;
+        assert!(
+            logs.iter().any(|log| log.contains(COPY_MET_A_ROW)),
+            "one instance's COPY should have met the other's rows ({statements}):\n{}",
+            logs.join("\n----\n")
+        );
+    }
+}
+
+/// Logged when a `COPY` of rows known new met an existing one.
+const COPY_MET_A_ROW: &str = "rows known new existed already";
 
 async fn stopped_log(service: ServiceProcess) -> String {
     let log_path = service.log_path.clone();

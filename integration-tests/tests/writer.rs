@@ -30,6 +30,7 @@ fn part(machine: &str, minute: i64, samples: u32, sum: f64, min: f64, max: f64) 
         },
         tally: Default::default(),
         seen: Vec::new(),
+        known_new: false,
     }
 }
 
@@ -303,4 +304,73 @@ async fn the_ledger_keeps_what_a_journal_may_still_ask_for() {
     assert_eq!(session.prune_ledger(chrono::Utc::now()).await.expect("prune"), 1);
     let left = session.committed_batches(&ids).await.expect("lookup");
     assert_eq!(left.into_iter().collect::<Vec<_>>(), vec!["fresh".to_owned()]);
+}
+
+#[actix_rt::test]
+async fn rows_known_new_are_copied_and_a_wrong_guess_is_upserted_exactly() {
+    let db = TestDatabase::create().await;
+    let (writer, stats) = start_writer(&db, 5000);
+    let client = db.client().await;
+    let machines: Vec<String> = (0..500).map(|n| format!("machine-{n:05}")).collect();
+    let new_part = |machine: &str, minute: i64, samples: u32, sum: f64, min: f64, max: f64| ClosedMinute {
+        known_new: true,
+        seen: vec![1, 2, 3],
+        ..part(machine, minute, samples, sum, min, max)
+    };
+
+    // All known new: one COPY.
+    let first = machines.iter().map(|m| new_part(m, MINUTE, 2, 30.0, 10.0, 20.0)).collect();
+    writer.send(WriteMinutes(first)).await.unwrap();
+    drain(&writer).await;
+    // Mixed: the new minute copied, the written one upserted, in one transaction (the
+    // upsert under the batch's second ledger id).
+    let mut mixed: Vec<ClosedMinute> =
+        machines.iter().map(|m| new_part(m, MINUTE + 1, 1, 7.0, 7.0, 7.0)).collect();
+    mixed.extend(machines.iter().map(|m| part(m, MINUTE, 1, 5.0, 5.0, 5.0)));
+    writer.send(WriteMinutes(mixed)).await.unwrap();
+    drain(&writer).await;
+    let second_ids: i64 = client
+        .query_one("SELECT count(*) FROM fleetagg_applied_batch WHERE id LIKE '%+upsert'", &[])
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(second_ids, 1, "the mixed batch went through the COPY transaction");
+    // A wrong guess: rows said to be new exist. The COPY fails on the key; the batch is
+    // upserted instead, merged exactly, and nothing is refused.
+    let wrong = machines.iter().map(|m| new_part(m, MINUTE, 1, 1.0, 1.0, 1.0)).collect();
+    writer.send(WriteMinutes(wrong)).await.unwrap();
+    drain(&writer).await;
+
+    assert_eq!(stats.rows_written.load(Ordering::SeqCst), 2000);
+    assert_eq!(stats.samples_written.load(Ordering::SeqCst), 500 * (2 + 1 + 1 + 1));
+    let rejected: i64 =
+        client.query_one("SELECT count(*) FROM rejected_message", &[]).await.expect("count").get(0);
+    assert_eq!(rejected, 0);
+    let rows = loading_rate(&client).await;
+    assert_eq!(rows.len(), 1000);
+    for row in &rows {
+        if row.ts.timestamp() == MINUTE * 60 {
+            assert_eq!((row.samples, row.load_rate_sum, row.load_rate_avg), (4, 36.0, 9.0), "{row:?}");
+            assert_eq!(
+                (row.load_rate_min, row.load_rate_max, row.mileage_min, row.mileage_max),
+                (1.0, 20.0, 10.0, 200.0)
+            );
+        } else {
+            assert_eq!(
+                (row.samples, row.load_rate_sum, row.load_rate_avg, row.load_rate_min),
+                (1, 7.0, 7.0, 7.0)
+            );
+        }
+    }
+    // `seen` as sent: copied once, then the upserted parts' (empty here) and the wrong
+    // guess's appended.
+    let seen: Vec<u8> = client
+        .query_one(
+            "SELECT seen FROM loading_rate WHERE machine = 'machine-00000' AND ts = to_timestamp($1)",
+            &[&((MINUTE * 60) as f64)],
+        )
+        .await
+        .expect("seen")
+        .get(0);
+    assert_eq!(seen, vec![1, 2, 3, 1, 2, 3]);
 }

@@ -624,7 +624,8 @@ class Bench:
         rows = self.writer_rows
         log(f"writer: {rows} rows, upsert (batches of {BATCH_MAX_ROWS}) vs COPY, best of {self.writer_repeat}")
         statement = upsert_statement()
-        best = {"upsert_new": 0.0, "upsert_merge": 0.0, "copy": 0.0, "staged": 0.0, "insert": 0.0}
+        best = {"upsert_new": 0.0, "upsert_merge": 0.0, "copy": 0.0, "staged": 0.0, "insert": 0.0,
+                "copy_ledger": 0.0}
         for _ in range(self.writer_repeat):
             # Written anew each time: batch ids (if the statement takes one) never repeat.
             files = write_writer_inputs(self.workdir, rows, statement)
@@ -642,6 +643,9 @@ class Bench:
             self.empty_table()
             best["insert"] = max(best["insert"], rows / timed_psql(self.db_url, files["insert"]))
             self.check_rows(rows, 1)
+            self.empty_table()
+            best["copy_ledger"] = max(best["copy_ledger"], rows / timed_psql(self.db_url, files["copy_ledger"]))
+            self.check_rows(rows, 1)
         self.psql("TRUNCATE loading_rate")
         ratio = best["upsert_new"] / best["copy"]
         self.results["writer"] = dict(best, rows=rows, ratio=ratio, batch_rows=BATCH_MAX_ROWS)
@@ -656,6 +660,9 @@ class Bench:
         self.rows.append((f"writer statement without ON CONFLICT (new rows only), R={rows}", best["insert"],
                           "rows/s", "info", ""))
         self.rows.append(("insert without ON CONFLICT/COPY ratio", best["insert"] / best["copy"], "x COPY", "info", ""))
+        self.rows.append((f"writer batches as COPY + ledger insert per transaction (new rows only), R={rows}",
+                          best["copy_ledger"], "rows/s", "info", ""))
+        self.rows.append(("COPY + ledger per batch/COPY ratio", best["copy_ledger"] / best["copy"], "x COPY", "info", ""))
 
     def empty_table(self):
         self.psql("TRUNCATE loading_rate")
@@ -1062,8 +1069,31 @@ def write_writer_inputs(workdir, rows, upsert):
         "\\copy loading_rate (machine, ts, samples, load_rate_avg, load_rate_min, load_rate_max, "
         f"load_rate_sum, mileage_min, mileage_max) FROM '{csv}' WITH (FORMAT csv)\n"
     )
+    copy_ledger = workdir / "writer-copy-ledger.sql"
+    write_copy_ledger_script(workdir, copy_ledger, records)
     return {"upsert_new": scripts["new"], "upsert_merge": scripts["merge"], "copy": copy, "staged": staged,
-            "insert": scripts["insert"]}
+            "insert": scripts["insert"], "copy_ledger": copy_ledger}
+
+
+def write_copy_ledger_script(workdir, path, records):
+    """What a writer that COPYs rows it knows are new would do (not built; issue 14): per
+    batch, in one transaction, the batch id into the ledger, then `COPY` of the batch's
+    rows (with `seen`) straight into loading_rate."""
+    with open(path, "w") as out:
+        out.write("\\timing on\n")
+        for number, start in enumerate(range(0, len(records), BATCH_MAX_ROWS)):
+            batch = records[start:start + BATCH_MAX_ROWS]
+            csv = workdir / f"writer-copy-ledger-{number}.csv"
+            with open(csv, "w") as rows:
+                for machine, stamp, samples, total, lo, hi, mlo, mhi in batch:
+                    seen = "\\x" + seen_chunk(samples).hex()
+                    rows.write(f"{machine},{stamp},{samples},{total / samples!r},{lo!r},{hi!r},{total!r},{mlo!r},"
+                               f"{mhi!r},{seen}\n")
+            out.write("BEGIN;\n")
+            out.write(f"INSERT INTO fleetagg_applied_batch (id) VALUES ('bench-copy-{os.getpid()}-{time.time_ns()}-{number}');\n")
+            out.write(f"\\copy loading_rate (machine, ts, samples, load_rate_avg, load_rate_min, load_rate_max, "
+                      f"load_rate_sum, mileage_min, mileage_max, seen) FROM '{csv}' WITH (FORMAT csv)\n")
+            out.write("COMMIT;\n")
 
 
 def write_staged_script(workdir, path, records, upsert_sql, sql_types):

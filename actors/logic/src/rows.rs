@@ -23,6 +23,11 @@ pub struct ClosedMinute {
     /// Its samples' timestamps ([`crate::seen`] chunks), stored in the row's `seen`
     /// column and read back at start-up so that a resend after a restart is recognised.
     pub seen: Vec<u8>,
+    /// The aggregator knows of no earlier row for this (machine, minute): the writer may
+    /// insert it with `COPY` instead of the upsert. A hint only: a row that exists after
+    /// all (another instance wrote it, or the index was not read back at start-up) makes
+    /// the `COPY` fail on the primary key, and the batch is upserted instead.
+    pub known_new: bool,
 }
 
 /// A rejected message as stored in `rejected_message`. Build it with
@@ -98,20 +103,24 @@ pub struct PendingMinutes {
     rows: FxHashMap<(Arc<str>, Minute), PendingRow>,
 }
 
-/// A pending row's merged parts: aggregate, journal records, `seen` chunks.
-type PendingRow = (MinuteAggregate, JournalTally, Vec<u8>);
+/// A pending row's merged parts: aggregate, journal records, `seen` chunks, and whether
+/// all of them were known new.
+type PendingRow = (MinuteAggregate, JournalTally, Vec<u8>, bool);
 
 impl PendingMinutes {
     pub fn add(&mut self, row: ClosedMinute) {
         self.rows
             .entry((row.machine, row.minute))
-            .and_modify(|(aggregate, tally, seen)| {
+            .and_modify(|(aggregate, tally, seen, known_new)| {
                 aggregate.merge(&row.aggregate);
                 tally.merge(&row.tally);
                 // Chunks concatenate into their union.
                 seen.extend_from_slice(&row.seen);
+                // Both, to be safe: a later part is never new, and a part put back after a
+                // failed write may come after one that followed it.
+                *known_new &= row.known_new;
             })
-            .or_insert((row.aggregate, row.tally, row.seen));
+            .or_insert((row.aggregate, row.tally, row.seen, row.known_new));
     }
 
     pub fn extend(&mut self, rows: impl IntoIterator<Item = ClosedMinute>) {
@@ -124,12 +133,13 @@ impl PendingMinutes {
     pub fn take_all(&mut self) -> Vec<ClosedMinute> {
         std::mem::take(&mut self.rows)
             .into_iter()
-            .map(|((machine, minute), (aggregate, tally, seen))| ClosedMinute {
+            .map(|((machine, minute), (aggregate, tally, seen, known_new))| ClosedMinute {
                 machine,
                 minute,
                 aggregate,
                 tally,
                 seen,
+                known_new,
             })
             .collect()
     }
@@ -162,15 +172,18 @@ mod tests {
             }),
             tally: JournalTally::of(JournalMark { seq: load_rate as u64, segment: 1 }),
             seen: crate::seen::chunk_of(Minute::from_index(7), &[7 * 60_000_000 + load_rate as i64]),
+            known_new: true,
         };
         let mut pending = PendingMinutes::default();
         pending.add(part(10.0));
-        pending.add(part(30.0));
+        pending.add(ClosedMinute { known_new: false, ..part(30.0) });
         pending.add(ClosedMinute { minute: Minute::from_index(8), ..part(5.0) });
         assert_eq!(pending.len(), 2);
         let mut rows = pending.take_all();
         rows.sort_by_key(|row| row.minute);
         assert_eq!(rows[0].aggregate.samples, 2);
+        // Known new only if every merged part was.
+        assert_eq!((rows[0].known_new, rows[1].known_new), (false, true));
         assert_eq!(rows[0].aggregate.load_rate_sum, 40.0);
         // The merged row answers for both parts' journal records.
         assert_eq!(rows[0].tally.max_seq, 30);

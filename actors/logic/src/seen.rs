@@ -328,6 +328,16 @@ impl WrittenMinutes {
             && chunks_contain(entry.chunks, (ts.micros() - minute.start().micros()) as u32)
     }
 
+    /// Whether any part of `minute` was written (as far as the index reaches back).
+    pub fn has_minute(&self, minute: Minute) -> bool {
+        if self.newest().is_none_or(|newest| minute > newest) {
+            return false;
+        }
+        self.entries()
+            .find(|entry| entry.minute <= minute.index())
+            .is_some_and(|entry| entry.minute == minute.index())
+    }
+
     /// Adds a written part's chunks to its minute.
     pub fn remember(&mut self, minute: Minute, chunks: &[u8]) {
         if chunks.is_empty() {

@@ -218,6 +218,7 @@ impl Aggregator {
                 aggregate: part.aggregate,
                 tally: part.tally,
                 seen: part.seen,
+                known_new: part.known_new,
             })
             .collect();
         let shared = self.shared.clone();

@@ -136,6 +136,7 @@ mod tests {
             aggregate: MinuteAggregate::of(&sample),
             tally: JournalTally::default(),
             seen: Vec::new(),
+            known_new: false,
         }
     }
 

@@ -52,6 +52,12 @@ impl DbError {
         DbError::Connect { target: target.to_owned(), message: describe(err), code: err.code().cloned() }
     }
 
+    /// A row inserted with `COPY` existed already (`23505`): the rows are fine, the guess
+    /// that they were new was not.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, DbError::Statement { code: Some(code), .. } if *code == SqlState::UNIQUE_VIOLATION)
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             DbError::Config(_) | DbError::PreparedStatementsRefused { .. } => ErrorClass::Fatal,

@@ -47,6 +47,37 @@ pub(crate) const UPSERT_MINUTES: &str = "
         mileage_min   = least(t.mileage_min, EXCLUDED.mileage_min),
         mileage_max   = greatest(t.mileage_max, EXCLUDED.mileage_max)";
 
+/// The writer's fast path for rows the aggregators know are new (`known_new`): `COPY`
+/// straight into the table, in a transaction with the batch's ledger entry. A row that
+/// exists after all fails it on the primary key, and the batch is upserted instead.
+const COPY_MINUTES: &str = "COPY loading_rate
+    (machine, ts, samples, load_rate_avg, load_rate_min, load_rate_max, load_rate_sum, mileage_min, mileage_max, seen)
+    FROM STDIN (FORMAT binary)";
+
+const COPY_MINUTES_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::BYTEA,
+];
+
+const INSERT_LEDGER: &str = "INSERT INTO fleetagg_applied_batch (id) VALUES ($1) ON CONFLICT DO NOTHING";
+
+/// After a `COPY` met an existing row, this many batches are upserted before the next
+/// try: with two instances on one shared subscription, say, the guess is often wrong,
+/// and a failed `COPY` costs its rows twice.
+const COPY_PAUSE_BATCHES: u32 = 100;
+
+/// Fewer rows known new than this go by the upsert alone: a `COPY` takes three more
+/// round trips (its transaction and ledger insert), which a few rows do not win back.
+const COPY_MIN_ROWS: usize = 32;
+
 const UPSERT_MINUTES_TYPES: &[Type] = &[
     Type::TEXT_ARRAY,
     Type::TIMESTAMPTZ_ARRAY,
@@ -147,7 +178,13 @@ impl Connector {
     /// brings the schema up to date.
     pub async fn connect(&self, credentials: Option<&Credentials>) -> Result<Session, DbError> {
         let (client, _, encrypted) = self.open_migrated(credentials).await?;
-        Ok(Session { client, prepared: FxHashMap::default(), policy: self.statements.clone(), encrypted })
+        Ok(Session {
+            client,
+            prepared: FxHashMap::default(),
+            policy: self.statements.clone(),
+            encrypted,
+            copy_paused: 0,
+        })
     }
 
     /// Applies pending migrations on a fresh connection; returns the versions applied.
@@ -252,6 +289,8 @@ pub struct Session {
     policy: Arc<StatementPolicy>,
     /// Whether the connection is encrypted, when the server said (`pg_stat_ssl`).
     encrypted: Option<bool>,
+    /// Batches still to upsert before `COPY` is tried again (after one met an existing row).
+    copy_paused: u32,
 }
 
 impl Session {
@@ -281,29 +320,121 @@ impl Session {
                 .await
                 .map_err(|err| self.policy.error(operation, &err));
         }
-        let statement = match self.prepared.get(sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = self
-                    .client
-                    .prepare_typed(sql, types)
-                    .await
-                    .map_err(|err| self.policy.error("prepare", &err))?;
-                self.prepared.insert(sql, statement.clone());
-                statement
-            }
-        };
+        let statement = self.prepare_cached(sql, types).await?;
         self.client.execute(&statement, params).await.map_err(|err| self.policy.error(operation, &err))
+    }
+
+    /// The statement prepared on this connection for `sql`, prepared now the first time.
+    async fn prepare_cached(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement, DbError> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement =
+            self.client.prepare_typed(sql, types).await.map_err(|err| self.policy.error("prepare", &err))?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Writes one batch of minutes (each (machine, minute) at most once): the rows known
+    /// new by `COPY` where it is worth it, the rest by the upsert. False when the ledger
+    /// shows the batch was already applied.
+    pub async fn write_minutes(&mut self, batch_id: &str, rows: &[ClosedMinute]) -> Result<bool, DbError> {
+        let known_new = rows.iter().filter(|row| row.known_new).count();
+        if known_new < COPY_MIN_ROWS || self.copy_paused > 0 {
+            self.copy_paused = self.copy_paused.saturating_sub(1);
+            return self.upsert_minutes(batch_id, rows).await;
+        }
+        match self.copy_minutes(batch_id, rows).await {
+            Err(err) if err.is_unique_violation() => {
+                tracing::info!(
+                    batch = batch_id,
+                    upserted_batches = COPY_PAUSE_BATCHES,
+                    "rows known new existed already (another instance wrote them, or the start-up read of written minutes failed): batch upserted instead, and the next ones too"
+                );
+                self.copy_paused = COPY_PAUSE_BATCHES;
+                self.upsert_minutes(batch_id, rows).await
+            }
+            other => other,
+        }
+    }
+
+    /// One transaction: the batch id into the ledger, `COPY` of the rows known new, the
+    /// upsert of the others (under a second ledger id: its statement inserts one). Nothing
+    /// of it stays when any step fails.
+    async fn copy_minutes(&mut self, batch_id: &str, rows: &[ClosedMinute]) -> Result<bool, DbError> {
+        self.client.batch_execute("BEGIN").await.map_err(|err| self.policy.error("begin", &err))?;
+        let written = self.copy_minutes_in_transaction(batch_id, rows).await;
+        let end = if matches!(written, Ok(true)) { "COMMIT" } else { "ROLLBACK" };
+        match self.client.batch_execute(end).await {
+            Ok(()) => written,
+            // A lost COMMIT may have committed: the retry asks the ledger.
+            Err(err) if written.is_ok() && end == "COMMIT" => Err(self.policy.error("commit", &err)),
+            Err(_) => written,
+        }
+    }
+
+    async fn copy_minutes_in_transaction(
+        &mut self,
+        batch_id: &str,
+        rows: &[ClosedMinute],
+    ) -> Result<bool, DbError> {
+        if self.execute("insert into the batch ledger", INSERT_LEDGER, &[Type::TEXT], &[&batch_id]).await?
+            == 0
+        {
+            return Ok(false);
+        }
+        let (fresh, merged): (Vec<&ClosedMinute>, Vec<&ClosedMinute>) =
+            rows.iter().partition(|row| row.known_new);
+        let operation = "copy into loading_rate";
+        let sink = if self.policy.unnamed() {
+            self.client.copy_in(COPY_MINUTES).await
+        } else {
+            let statement = self.prepare_cached(COPY_MINUTES, &[]).await?;
+            self.client.copy_in(&statement).await
+        };
+        let sink = sink.map_err(|err| self.policy.error(operation, &err))?;
+        let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, COPY_MINUTES_TYPES);
+        futures_util::pin_mut!(writer);
+        for row in fresh {
+            let start = row.minute.start().to_chrono();
+            let samples = i32::try_from(row.aggregate.samples).unwrap_or(i32::MAX);
+            let aggregate = &row.aggregate;
+            // As the upsert computes it: float8 / int4.
+            let average = aggregate.load_rate_sum / f64::from(samples);
+            let values: [&(dyn ToSql + Sync); 10] = [
+                &&*row.machine,
+                &start,
+                &samples,
+                &average,
+                &aggregate.load_rate_min,
+                &aggregate.load_rate_max,
+                &aggregate.load_rate_sum,
+                &aggregate.mileage_min,
+                &aggregate.mileage_max,
+                &row.seen.as_slice(),
+            ];
+            writer.as_mut().write(&values).await.map_err(|err| self.policy.error(operation, &err))?;
+        }
+        writer.finish().await.map_err(|err| self.policy.error(operation, &err))?;
+        if !merged.is_empty() {
+            self.upsert_rows(&format!("{batch_id}+upsert"), &merged).await?;
+        }
+        Ok(true)
     }
 
     /// Upserts one batch of minutes (each (machine, minute) at most once). False when the
     /// ledger shows the batch was already applied.
     pub async fn upsert_minutes(&mut self, batch_id: &str, rows: &[ClosedMinute]) -> Result<bool, DbError> {
+        let rows: Vec<&ClosedMinute> = rows.iter().collect();
+        self.upsert_rows(batch_id, &rows).await
+    }
+
+    async fn upsert_rows(&mut self, batch_id: &str, rows: &[&ClosedMinute]) -> Result<bool, DbError> {
         let machines: Vec<&str> = rows.iter().map(|row| &*row.machine).collect();
         let starts: Vec<DateTime<Utc>> = rows.iter().map(|row| row.minute.start().to_chrono()).collect();
         let samples: Vec<i32> =
             rows.iter().map(|row| i32::try_from(row.aggregate.samples).unwrap_or(i32::MAX)).collect();
-        let column = |pick: fn(&ClosedMinute) -> f64| rows.iter().map(pick).collect::<Vec<f64>>();
+        let column = |pick: fn(&ClosedMinute) -> f64| rows.iter().map(|row| pick(row)).collect::<Vec<f64>>();
         let sums = column(|row| row.aggregate.load_rate_sum);
         let load_min = column(|row| row.aggregate.load_rate_min);
         let load_max = column(|row| row.aggregate.load_rate_max);

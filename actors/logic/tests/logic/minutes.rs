@@ -86,6 +86,7 @@ fn pending_minutes_merge_rows_with_the_same_machine_and_minute() {
         aggregate: MinuteAggregate::of(&sample(minute * MICROS_PER_MINUTE, load_rate, mileage)),
         tally: JournalTally::default(),
         seen: Vec::new(),
+        known_new: false,
     };
     let mut pending = PendingMinutes::default();
     assert!(pending.is_empty());

@@ -493,6 +493,7 @@ proptest! {
                 aggregate: *aggregate,
                 tally: JournalTally::default(),
                 seen: Vec::new(),
+                known_new: false,
             });
             expected
                 .entry(((*machine).to_owned(), *minute))

@@ -96,6 +96,7 @@ fn intents_are_read_back_with_their_batch_ids() {
         aggregate: MinuteAggregate::of(&sample),
         tally: JournalTally::of(mark),
         seen: Vec::new(),
+        known_new: true,
     };
     journal.append_minutes_intent("batch-7", &[row]).expect("intent");
     drop(journal);
