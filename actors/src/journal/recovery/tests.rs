@@ -230,6 +230,12 @@ fn finished_segments_are_removed_oldest_first() {
     let payload = [b'x'; 250];
     let marks: Vec<_> = (0..4).map(|_| journal.append_message("t", &payload, 250).expect("append")).collect();
     assert!(segment_files(&dir).len() >= 4, "one record per segment at this size");
+    // Each segment the next one took over is cut back to its records: no reserved space.
+    let files = segment_files(&dir);
+    for finished in &files[..files.len() - 1] {
+        let len = std::fs::metadata(finished).expect("metadata").len();
+        assert!(len > 250 && len < 400, "{} holds {len} bytes", finished.display());
+    }
     // Finishing a newer segment first removes nothing: an older one is still pending.
     journal.release_mark(marks[1]);
     assert!(segment_files(&dir).len() >= 4);
