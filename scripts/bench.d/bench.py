@@ -634,18 +634,11 @@ class Bench:
             self.check_rows(rows, 1)
             best["upsert_merge"] = max(best["upsert_merge"], rows / timed_psql(self.db_url, files["upsert_merge"]))
             self.check_rows(rows, 2)
-            self.empty_table()
-            best["copy"] = max(best["copy"], rows / timed_psql(self.db_url, files["copy"]))
-            self.check_rows(rows, 1)
-            self.empty_table()
-            best["staged"] = max(best["staged"], rows / timed_psql(self.db_url, files["staged"]))
-            self.check_rows(rows, 1)
-            self.empty_table()
-            best["insert"] = max(best["insert"], rows / timed_psql(self.db_url, files["insert"]))
-            self.check_rows(rows, 1)
-            self.empty_table()
-            best["copy_ledger"] = max(best["copy_ledger"], rows / timed_psql(self.db_url, files["copy_ledger"]))
-            self.check_rows(rows, 1)
+            # The rest each write the same new rows into an empty table.
+            for key in ("copy", "staged", "insert", "copy_ledger"):
+                self.empty_table()
+                best[key] = max(best[key], rows / timed_psql(self.db_url, files[key]))
+                self.check_rows(rows, 1)
         self.psql("TRUNCATE loading_rate")
         ratio = best["upsert_new"] / best["copy"]
         self.results["writer"] = dict(best, rows=rows, ratio=ratio, batch_rows=BATCH_MAX_ROWS)
