@@ -77,19 +77,29 @@ struct OpenMinute {
     seen: Vec<i64>,
     /// The journal records this minute answers for, duplicates included.
     tally: JournalTally,
+    /// When the minute was reopened (parts of it were written already): those parts'
+    /// offsets, decoded and sorted. Why: a machine bursting thousands of late samples
+    /// into a written minute would otherwise walk the index's encoded chunk for every
+    /// one of them, a cost growing with the minute (docs/benchmarks.md, session 8).
+    /// Empty, and no allocation, for a minute seen for the first time.
+    written: Box<[u32]>,
 }
 
 impl OpenMinute {
-    fn of(sample: &Sample) -> Self {
+    fn of(sample: &Sample, written: Box<[u32]>) -> Self {
         OpenMinute {
             aggregate: MinuteAggregate::of(sample),
             seen: vec![sample.ts.micros()],
             tally: JournalTally::of(sample.mark),
+            written,
         }
     }
 
-    /// Adds the sample unless its timestamp is already held.
-    fn add(&mut self, sample: &Sample) -> Accepted {
+    /// Adds the sample unless its timestamp is already held, here or in a written part.
+    fn add(&mut self, sample: &Sample, offset: u32) -> Accepted {
+        if !self.written.is_empty() && self.written.binary_search(&offset).is_ok() {
+            return Accepted::AlreadyWritten;
+        }
         // A duplicate's record is finished when this minute is committed, like a sample's.
         self.tally.note(sample.mark);
         let ts = sample.ts.micros();
@@ -148,21 +158,25 @@ pub struct OpenMinutes {
 
 impl OpenMinutes {
     pub fn accept(&mut self, sample: &Sample) -> Accepted {
-        // One varint read while samples are newer than every written minute.
-        if self.written.contains(sample.ts) {
-            return Accepted::AlreadyWritten;
-        }
         let minute = sample.ts.minute();
         // Newest first: samples arrive mostly in time order.
         let index = match self.minutes.iter().rposition(|(held, _)| *held <= minute) {
-            Some(index) if self.minutes[index].0 == minute => return self.minutes[index].1.add(sample),
+            Some(index) if self.minutes[index].0 == minute => {
+                return self.minutes[index].1.add(sample, minute.offset_of(sample.ts));
+            }
             Some(index) => index + 1,
             None => 0,
         };
+        // One varint read while samples are newer than every written minute; one walk
+        // of the minute's chunk when it reopens, whose offsets the open minute keeps.
+        if self.written.contains(sample.ts) {
+            return Accepted::AlreadyWritten;
+        }
+        let written = self.written.offsets_of(minute);
         // Grow one entry at a time: `Vec`'s doubling would start at four entries for what
         // is one minute most of the time.
         self.minutes.reserve_exact(1);
-        self.minutes.insert(index, (minute, OpenMinute::of(sample)));
+        self.minutes.insert(index, (minute, OpenMinute::of(sample, written)));
         Accepted::Added
     }
 
@@ -199,6 +213,10 @@ impl OpenMinutes {
     /// Adds a minute written before this start (read back from the database).
     pub fn remember_written(&mut self, minute: Minute, seen: &[u8]) {
         self.written.remember(minute, seen);
+        // Samples may have reopened this minute before the start-up read came back.
+        if let Some((_, open)) = self.minutes.iter_mut().find(|(held, _)| *held == minute) {
+            open.written = self.written.offsets_of(minute);
+        }
     }
 
     /// The written index (for memory figures and tests).
@@ -301,5 +319,38 @@ mod tests {
         // Forgotten, the index cannot tell: the part counts as new (a hint only: the
         // writer's `COPY` fails on the existing row and it upserts instead).
         assert!(open.take_all().iter().all(|part| part.known_new));
+    }
+
+    #[test]
+    fn a_reopened_minute_knows_its_written_parts_and_a_start_up_read_arriving_late() {
+        let mut open = OpenMinutes::default();
+        let (grace, now) = (Duration::from_secs(5), Timestamp::from_micros(130_000_000));
+        for second in 60..90 {
+            assert_eq!(open.accept(&sample(second, 1.0, 1.0)), Accepted::Added);
+        }
+        assert_eq!(open.take_closed(now, grace, Minute::from_index(0)).len(), 1);
+        // Reopened: the written samples are told apart from the open minute's own copy.
+        assert_eq!(open.accept(&sample(119, 2.0, 2.0)), Accepted::Added);
+        for second in 60..90 {
+            assert_eq!(open.accept(&sample(second, 1.0, 1.0)), Accepted::AlreadyWritten, "second {second}");
+        }
+        assert_eq!(open.accept(&sample(119, 2.0, 2.0)), Accepted::Duplicate);
+        // The start-up read comes back after the minute reopened: its samples count too.
+        let read_back = crate::seen::chunk_of(Minute::from_index(1), &[100_000_000]);
+        open.remember_written(Minute::from_index(1), &read_back);
+        assert_eq!(open.accept(&sample(100, 3.0, 3.0)), Accepted::AlreadyWritten);
+        assert_eq!(open.accept(&sample(101, 3.0, 3.0)), Accepted::Added);
+        // The late part holds its own samples only.
+        let late = open.take_closed(now, grace, Minute::from_index(0));
+        assert_eq!(late[0].aggregate.samples, 2);
+        assert_eq!(crate::seen::chunk_offsets(&late[0].seen), Ok(vec![41_000_000, 59_000_000]));
+    }
+
+    #[test]
+    fn an_offset_outside_its_minute_is_held_by_none() {
+        let minute = Minute::from_index(2);
+        assert_eq!(minute.offset_of(Timestamp::from_micros(120_000_001)), 1);
+        assert_eq!(minute.offset_of(Timestamp::from_micros(119_999_999)), u32::MAX);
+        assert_eq!(minute.offset_of(Timestamp::from_micros(i64::MAX)), u32::MAX);
     }
 }

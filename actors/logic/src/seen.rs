@@ -324,8 +324,20 @@ impl WrittenMinutes {
             return false;
         }
         let Some(entry) = self.entries().find(|entry| entry.minute <= minute.index()) else { return false };
-        entry.minute == minute.index()
-            && chunks_contain(entry.chunks, (ts.micros() - minute.start().micros()) as u32)
+        entry.minute == minute.index() && chunks_contain(entry.chunks, minute.offset_of(ts))
+    }
+
+    /// The offsets of `minute`'s written parts, sorted; empty when none was written.
+    pub fn offsets_of(&self, minute: Minute) -> Box<[u32]> {
+        if self.newest().is_none_or(|newest| minute > newest) {
+            return Box::default();
+        }
+        self.entries()
+            .find(|entry| entry.minute <= minute.index())
+            .filter(|entry| entry.minute == minute.index())
+            .and_then(|entry| chunk_offsets(entry.chunks).ok())
+            .map(Vec::into_boxed_slice)
+            .unwrap_or_default()
     }
 
     /// Whether any part of `minute` was written (as far as the index reaches back).
@@ -578,10 +590,23 @@ mod tests {
                     written.contains(at) == model.contains(&at.micros())
                 })
             };
+            let decoded = |written: &WrittenMinutes, model: &std::collections::BTreeSet<i64>| {
+                (0..12).all(|minute| {
+                    let minute = Minute::from_index(base + minute);
+                    let expected: Vec<u32> = model
+                        .iter()
+                        .filter(|&&micros| Timestamp::from_micros(micros).minute() == minute)
+                        .map(|&micros| minute.offset_of(Timestamp::from_micros(micros)))
+                        .collect();
+                    *written.offsets_of(minute) == *expected
+                })
+            };
             proptest::prop_assert!(held(&written, &model));
+            proptest::prop_assert!(decoded(&written, &model));
             written.forget_before(Minute::from_index(base + forget));
             model.retain(|&micros| Timestamp::from_micros(micros).minute().index() >= base + forget);
             proptest::prop_assert!(held(&written, &model));
+            proptest::prop_assert!(decoded(&written, &model));
         }
     }
 

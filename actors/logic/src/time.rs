@@ -70,6 +70,12 @@ impl Minute {
     pub const fn end(self) -> Timestamp {
         Timestamp(self.0.saturating_add(1).saturating_mul(MICROS_PER_MINUTE))
     }
+
+    /// Microseconds from the minute's start to `ts`, an instant within the minute; an
+    /// instant before it or far after gives `u32::MAX`, an offset no minute holds.
+    pub fn offset_of(self, ts: Timestamp) -> u32 {
+        u32::try_from(ts.0.saturating_sub(self.start().0)).unwrap_or(u32::MAX)
+    }
 }
 
 /// Converts a duration to microseconds, saturating.
