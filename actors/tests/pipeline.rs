@@ -169,6 +169,18 @@ impl Harness {
         }
         panic!("samples did not reach the aggregators");
     }
+
+    /// Waits until the broker took `messages` messages (and so checked them, as of the
+    /// clock's time then).
+    async fn wait_until_received(&self, messages: u64) {
+        for _ in 0..400 {
+            if self.stats.received.load(Ordering::SeqCst) >= messages {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("messages did not reach the broker");
+    }
 }
 
 fn aggregate(samples: u32, sum: f64, load: (f64, f64), mileage: (f64, f64)) -> MinuteAggregate {
@@ -213,6 +225,8 @@ async fn a_known_mix_gives_known_rows_and_reasons() {
         h.publish(payload.clone()).await;
     }
     h.wait_until_routed(good.len() as u64).await;
+    // Every message checked at 10:02:30 before the clock moves on.
+    h.wait_until_received((good.len() + bad.len()) as u64).await;
     assert_eq!(h.recorder.part_count(), 0, "no minute closes before its end + grace");
     // Past end + grace of both minutes: the next look (5 ms tick here) closes them.
     h.clock.set(at("2026-03-01T10:12:00Z"));
