@@ -40,6 +40,9 @@ pub struct PipelineStats {
     pub secret_changes: AtomicU64,
     /// Batches whose retry the ledger recognised as already applied.
     pub batches_replayed: AtomicU64,
+    /// Batches whose `COPY` of rows known new met an existing row and were upserted
+    /// instead: a wrong hint (another instance, a failed start-up read), never a loss.
+    pub copy_conflicts: AtomicU64,
     /// Minute rows PostgreSQL refused (stored in rejected_message as `db_refused`).
     pub minutes_refused: AtomicU64,
     /// Rejected messages PostgreSQL refused to store.

@@ -343,6 +343,7 @@ async fn rows_known_new_are_copied_and_a_wrong_guess_is_upserted_exactly() {
 
     assert_eq!(stats.rows_written.load(Ordering::SeqCst), 2000);
     assert_eq!(stats.samples_written.load(Ordering::SeqCst), 500 * (2 + 1 + 1 + 1));
+    assert_eq!(stats.copy_conflicts.load(Ordering::SeqCst), 1, "the wrong guess, and only it");
     let rejected: i64 =
         client.query_one("SELECT count(*) FROM rejected_message", &[]).await.expect("count").get(0);
     assert_eq!(rejected, 0);

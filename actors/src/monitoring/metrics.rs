@@ -44,7 +44,7 @@ fn get(counter: &AtomicU64) -> u64 {
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let counters: [(&str, &str, u64); 24] = [
+        let counters: [(&str, &str, u64); 25] = [
             ("messages_received", "Messages received from the broker", get(&s.received)),
             ("samples_accepted", "Samples accepted into a minute", get(&s.accepted)),
             (
@@ -68,6 +68,11 @@ impl Collector for StatsCollector {
                 "db_connects",
                 "PostgreSQL connections opened by the writer, the first one included",
                 get(&s.db_connects),
+            ),
+            (
+                "copy_conflicts",
+                "Batches whose COPY of rows known new met an existing row, then upserted instead",
+                get(&s.copy_conflicts),
             ),
             (
                 "batches_replayed",

@@ -49,7 +49,7 @@ impl FlushJob {
             }
             let started = self.stats.clock.instant();
             let written = match &batch.rows {
-                Rows::Minutes(rows) => session.write_minutes(&batch.id, rows).await,
+                Rows::Minutes(rows) => session.write_minutes(&batch.id, rows, &self.stats).await,
                 Rows::Rejections(rows) => session.insert_rejections(&batch.id, rows).await,
             };
             match written {

@@ -10,6 +10,7 @@ use super::statements::StatementPolicy;
 use super::tls::{self, TlsAttempt};
 use crate::logic::{ClosedMinute, RejectedMessage, Timestamp, WrittenMinute};
 use crate::messages::Credentials;
+use crate::stats::{bump, PipelineStats};
 use chrono::{DateTime, Utc};
 use fleetagg_config::{DatabaseTlsConfig, Statements, TlsMode};
 use futures_util::TryStreamExt;
@@ -337,8 +338,14 @@ impl Session {
 
     /// Writes one batch of minutes (each (machine, minute) at most once): the rows known
     /// new by `COPY` where it is worth it, the rest by the upsert. False when the ledger
-    /// shows the batch was already applied.
-    pub async fn write_minutes(&mut self, batch_id: &str, rows: &[ClosedMinute]) -> Result<bool, DbError> {
+    /// shows the batch was already applied. A `COPY` that meets an existing row counts in
+    /// `stats.copy_conflicts`.
+    pub async fn write_minutes(
+        &mut self,
+        batch_id: &str,
+        rows: &[ClosedMinute],
+        stats: &PipelineStats,
+    ) -> Result<bool, DbError> {
         let known_new = rows.iter().filter(|row| row.known_new).count();
         if known_new < COPY_MIN_ROWS || self.copy_paused > 0 {
             self.copy_paused = self.copy_paused.saturating_sub(1);
@@ -352,6 +359,7 @@ impl Session {
                     "rows known new existed already (another instance wrote them, or the start-up read of written minutes failed): batch upserted instead, and the next ones too"
                 );
                 self.copy_paused = COPY_PAUSE_BATCHES;
+                bump(&stats.copy_conflicts, 1);
                 self.upsert_minutes(batch_id, rows).await
             }
             other => other,
