@@ -4,9 +4,10 @@
 //! start-up with its name.
 
 use chrono::{TimeDelta, Utc};
+use fleetagg_integration_tests::ports::PortLease;
 use fleetagg_integration_tests::{
-    broker_url, connect, expected_rows, journal_dir, loading_rate, service_config, unique, Publisher,
-    SentSample, ServiceProcess, TestDatabase,
+    broker_url, connect, expected_rows, http_get, journal_dir, loading_rate, metric, service_config, unique,
+    Publisher, SentSample, ServiceProcess, TestDatabase,
 };
 use rand::Rng;
 use std::cell::RefCell;
@@ -208,7 +209,8 @@ async fn a_journal_directory_that_cannot_be_created_stops_start_up_naming_it() {
 async fn a_clean_stop_leaves_only_an_empty_journal() {
     let db = TestDatabase::create().await;
     let prefix = unique("clean");
-    let config = service_config(&db.url, &prefix, &unique("fleetagg"), "2s");
+    let (config, metrics_port) =
+        with_metrics_port(&service_config(&db.url, &prefix, &unique("fleetagg"), "2s"));
     let service = ServiceProcess::start(&config).await;
     let publisher = Publisher::connect(&broker_url()).await;
     let start = Utc::now() - TimeDelta::seconds(30);
@@ -221,6 +223,10 @@ async fn a_clean_stop_leaves_only_an_empty_journal() {
         200,
     )
     .await;
+    // Stopped once all arrived: a stop right after publishing leaves the rest queued in
+    // Mosquitto for the session (not lost, but not in the rows compared here); under load
+    // that happened (117 of 200 received).
+    wait_until_received(metrics_port.port(), sent.len()).await;
     let dir = journal_dir(&service);
     let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
@@ -277,11 +283,11 @@ async fn a_full_disk_holds_intake_back_loses_nothing_and_resumes_when_space_retu
     let disk = SmallFilesystem::mount("256k");
     let db = TestDatabase::create().await;
     let prefix = unique("full");
-    let config = format!(
+    let (config, metrics_port) = with_metrics_port(&format!(
         "{}\n[journal]\ndir = \"{}\"\n",
         service_config(&db.url, &prefix, &unique("fleetagg"), "2s"),
         disk.path.join("journal").display()
-    );
+    ));
     let service = ServiceProcess::start(&config).await;
     let publisher = Publisher::connect(&broker_url()).await;
     // About 160 bytes a record: the disk fills after ~1,600 messages; the rest (fewer
@@ -303,7 +309,7 @@ async fn a_full_disk_holds_intake_back_loses_nothing_and_resumes_when_space_retu
 
     disk.grow("64m");
     service.wait_for_log("journal appends work again", Duration::from_secs(30)).await;
-    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    wait_until_received(metrics_port.port(), sent.len()).await;
     // The full disk met the mapped journal's reservation, page by page at the end.
     let log = service.log();
     assert!(!log.contains(MAPPING_FALLBACK), "{log}");
@@ -352,4 +358,26 @@ async fn a_replay_checks_messages_as_of_their_arrival_not_the_restart() {
         .expect("count rejections")
         .get(0);
     assert_eq!(rejected, 0, "replayed samples were judged by the restart's clock");
+}
+
+/// `config` with its metrics on a port of its own, held by the lease.
+fn with_metrics_port(config: &str) -> (String, PortLease) {
+    let lease = PortLease::acquire();
+    let config =
+        config.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{}\"", lease.port()));
+    (config, lease)
+}
+
+/// Waits until the service on metrics port `port` has received `messages` messages.
+async fn wait_until_received(port: u16, messages: usize) {
+    for _ in 0..300 {
+        let (_, text) = http_get(port, "/metrics").await;
+        if metric(&text, "fleetagg_messages_received_total")
+            .is_some_and(|received| received >= messages as f64)
+        {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the service did not receive {messages} messages within 30 s");
 }
