@@ -81,12 +81,28 @@ struct OpenMinute {
     /// offsets, decoded and sorted. Why: a machine bursting thousands of late samples
     /// into a written minute would otherwise walk the index's encoded chunk for every
     /// one of them, a cost growing with the minute (docs/benchmarks.md, session 8).
-    /// Empty, and no allocation, for a minute seen for the first time.
-    written: Box<[u32]>,
+    /// `None` for a minute seen for the first time.
+    written: Option<WrittenOffsets>,
+}
+
+/// A reopened minute's written offsets, sorted, behind one thin pointer: 8 bytes in every
+/// open minute instead of a boxed slice's 16 keeps an open minute's entry (120 bytes
+/// before this field) in mimalloc's 128-byte size class instead of its 160-byte one.
+#[derive(Debug)]
+struct WrittenOffsets(Box<Box<[u32]>>);
+
+impl WrittenOffsets {
+    fn of(offsets: Box<[u32]>) -> Option<Self> {
+        (!offsets.is_empty()).then(|| WrittenOffsets(Box::new(offsets)))
+    }
+
+    fn contains(&self, offset: u32) -> bool {
+        self.0.binary_search(&offset).is_ok()
+    }
 }
 
 impl OpenMinute {
-    fn of(sample: &Sample, written: Box<[u32]>) -> Self {
+    fn of(sample: &Sample, written: Option<WrittenOffsets>) -> Self {
         OpenMinute {
             aggregate: MinuteAggregate::of(sample),
             seen: vec![sample.ts.micros()],
@@ -97,7 +113,7 @@ impl OpenMinute {
 
     /// Adds the sample unless its timestamp is already held, here or in a written part.
     fn add(&mut self, sample: &Sample, offset: u32) -> Accepted {
-        if !self.written.is_empty() && self.written.binary_search(&offset).is_ok() {
+        if self.written.as_ref().is_some_and(|written| written.contains(offset)) {
             return Accepted::AlreadyWritten;
         }
         // A duplicate's record is finished when this minute is committed, like a sample's.
@@ -172,7 +188,7 @@ impl OpenMinutes {
         if self.written.contains(sample.ts) {
             return Accepted::AlreadyWritten;
         }
-        let written = self.written.offsets_of(minute);
+        let written = WrittenOffsets::of(self.written.offsets_of(minute));
         // Grow one entry at a time: `Vec`'s doubling would start at four entries for what
         // is one minute most of the time.
         self.minutes.reserve_exact(1);
@@ -215,7 +231,7 @@ impl OpenMinutes {
         self.written.remember(minute, seen);
         // Samples may have reopened this minute before the start-up read came back.
         if let Some((_, open)) = self.minutes.iter_mut().find(|(held, _)| *held == minute) {
-            open.written = self.written.offsets_of(minute);
+            open.written = WrittenOffsets::of(self.written.offsets_of(minute));
         }
     }
 
