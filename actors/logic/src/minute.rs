@@ -6,7 +6,7 @@
 //! into the same row one pass over all samples would give.
 
 use crate::provenance::JournalTally;
-use crate::seen::{chunk_of, WrittenMinutes};
+use crate::seen::{chunk_of, encode_chunk, WrittenMinutes};
 use crate::time::{duration_micros, Minute, Timestamp};
 use crate::validate::Sample;
 use std::time::Duration;
@@ -98,6 +98,23 @@ impl WrittenOffsets {
 
     fn contains(&self, offset: u32) -> bool {
         self.0.binary_search(&offset).is_ok()
+    }
+
+    /// The chunk of these offsets and those of `timestamps` (sorted, in `minute`, none
+    /// of them written: [`OpenMinute::add`] refused those).
+    fn chunk_with(&self, minute: Minute, timestamps: &[i64]) -> Vec<u8> {
+        let mut written = self.0.iter().copied().peekable();
+        let mut whole = Vec::with_capacity(self.0.len() + timestamps.len());
+        for offset in timestamps.iter().map(|&ts| minute.offset_of(Timestamp::from_micros(ts))) {
+            while let Some(before) = written.next_if(|&held| held < offset) {
+                whole.push(before);
+            }
+            whole.push(offset);
+        }
+        whole.extend(written);
+        let mut chunk = Vec::new();
+        encode_chunk(&whole, &mut chunk);
+        chunk
     }
 }
 
@@ -212,15 +229,28 @@ impl OpenMinutes {
         let grace = duration_micros(grace);
         let due =
             self.minutes.partition_point(|(minute, _)| minute.end().saturating_add_micros(grace) <= now);
-        let mut closed: Vec<MinutePart> =
-            self.minutes.drain(..due).map(|(minute, open)| MinutePart::of(minute, open)).collect();
+        let mut closed = Vec::with_capacity(due);
+        for (minute, mut open) in self.minutes.drain(..due) {
+            // Reopened: the index gets the union of its decoded written offsets and this
+            // part's, so the held chunk is not decoded again (a machine bursting late
+            // samples into one minute closes such a part again and again).
+            let whole = open.written.take().map(|written| written.chunk_with(minute, &open.seen));
+            let mut part = MinutePart::of(minute, open);
+            match whole {
+                Some(whole) => {
+                    part.known_new = false;
+                    self.written.replace(minute, &whole);
+                }
+                None => {
+                    part.known_new = !self.written.has_minute(minute);
+                    self.written.remember(minute, &part.seen);
+                }
+            }
+            closed.push(part);
+        }
         if self.minutes.is_empty() {
             // A machine that went quiet keeps no allocation.
             self.minutes = Vec::new();
-        }
-        for part in &mut closed {
-            part.known_new = !self.written.has_minute(part.minute);
-            self.written.remember(part.minute, &part.seen);
         }
         self.written.forget_before(remember_since);
         closed
@@ -360,6 +390,44 @@ mod tests {
         let late = open.take_closed(now, grace, Minute::from_index(0));
         assert_eq!(late[0].aggregate.samples, 2);
         assert_eq!(crate::seen::chunk_offsets(&late[0].seen), Ok(vec![41_000_000, 59_000_000]));
+    }
+
+    proptest::proptest! {
+        /// Closing a reopened minute merges its written offsets with the part's own; the
+        /// index must be what remembering every closed part in turn gives, and every
+        /// sample offered is counted once (added, or refused as a repeat).
+        #[test]
+        fn closing_reopened_minutes_indexes_every_part_once(
+            steps in proptest::collection::vec((0i64..3 * 60_000_000, proptest::bool::ANY), 1..300),
+        ) {
+            let (grace, mut now) = (Duration::from_secs(5), 0i64);
+            let mut open = OpenMinutes::default();
+            let mut model = WrittenMinutes::default();
+            let mut distinct = std::collections::BTreeSet::new();
+            let mut counted = 0u64;
+            for (micros, close) in steps {
+                let offered = Sample { ts: Timestamp::from_micros(micros), ..sample(0, 1.0, 1.0) };
+                match open.accept(&offered) {
+                    Accepted::Added => counted += 1,
+                    Accepted::Duplicate | Accepted::AlreadyWritten => {
+                        proptest::prop_assert!(distinct.contains(&micros), "refused a new sample");
+                    }
+                }
+                distinct.insert(micros);
+                if close {
+                    // The clock only moves on, past every sample so far: every open
+                    // minute closes, and the next sample in one of them reopens it.
+                    now = now.max(micros) + 1;
+                    let forget = Minute::from_index(-1);
+                    for part in open.take_closed(Timestamp::from_micros(now + 65_000_000), grace, forget) {
+                        proptest::prop_assert_eq!(part.known_new, !model.has_minute(part.minute));
+                        model.remember(part.minute, &part.seen);
+                    }
+                    proptest::prop_assert_eq!(open.written(), &model);
+                }
+            }
+            proptest::prop_assert_eq!(counted, distinct.len() as u64);
+        }
     }
 
     #[test]

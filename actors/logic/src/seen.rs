@@ -304,6 +304,15 @@ pub struct WrittenMinutes {
     entries: Box<[u8]>,
 }
 
+/// What [`WrittenMinutes::put`] does with the chunks already held for the minute.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// Keeps them: the new chunks are another part.
+    Add,
+    /// Drops them: the new chunks hold the whole minute.
+    Replace,
+}
+
 /// One entry, decoded.
 #[derive(Debug, Clone, Copy)]
 struct Entry<'a> {
@@ -352,6 +361,16 @@ impl WrittenMinutes {
 
     /// Adds a written part's chunks to its minute.
     pub fn remember(&mut self, minute: Minute, chunks: &[u8]) {
+        self.put(minute, chunks, Held::Add);
+    }
+
+    /// Sets `minute`'s chunks to `whole`, which holds every offset of the minute (what its
+    /// reopened part merged at close, without decoding the held chunk again).
+    pub fn replace(&mut self, minute: Minute, whole: &[u8]) {
+        self.put(minute, whole, Held::Replace);
+    }
+
+    fn put(&mut self, minute: Minute, chunks: &[u8], held_then: Held) {
         if chunks.is_empty() {
             return;
         }
@@ -375,9 +394,12 @@ impl WrittenMinutes {
         match entries.iter().position(|(held, _)| *held <= minute.index()) {
             Some(at) if entries[at].0 == minute.index() => {
                 let held = &mut entries[at].1;
+                if let Held::Replace = held_then {
+                    held.clear();
+                }
                 held.extend_from_slice(chunks);
                 // One chunk per minute: repeats merged, and a smaller index.
-                if let Ok(offsets) = chunk_offsets(held) {
+                if let (Held::Add, Ok(offsets)) = (held_then, chunk_offsets(held)) {
                     held.clear();
                     encode_chunk(&offsets, held);
                 }
