@@ -4,9 +4,18 @@
 //!
 //! One iteration publishes `MESSAGES_PER_ITERATION` valid messages spread over the fleet
 //! and ends when every one of them has been accumulated by its aggregator (the
-//! `accepted` counter); minutes close on the pipeline's own tick meanwhile, as in
+//! `accepted` counter); minutes close on the pipeline's own timers meanwhile, as in
 //! production. At the end the pipeline is stopped and the counting actor must hold every
 //! sample exactly once. Reported as messages/s (criterion `Throughput::Elements`).
+//!
+//! Two kinds of traffic ([`Traffic`]):
+//! - `backlog`: what `scripts/bench`'s drain queues, a backlog whose timestamps are spread
+//!   over four minutes that are all closable (the clock stands two minutes past them), so
+//!   every sample is late and its minute closes once the machine's late samples settle;
+//!   each iteration is the next four minutes. 1,000 machines is one sample per 1.2 s each.
+//! - `one_dense_minute`: every sample of the whole run in one past minute, thousands a
+//!   second per machine, so that minute reopens again and again with its written part
+//!   growing to hundreds of thousands of timestamps: the worst case of the duplicate index.
 //!
 //! `cargo bench -p fleetagg-actors --bench pipeline`; docs/benchmarks.md has the results.
 
@@ -35,6 +44,34 @@ const TOPIC: &str = "machines/bench/telemetry";
 /// every minute is already due and nothing is too late or in the future.
 const BASE_MICROS: i64 = 1_772_359_200_000_000;
 const CLOCK_AHEAD_MICROS: i64 = 300_000_000;
+/// `backlog`: an iteration's timestamps span four minutes (as `scripts/bench` spreads its
+/// backlogs), and the clock stands two minutes past the last one.
+const BACKLOG_SPAN_MICROS: i64 = 240_000_000;
+const BACKLOG_CLOCK_AFTER_MICROS: i64 = 120_000_000;
+
+/// The traffic an iteration publishes (see the module comment).
+#[derive(Debug, Clone, Copy)]
+enum Traffic {
+    Backlog,
+    OneDenseMinute,
+}
+
+impl Traffic {
+    fn name(self) -> &'static str {
+        match self {
+            Traffic::Backlog => "backlog",
+            Traffic::OneDenseMinute => "one_dense_minute",
+        }
+    }
+
+    /// The gap between consecutive messages' timestamps (each goes to the next machine).
+    fn step_micros(self) -> i64 {
+        match self {
+            Traffic::Backlog => BACKLOG_SPAN_MICROS / MESSAGES_PER_ITERATION as i64,
+            Traffic::OneDenseMinute => 1,
+        }
+    }
+}
 
 /// The writer's stand-in: counts the samples in the closed minutes it is handed.
 #[derive(Debug, Default)]
@@ -73,16 +110,17 @@ struct Bench {
     samples: Arc<AtomicU64>,
     rejections: Arc<AtomicU64>,
     counter_arbiter: Arbiter,
+    clock: Arc<ManualClock>,
+    traffic: Traffic,
     /// Messages generated so far: message `n` goes to machine `n % machines` with the
-    /// timestamp BASE + n µs, so one machine's timestamps never repeat.
+    /// timestamp BASE + n steps, so one machine's timestamps never repeat.
     next: u64,
 }
 
 impl Bench {
-    async fn start(machines: usize) -> Bench {
+    async fn start(machines: usize, traffic: Traffic) -> Bench {
         let settings = PipelineSettings::from_config(&Config::default());
-        let clock: Arc<dyn Clock> =
-            Arc::new(ManualClock::new(Timestamp::from_micros(BASE_MICROS + CLOCK_AHEAD_MICROS)));
+        let clock = Arc::new(ManualClock::new(Timestamp::from_micros(BASE_MICROS + CLOCK_AHEAD_MICROS)));
         let stats = Arc::new(PipelineStats::default());
         let (samples, rejections) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let counter_arbiter = Arbiter::new();
@@ -93,7 +131,8 @@ impl Bench {
         let outputs =
             PipelineOutputs { minutes: counter.clone().recipient(), rejections: counter.recipient() };
         let (publisher, source) = FakeBroker::new();
-        let pipeline = Pipeline::start(settings, Box::new(source), outputs, clock, stats.clone())
+        let pipeline_clock: Arc<dyn Clock> = clock.clone();
+        let pipeline = Pipeline::start(settings, Box::new(source), outputs, pipeline_clock, stats.clone())
             .await
             .expect("the fake source starts");
         Bench {
@@ -104,18 +143,26 @@ impl Bench {
             samples,
             rejections,
             counter_arbiter,
+            clock,
+            traffic,
             next: 0,
         }
     }
 
-    /// The next `count` payloads, as `fleetagg simulate` formats them.
+    /// The next `count` payloads, as `fleetagg simulate` formats them; for `backlog`, the
+    /// clock moves to two minutes past them.
     fn payloads(&mut self, count: u64) -> Vec<Vec<u8>> {
         let first = self.next;
         self.next += count;
+        let step = self.traffic.step_micros();
+        let ts_of = |n: u64| BASE_MICROS + i64::try_from(n).expect("n fits i64") * step;
+        if let Traffic::Backlog = self.traffic {
+            self.clock.set(Timestamp::from_micros(ts_of(self.next) + BACKLOG_CLOCK_AFTER_MICROS));
+        }
         (first..first + count)
             .map(|n| {
                 let machine = &self.machines[(n % self.machines.len() as u64) as usize];
-                let ts = Timestamp::from_micros(BASE_MICROS + i64::try_from(n).expect("n fits i64"))
+                let ts = Timestamp::from_micros(ts_of(n))
                     .to_chrono()
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
                 let load_rate = (n % 10_000) as f64 / 100.0;
@@ -170,9 +217,16 @@ fn bench_pipeline(c: &mut Criterion) {
     let system = actix_rt::System::new();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(MESSAGES_PER_ITERATION));
-    for machines in [100, 1_000, 10_000] {
-        let mut bench = system.block_on(Bench::start(machines));
-        group.bench_function(BenchmarkId::new("fake_broker", format!("{machines}_machines")), |b| {
+    for (traffic, machines) in [
+        (Traffic::Backlog, 100),
+        (Traffic::Backlog, 1_000),
+        (Traffic::Backlog, 10_000),
+        (Traffic::OneDenseMinute, 100),
+        (Traffic::OneDenseMinute, 1_000),
+        (Traffic::OneDenseMinute, 10_000),
+    ] {
+        let mut bench = system.block_on(Bench::start(machines, traffic));
+        group.bench_function(BenchmarkId::new(traffic.name(), format!("{machines}_machines")), |b| {
             b.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
