@@ -1,5 +1,5 @@
-//! The per-message hot paths, without actors: parsing and validating one payload, and
-//! adding one sample to a machine's minute accumulator.
+//! The per-message hot paths, without actors: parsing and validating one payload, adding
+//! one sample to a machine's minute accumulator, and a written minute's reopen and close.
 //!
 //! `cargo bench -p fleetagg-logic --bench logic`; docs/benchmarks.md has the results.
 
@@ -111,6 +111,37 @@ fn bench_accumulate(c: &mut Criterion) {
             OpenMinutes::default,
             |open| {
                 for sample in &stream {
+                    black_box(open.accept(sample));
+                }
+                black_box(open.take_closed(end, Duration::from_secs(5), Minute::from_index(0)))
+            },
+            BatchSize::SmallInput,
+        );
+    });
+
+    // A written minute reopened by a burst of late samples and closed again, the cycle a
+    // gateway resending into a busy minute repeats: 6,000 samples written (100 a second),
+    // then 20 late ones accepted (the reopen decodes the written part) and closed (the
+    // index takes the union).
+    let written = samples(6_000, 10_000);
+    let late: Vec<Sample> = samples(20, 10_000)
+        .into_iter()
+        .map(|sample| Sample { ts: Timestamp::from_micros(sample.ts.micros() + 5_000), ..sample })
+        .collect();
+    let end = Timestamp::from_micros(BASE_MICROS + 3_600_000_000);
+    group.throughput(Throughput::Elements(late.len() as u64));
+    group.bench_function("written_minute_reopen_then_close", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut open = OpenMinutes::default();
+                for sample in &written {
+                    open.accept(sample);
+                }
+                open.take_closed(end, Duration::from_secs(5), Minute::from_index(0));
+                open
+            },
+            |open| {
+                for sample in &late {
                     black_box(open.accept(sample));
                 }
                 black_box(open.take_closed(end, Duration::from_secs(5), Minute::from_index(0)))

@@ -76,7 +76,10 @@ pub fn encode_chunk(offsets: &[u32], out: &mut Vec<u8>) {
             code += 1;
         }
     }
-    let slots = || offsets.iter().map(move |&offset| u64::from(per_unit(offset, code).0));
+    // Divided once, with the unit a constant in each loop: a minute reopened by a burst
+    // of late samples re-encodes its whole written part at every close.
+    let slots = slots_in(offsets, code);
+    let slots = || slots.iter().map(|&slot| u64::from(slot));
     let bitmap_len = (u64::from(per_unit(last, code).0) / 8 + 1) as usize;
     // Sized first, so that only the chosen form is written.
     let (mut gaps_len, mut changes_len) = (0, 0);
@@ -479,6 +482,22 @@ impl<'a> Iterator for EntryWalker<'a> {
         self.at = end;
         self.previous = Some(minute);
         Some(Entry { minute, chunks })
+    }
+}
+
+/// `offsets` in the unit [`UNITS`]`[code]`, which divides them all.
+fn slots_in(offsets: &[u32], code: usize) -> Vec<u32> {
+    fn divided<const UNIT: u32>(offsets: &[u32]) -> Vec<u32> {
+        offsets.iter().map(|&offset| offset / UNIT).collect()
+    }
+    match code {
+        0 => divided::<1_000_000>(offsets),
+        1 => divided::<100_000>(offsets),
+        2 => divided::<10_000>(offsets),
+        3 => divided::<1_000>(offsets),
+        4 => divided::<100>(offsets),
+        5 => divided::<10>(offsets),
+        _ => offsets.to_vec(),
     }
 }
 
