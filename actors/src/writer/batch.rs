@@ -80,13 +80,18 @@ impl BatchIds {
     }
 
     /// Cuts rows into batches of at most `max` rows.
-    pub(super) fn cut<T>(&self, rows: Vec<T>, max: usize, wrap: fn(Vec<T>) -> Rows) -> Vec<Batch> {
+    pub(super) fn cut<T>(
+        &self,
+        rows: impl IntoIterator<Item = T>,
+        max: usize,
+        wrap: fn(Vec<T>) -> Rows,
+    ) -> Vec<Batch> {
         // Chunks copied out, each allocated to its size. (`split_off` in a loop left every
         // batch holding the capacity of everything after it: 100,000 rows in batches of
         // 5,000 kept about ten times their size resident until written.)
         let max = max.max(1);
-        let mut batches = Vec::with_capacity(rows.len().div_ceil(max));
         let mut rows = rows.into_iter();
+        let mut batches = Vec::with_capacity(rows.size_hint().0.div_ceil(max));
         loop {
             let chunk: Vec<T> = rows.by_ref().take(max).collect();
             if chunk.is_empty() {
@@ -143,7 +148,7 @@ mod tests {
     #[test]
     fn cutting_and_splitting_keep_every_row_once() {
         let ids = BatchIds::new();
-        let batches = ids.cut((0..7).map(minute).collect(), 3, Rows::Minutes);
+        let batches = ids.cut((0..7).map(minute), 3, Rows::Minutes);
         assert_eq!(batches.iter().map(Batch::len).collect::<Vec<_>>(), vec![3, 3, 1]);
         let unique: std::collections::HashSet<_> = batches.iter().map(|b| b.id.clone()).collect();
         assert_eq!(unique.len(), 3);

@@ -95,7 +95,7 @@ fn pending_minutes_merge_rows_with_the_same_machine_and_minute() {
     pending.add(row("a", 8, 50.0, 110.0));
     pending.extend([row("b", 7, 70.0, 5.0), row("a", 7, 20.0, 95.0)]);
     assert_eq!(pending.len(), 3);
-    let mut rows = pending.take_all();
+    let mut rows: Vec<_> = pending.take_all().collect();
     assert!(pending.is_empty());
     rows.sort_by(|x, y| (&x.machine, x.minute).cmp(&(&y.machine, y.minute)));
     let keys: Vec<(&str, i64)> = rows.iter().map(|r| (&*r.machine, r.minute.index())).collect();
@@ -107,5 +107,5 @@ fn pending_minutes_merge_rows_with_the_same_machine_and_minute() {
     assert_eq!((a7.mileage_min, a7.mileage_max), (90.0, 100.0));
     assert_eq!(rows[1].aggregate.samples, 1);
     assert_eq!(rows[2].aggregate.load_rate_sum, 70.0);
-    assert!(pending.take_all().is_empty());
+    assert_eq!(pending.take_all().len(), 0);
 }

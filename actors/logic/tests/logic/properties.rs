@@ -503,7 +503,6 @@ proptest! {
         prop_assert_eq!(pending.len(), expected.len());
         let taken: BTreeMap<(String, i64), MinuteAggregate> = pending
             .take_all()
-            .into_iter()
             .map(|row| ((row.machine.to_string(), row.minute.index()), row.aggregate))
             .collect();
         prop_assert!(pending.is_empty());
