@@ -15,7 +15,7 @@
 //!   each iteration is the next four minutes. 1,000 machines is one sample per 1.2 s each.
 //! - `one_dense_minute`: every sample of the whole run in one past minute, thousands a
 //!   second per machine, so that minute reopens again and again with its written part
-//!   growing to hundreds of thousands of timestamps: the worst case of the duplicate index.
+//!   growing to tens of thousands of timestamps and more: the worst case of the duplicate index.
 //!
 //! `cargo bench -p fleetagg-actors --bench pipeline`; docs/benchmarks.md has the results.
 

@@ -491,12 +491,12 @@ fn slots_in(offsets: &[u32], code: usize) -> Vec<u32> {
         offsets.iter().map(|&offset| offset / UNIT).collect()
     }
     match code {
-        0 => divided::<1_000_000>(offsets),
-        1 => divided::<100_000>(offsets),
-        2 => divided::<10_000>(offsets),
-        3 => divided::<1_000>(offsets),
-        4 => divided::<100>(offsets),
-        5 => divided::<10>(offsets),
+        0 => divided::<{ UNITS[0] }>(offsets),
+        1 => divided::<{ UNITS[1] }>(offsets),
+        2 => divided::<{ UNITS[2] }>(offsets),
+        3 => divided::<{ UNITS[3] }>(offsets),
+        4 => divided::<{ UNITS[4] }>(offsets),
+        5 => divided::<{ UNITS[5] }>(offsets),
         _ => offsets.to_vec(),
     }
 }
