@@ -13,7 +13,9 @@
 //!   the current minute open with one sample: `written_1s` one sample a second on whole
 //!   seconds, `written_1s_ms` and `written_1s_us` the same stamped in milliseconds or
 //!   microseconds by a clock a few milliseconds off, `written_10s` ten a second on
-//!   100 ms ticks.
+//!   100 ms ticks. Each minute closes at its end + grace, as in the service. The
+//!   `…_cold` variants also move the older written minutes to a cold index on disk after
+//!   each close, as the service does when the journal is on (`ColdIndex::cool`).
 //!
 //! `cargo bench -p fleetagg-actors --bench memory` (MACHINES=… to change the fleet, 100,000
 //! by default). Not a criterion benchmark: it measures bytes, not time.
@@ -23,6 +25,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use actix::prelude::*;
+use fleetagg_actors::aggregation::ColdIndex;
 use fleetagg_actors::clock::{Clock, ManualClock};
 use fleetagg_actors::logic::{JournalMark, OpenMinutes, Sample, Timestamp};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
@@ -86,7 +89,10 @@ fn open_minutes(machines: usize) {
 
 /// Ten written minutes and one open minute per machine (see the module comment).
 fn written(scenario: &str, machines: usize) {
-    let (per_second, jitter_unit): (i64, i64) = match scenario {
+    let cold_dir = std::env::temp_dir().join(format!("fleetagg-memory-cold-{}", std::process::id()));
+    let cold =
+        scenario.ends_with("_cold").then(|| ColdIndex::open(&cold_dir).expect("a cold index directory"));
+    let (per_second, jitter_unit): (i64, i64) = match scenario.trim_end_matches("_cold") {
         "written_1s" => (1, 0),
         "written_1s_ms" => (1, 1_000),
         "written_1s_us" => (1, 1),
@@ -101,6 +107,12 @@ fn written(scenario: &str, machines: usize) {
     };
     let first_minute = Timestamp::from_micros(SAMPLE_MICROS).minute();
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let close = |open: &mut OpenMinutes, now: i64| {
+        open.take_closed(Timestamp::from_micros(now), Duration::from_secs(5), first_minute);
+        if let Some(cold) = &cold {
+            cold.cool(open, first_minute).expect("the cold index stores");
+        }
+    };
     let before = rss_kib();
     let held: Vec<OpenMinutes> = (0..machines)
         .map(|_| {
@@ -114,9 +126,14 @@ fn written(scenario: &str, machines: usize) {
                 } else {
                     (state >> 33) as i64 % 5_000 / jitter_unit * jitter_unit
                 };
-                open.accept(&sample(start + tick * 1_000_000 / per_second + jitter));
+                let ts = start + tick * 1_000_000 / per_second + jitter;
+                // The previous minute closes at this minute's grace (5 s), as it would live.
+                if (tick % (60 * per_second)) == 5 * per_second && tick > 60 * per_second {
+                    close(&mut open, ts);
+                }
+                open.accept(&sample(ts));
             }
-            open.take_closed(Timestamp::from_micros(now), Duration::from_secs(5), first_minute);
+            close(&mut open, now);
             open.accept(&sample(now));
             assert_eq!(open.len(), 1);
             open
@@ -125,6 +142,13 @@ fn written(scenario: &str, machines: usize) {
     report(scenario, machines, before, rss_kib());
     let index: usize = held.iter().map(|open| open.written().heap_bytes()).sum();
     println!("memory/{scenario:<14} index bytes on the heap: {} per machine", index / machines.max(1));
+    if let Some(cold) = &cold {
+        println!(
+            "memory/{scenario:<14} cold index on disk: {} bytes per machine",
+            cold.bytes() / machines.max(1) as u64
+        );
+        let _ = std::fs::remove_dir_all(&cold_dir);
+    }
     drop(held);
 }
 
@@ -188,8 +212,18 @@ fn main() {
         Ok(scenario) if scenario.starts_with("written_") => written(scenario, machines),
         _ => {
             let exe = std::env::current_exe().expect("the path of this benchmark");
-            let scenarios =
-                ["open_minutes", "written_1s", "written_1s_ms", "written_1s_us", "written_10s", "pipeline"];
+            let scenarios = [
+                "open_minutes",
+                "written_1s",
+                "written_1s_ms",
+                "written_1s_us",
+                "written_10s",
+                "written_1s_cold",
+                "written_1s_ms_cold",
+                "written_1s_us_cold",
+                "written_10s_cold",
+                "pipeline",
+            ];
             for scenario in scenarios {
                 let status = Command::new(&exe).env(SCENARIO, scenario).status().expect("a child process");
                 assert!(status.success(), "scenario {scenario} failed: {status}");

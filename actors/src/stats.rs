@@ -76,6 +76,12 @@ pub struct PipelineStats {
     pub journal_lost_bytes: AtomicU64,
     /// Appends that failed (a full disk); each is retried.
     pub journal_write_errors: AtomicU64,
+    /// Bytes the cold part of the duplicate index holds on disk (a gauge).
+    pub cold_index_bytes: AtomicU64,
+    /// Cold runs read back because a sample reached their minutes.
+    pub cold_index_loads: AtomicU64,
+    /// Cold runs that could not be stored (kept in memory) or read back (dropped).
+    pub cold_index_errors: AtomicU64,
     /// When the oldest segment with unfinished messages was started (µs since the epoch;
     /// 0: none): the oldest sample not yet committed is at most this old.
     pub journal_oldest_pending_micros: AtomicI64,

@@ -2,7 +2,8 @@
 //! reconnect), against the real binary, Mosquitto and PostgreSQL: within
 //! `max_lateness` they are duplicates after the write, after a clean restart and after a
 //! SIGKILL, and the rows never change; a sample that is new to a written minute still
-//! counts. A start while PostgreSQL is away reads the written minutes once it is back.
+//! counts; minutes moved to the cold index on disk stay duplicates. A start while
+//! PostgreSQL is away reads the written minutes once it is back.
 
 use chrono::{TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
@@ -21,9 +22,9 @@ async fn duplicates(port: u16) -> f64 {
     metric(&body, "fleetagg_duplicates_total").expect("fleetagg_duplicates_total")
 }
 
-/// Sends `send` again and waits until the service on `port` has dropped every sample of
-/// it as a duplicate.
-async fn resend_all<F, Fut>(port: u16, send: F, what: &str)
+/// Sends `send` (`samples` samples) again and waits until the service on `port` has
+/// dropped every one of them as a duplicate.
+async fn resend_all<F, Fut>(port: u16, send: F, samples: usize, what: &str)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future,
@@ -31,8 +32,13 @@ where
     // A replay after a SIGKILL may have dropped earlier resends already.
     let before = duplicates(port).await;
     send().await;
-    let expected = before + SAMPLES as f64;
+    let expected = before + samples as f64;
     eventually(Duration::from_secs(60), what, || async move { duplicates(port).await == expected }).await;
+}
+
+async fn counter(port: u16, name: &str) -> f64 {
+    let (_, body) = http_get(port, "/metrics").await;
+    metric(&body, name).unwrap_or_else(|| panic!("{name} in /metrics"))
 }
 
 /// A test's service configuration for `database_url`, its metrics on a leased port (the
@@ -82,20 +88,20 @@ async fn resends_after_the_write_and_after_restarts_are_duplicates_and_rows_stay
     let written = loading_rate(&client).await;
 
     // The gateway resends everything: all of it is already written.
-    resend_all(port, send, "600 duplicates after the write").await;
+    resend_all(port, send, SAMPLES, "600 duplicates after the write").await;
     assert_eq!(loading_rate(&client).await, written, "a resend after the write changed rows");
 
     // After a clean restart (the index is read back from the database).
     let status = service.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
     let mut service = ServiceProcess::start(&config).await;
-    resend_all(port, send, "600 duplicates after a restart").await;
+    resend_all(port, send, SAMPLES, "600 duplicates after a restart").await;
     assert_eq!(loading_rate(&client).await, written, "a resend after a restart changed rows");
 
     // After a SIGKILL, and with one sample that is new to a written minute.
     service.kill_9();
     let service = service.restart().await;
-    resend_all(port, send, "600 duplicates after a SIGKILL").await;
+    resend_all(port, send, SAMPLES, "600 duplicates after a SIGKILL").await;
     let late = (format!("m{}", MACHINES - 1), start + TimeDelta::milliseconds(100), 42.0, 4242.0);
     publisher
         .publish(
@@ -113,6 +119,51 @@ async fn resends_after_the_write_and_after_restarts_are_duplicates_and_rows_stay
     with_late.push(late);
     wait_for_exact_rows(&client, &with_late, "the new sample merged into its written minute").await;
     assert_eq!(loading_rate(&client).await, expected_rows(&with_late));
+    service.stop_ok().await;
+}
+
+/// Minutes older than the newest one a machine wrote go to the cold index on disk once
+/// they hold 128 bytes: two machines, a sample every ~0.5 s stamped in microseconds, six
+/// minutes ending two minutes before the test began. Resent, every sample is still a
+/// duplicate (the runs are read back), also after a SIGKILL (the index is read back from
+/// the database and moved out again).
+#[actix_rt::test]
+async fn resends_of_minutes_moved_to_the_cold_index_are_still_duplicates() {
+    const COLD_MACHINES: usize = 2;
+    const COLD_SAMPLES: usize = 1_434;
+    let db = TestDatabase::create().await;
+    let prefix = unique("resend_cold");
+    let (config, metrics) = config_with_metrics(&db.url, &prefix);
+    let port = metrics.port();
+    let service = ServiceProcess::start(&config).await;
+    let publisher = Publisher::connect(&broker_url()).await;
+    let start = Utc::now() - TimeDelta::minutes(8);
+    let step = TimeDelta::milliseconds(251);
+    let send = || publish_samples(&publisher, &prefix, COLD_MACHINES, start, step, COLD_SAMPLES);
+    let sent = send().await;
+    let client = connect(&db.url).await;
+    wait_for_exact_rows(&client, &sent, "six minutes written").await;
+    let written = loading_rate(&client).await;
+    eventually(Duration::from_secs(30), "older minutes moved to the cold index", || async move {
+        counter(port, "fleetagg_cold_index_bytes").await > 0.0
+    })
+    .await;
+    assert_eq!(counter(port, "fleetagg_cold_index_loads_total").await, 0.0);
+
+    resend_all(port, send, COLD_SAMPLES, "every sample of the cold minutes a duplicate").await;
+    assert_eq!(loading_rate(&client).await, written, "a resend of cold minutes changed rows");
+    assert!(counter(port, "fleetagg_cold_index_loads_total").await >= COLD_MACHINES as f64);
+    assert_eq!(counter(port, "fleetagg_cold_index_errors_total").await, 0.0);
+
+    let mut service = service;
+    service.kill_9();
+    let service = service.restart().await;
+    eventually(Duration::from_secs(30), "the read-back index moved out again", || async move {
+        counter(port, "fleetagg_cold_index_bytes").await > 0.0
+    })
+    .await;
+    resend_all(port, send, COLD_SAMPLES, "every sample a duplicate after a SIGKILL").await;
+    assert_eq!(loading_rate(&client).await, written, "a resend after a SIGKILL changed rows");
     service.stop_ok().await;
 }
 
@@ -138,7 +189,7 @@ async fn a_start_without_the_database_reads_the_written_minutes_once_it_is_back(
     service.wait_for_log("starting without them", Duration::from_secs(30)).await;
     cluster.start();
     service.wait_for_log("written minutes read back", Duration::from_secs(60)).await;
-    resend_all(port, send, "600 duplicates once the database is back").await;
+    resend_all(port, send, SAMPLES, "600 duplicates once the database is back").await;
     let client = connect(&url).await;
     assert_eq!(
         loading_rate(&client).await,

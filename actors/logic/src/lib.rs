@@ -13,11 +13,12 @@ pub mod rows;
 pub mod seen;
 pub mod time;
 pub mod validate;
+pub mod written;
 
 pub use minute::{Accepted, MinuteAggregate, MinutePart, OpenMinutes};
 pub use provenance::{JournalMark, JournalTally};
 pub use reject_limit::RejectLimiter;
 pub use rows::{ClosedMinute, PendingMinutes, RejectedMessage};
-pub use seen::{WrittenMinute, WrittenMinutes};
 pub use time::{EpochUnit, Minute, Timestamp, TimestampRules};
 pub use validate::{validate, RejectReason, Rejection, Sample, Telemetry, ValidationRules};
+pub use written::{ColdRef, ColdTail, NeedsCold, WrittenMinute, WrittenMinutes};

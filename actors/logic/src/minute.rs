@@ -6,9 +6,10 @@
 //! into the same row one pass over all samples would give.
 
 use crate::provenance::JournalTally;
-use crate::seen::{chunk_of, encode_chunk, WrittenMinutes};
+use crate::seen::{chunk_of, chunk_offsets, chunks_contain, encode_chunk};
 use crate::time::{duration_micros, Minute, Timestamp};
 use crate::validate::Sample;
+use crate::written::{ColdRef, ColdTail, NeedsCold, WrittenMinutes};
 use std::time::Duration;
 
 /// Count, sum, minimum and maximum of one machine's samples in one minute.
@@ -65,6 +66,9 @@ pub enum Accepted {
     /// after its minute was written), dropped. Nothing holds its journal record: the
     /// caller finishes it.
     AlreadyWritten,
+    /// Not taken: its minute may be in a cold run of the written index. Load the runs
+    /// ([`OpenMinutes::warm`]) and offer it again.
+    NeedsCold,
 }
 
 #[derive(Debug)]
@@ -202,10 +206,16 @@ impl OpenMinutes {
         };
         // One varint read while samples are newer than every written minute; one walk
         // of the minute's chunk when it reopens, whose offsets the open minute keeps.
-        if self.written.contains(sample.ts) {
-            return Accepted::AlreadyWritten;
-        }
-        let written = WrittenOffsets::of(self.written.offsets_of(minute));
+        let written = match self.written.find(minute) {
+            Err(NeedsCold) => return Accepted::NeedsCold,
+            Ok(None) => None,
+            Ok(Some(chunks)) if chunks_contain(chunks, minute.offset_of(sample.ts)) => {
+                return Accepted::AlreadyWritten;
+            }
+            Ok(Some(chunks)) => {
+                chunk_offsets(chunks).ok().and_then(|offsets| WrittenOffsets::of(offsets.into()))
+            }
+        };
         // Grow one entry at a time: `Vec`'s doubling would start at four entries for what
         // is one minute most of the time.
         self.minutes.reserve_exact(1);
@@ -242,7 +252,7 @@ impl OpenMinutes {
                     self.written.replace(minute, &whole);
                 }
                 None => {
-                    part.known_new = !self.written.has_minute(minute);
+                    part.known_new = self.written.has_minute(minute) == Ok(false);
                     self.written.remember(minute, &part.seen);
                 }
             }
@@ -259,10 +269,38 @@ impl OpenMinutes {
     /// Adds a minute written before this start (read back from the database).
     pub fn remember_written(&mut self, minute: Minute, seen: &[u8]) {
         self.written.remember(minute, seen);
-        // Samples may have reopened this minute before the start-up read came back.
+        // Samples may have reopened this minute before the start-up read came back. An
+        // open minute is never in a cold run (see `take_cold_tail`), so this finds it.
         if let Some((_, open)) = self.minutes.iter_mut().find(|(held, _)| *held == minute) {
-            open.written = WrittenOffsets::of(self.written.offsets_of(minute));
+            open.written = self.written.offsets_of(minute).ok().and_then(WrittenOffsets::of);
         }
+    }
+
+    /// Cuts the written minutes before the newest `keep_minutes` out of memory, when they
+    /// hold at least `min_bytes` ([`WrittenMinutes::take_cold_tail`]); never an open
+    /// minute's, so that closing one never writes into a cold run.
+    pub fn take_cold_tail(&mut self, keep_minutes: u32, min_bytes: usize) -> Option<ColdTail> {
+        let newest = self.written.newest()?;
+        let mut keep_since = newest.index().saturating_sub(i64::from(keep_minutes.max(1)) - 1);
+        if let Some((oldest_open, _)) = self.minutes.first() {
+            keep_since = keep_since.min(oldest_open.index());
+        }
+        self.written.take_cold_tail(Minute::from_index(keep_since), min_bytes)
+    }
+
+    /// Notes where a tail from [`OpenMinutes::take_cold_tail`] was stored.
+    pub fn add_cold(&mut self, newest: Minute, at: ColdRef) {
+        self.written.add_cold(newest, at);
+    }
+
+    /// Takes back a tail that could not be stored.
+    pub fn put_back(&mut self, tail: &ColdTail) {
+        self.written.put_back(tail);
+    }
+
+    /// Loads every cold run back ([`WrittenMinutes::warm`]); returns how many were lost.
+    pub fn warm(&mut self, since: Minute, load: impl FnMut(ColdRef) -> Option<Vec<u8>>) -> usize {
+        self.written.warm(since, load)
     }
 
     /// The written index (for memory figures and tests).
@@ -275,7 +313,7 @@ impl OpenMinutes {
         std::mem::take(&mut self.minutes)
             .into_iter()
             .map(|(minute, open)| MinutePart {
-                known_new: !self.written.has_minute(minute),
+                known_new: self.written.has_minute(minute) == Ok(false),
                 ..MinutePart::of(minute, open)
             })
             .collect()
@@ -412,6 +450,7 @@ mod tests {
                     Accepted::Duplicate | Accepted::AlreadyWritten => {
                         proptest::prop_assert!(distinct.contains(&micros), "refused a new sample");
                     }
+                    Accepted::NeedsCold => proptest::prop_assert!(false, "no cold run was made"),
                 }
                 distinct.insert(micros);
                 if close {
@@ -420,10 +459,53 @@ mod tests {
                     now = now.max(micros) + 1;
                     let forget = Minute::from_index(-1);
                     for part in open.take_closed(Timestamp::from_micros(now + 65_000_000), grace, forget) {
-                        proptest::prop_assert_eq!(part.known_new, !model.has_minute(part.minute));
+                        proptest::prop_assert_eq!(part.known_new, model.has_minute(part.minute) == Ok(false));
                         model.remember(part.minute, &part.seen);
                     }
                     proptest::prop_assert_eq!(open.written(), &model);
+                }
+            }
+            proptest::prop_assert_eq!(counted, distinct.len() as u64);
+        }
+    }
+
+    proptest::proptest! {
+        /// Written minutes moved to cold runs and loaded back whenever a sample reaches
+        /// them: every sample offered is still counted exactly once.
+        #[test]
+        fn cold_runs_count_every_sample_once(
+            steps in proptest::collection::vec((0i64..4 * 60_000_000, 0u8..3), 1..300),
+        ) {
+            let (grace, mut now) = (Duration::from_secs(5), 0i64);
+            let mut open = OpenMinutes::default();
+            let mut store: Vec<Vec<u8>> = Vec::new();
+            let (mut distinct, mut counted) = (std::collections::BTreeSet::new(), 0u64);
+            let since = Minute::from_index(-1);
+            for (micros, then) in steps {
+                let offered = Sample { ts: Timestamp::from_micros(micros), ..sample(0, 1.0, 1.0) };
+                let mut accepted = open.accept(&offered);
+                if accepted == Accepted::NeedsCold {
+                    proptest::prop_assert_eq!(open.warm(since, |at| store.get(at.segment as usize).cloned()), 0);
+                    accepted = open.accept(&offered);
+                }
+                match accepted {
+                    Accepted::Added => counted += 1,
+                    Accepted::Duplicate | Accepted::AlreadyWritten => {
+                        proptest::prop_assert!(distinct.contains(&micros), "refused a new sample");
+                    }
+                    Accepted::NeedsCold => proptest::prop_assert!(false, "cold after a warm-up"),
+                }
+                distinct.insert(micros);
+                if then > 0 {
+                    now = now.max(micros) + 1;
+                    open.take_closed(Timestamp::from_micros(now + 65_000_000), grace, since);
+                }
+                if then == 2 {
+                    if let Some(tail) = open.take_cold_tail(1, 1) {
+                        let at = ColdRef { segment: store.len() as u32, offset: 0, len: tail.bytes.len() as u32 };
+                        store.push(tail.bytes);
+                        open.add_cold(tail.newest, at);
+                    }
                 }
             }
             proptest::prop_assert_eq!(counted, distinct.len() as u64);

@@ -18,12 +18,9 @@
 //!
 //! `header (unit code | form << 4) · varint payload length · payload`
 //!
-//! **[`WrittenMinutes`]** is one machine's index: one boxed byte string of entries,
-//! newest minute first (`varint minute gap · varint length · chunks`), so the usual look
-//! (is this sample's minute written at all?) reads one varint, and forgetting the oldest
-//! minutes is a cut at the end.
+//! One machine's index of these chunks is [`crate::written`].
 
-use crate::time::{Minute, Timestamp};
+use crate::time::Minute;
 
 /// Microseconds in a minute: every offset is below it.
 pub const MINUTE_MICROS: u32 = 60_000_000;
@@ -44,14 +41,6 @@ enum Form {
     /// periodic samples with a jittery clock (1/s stamped in µs) cost a byte or two each
     /// instead of three.
     GapChanges = 2,
-}
-
-/// A written minute of one machine and its `seen` value, as read back from the database
-/// at start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrittenMinute {
-    pub minute: Minute,
-    pub seen: Box<[u8]>,
 }
 
 /// A `seen` value that is not a sequence of well-formed chunks (read from the database,
@@ -299,192 +288,6 @@ pub fn check_chunks(chunks: &[u8]) -> Result<(), MalformedSeen> {
     chunk_offsets(chunks).map(|_| ())
 }
 
-/// One machine's index of written minutes (see the module comment for the layout).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct WrittenMinutes {
-    /// Exactly as long as its entries: an index changes once a minute, so a boxed slice
-    /// (16 bytes, no spare capacity) beats a `Vec`.
-    entries: Box<[u8]>,
-}
-
-/// What [`WrittenMinutes::put`] does with the chunks already held for the minute.
-#[derive(Debug, Clone, Copy)]
-enum Held {
-    /// Keeps them: the new chunks are another part.
-    Add,
-    /// Drops them: the new chunks hold the whole minute.
-    Replace,
-}
-
-/// One entry, decoded.
-#[derive(Debug, Clone, Copy)]
-struct Entry<'a> {
-    minute: i64,
-    chunks: &'a [u8],
-}
-
-impl WrittenMinutes {
-    /// The newest written minute, if any.
-    pub fn newest(&self) -> Option<Minute> {
-        get_varint(&self.entries, 0).map(|(zigzag, _)| Minute::from_index(unzigzag(zigzag)))
-    }
-
-    /// Whether a sample at `ts` was in a written minute.
-    pub fn contains(&self, ts: Timestamp) -> bool {
-        let minute = ts.minute();
-        if self.newest().is_none_or(|newest| minute > newest) {
-            return false;
-        }
-        let Some(entry) = self.entries().find(|entry| entry.minute <= minute.index()) else { return false };
-        entry.minute == minute.index() && chunks_contain(entry.chunks, minute.offset_of(ts))
-    }
-
-    /// The offsets of `minute`'s written parts, sorted; empty when none was written.
-    pub fn offsets_of(&self, minute: Minute) -> Box<[u32]> {
-        if self.newest().is_none_or(|newest| minute > newest) {
-            return Box::default();
-        }
-        self.entries()
-            .find(|entry| entry.minute <= minute.index())
-            .filter(|entry| entry.minute == minute.index())
-            .and_then(|entry| chunk_offsets(entry.chunks).ok())
-            .map(Vec::into_boxed_slice)
-            .unwrap_or_default()
-    }
-
-    /// Whether any part of `minute` was written (as far as the index reaches back).
-    pub fn has_minute(&self, minute: Minute) -> bool {
-        if self.newest().is_none_or(|newest| minute > newest) {
-            return false;
-        }
-        self.entries()
-            .find(|entry| entry.minute <= minute.index())
-            .is_some_and(|entry| entry.minute == minute.index())
-    }
-
-    /// Adds a written part's chunks to its minute.
-    pub fn remember(&mut self, minute: Minute, chunks: &[u8]) {
-        self.put(minute, chunks, Held::Add);
-    }
-
-    /// Sets `minute`'s chunks to `whole`, which holds every offset of the minute (what its
-    /// reopened part merged at close, without decoding the held chunk again).
-    pub fn replace(&mut self, minute: Minute, whole: &[u8]) {
-        self.put(minute, whole, Held::Replace);
-    }
-
-    fn put(&mut self, minute: Minute, chunks: &[u8], held_then: Held) {
-        if chunks.is_empty() {
-            return;
-        }
-        // The usual case, a minute newer than every one held: put it in front, and the
-        // old newest entry's absolute minute becomes a gap.
-        let newest = get_varint(&self.entries, 0).map(|(zigzag, after)| (unzigzag(zigzag), after));
-        if newest.is_none_or(|(newest, _)| minute.index() > newest) {
-            let mut out = Vec::with_capacity(self.entries.len() + chunks.len() + 16);
-            put_varint(&mut out, zigzag(minute.index()));
-            put_varint(&mut out, chunks.len() as u64);
-            out.extend_from_slice(chunks);
-            if let Some((newest, after)) = newest {
-                put_varint(&mut out, minute.index().abs_diff(newest));
-                out.extend_from_slice(&self.entries[after..]);
-            }
-            self.entries = out.into_boxed_slice();
-            return;
-        }
-        let mut entries: Vec<(i64, Vec<u8>)> =
-            self.entries().map(|entry| (entry.minute, entry.chunks.to_vec())).collect();
-        match entries.iter().position(|(held, _)| *held <= minute.index()) {
-            Some(at) if entries[at].0 == minute.index() => {
-                let held = &mut entries[at].1;
-                if let Held::Replace = held_then {
-                    held.clear();
-                }
-                held.extend_from_slice(chunks);
-                // One chunk per minute: repeats merged, and a smaller index.
-                if let (Held::Add, Ok(offsets)) = (held_then, chunk_offsets(held)) {
-                    held.clear();
-                    encode_chunk(&offsets, held);
-                }
-            }
-            Some(at) => entries.insert(at, (minute.index(), chunks.to_vec())),
-            None => entries.push((minute.index(), chunks.to_vec())),
-        }
-        self.entries = encode_entries(&entries);
-    }
-
-    /// Forgets the minutes before `oldest`.
-    pub fn forget_before(&mut self, oldest: Minute) {
-        let mut at = 0;
-        let mut cut = None;
-        let mut walker = self.entries();
-        while let Some(entry) = walker.next() {
-            if entry.minute < oldest.index() {
-                cut = Some(at);
-                break;
-            }
-            at = walker.at;
-        }
-        if let Some(cut) = cut {
-            self.entries = self.entries[..cut].into();
-        }
-    }
-
-    /// Bytes on the heap (for the memory figures).
-    pub fn heap_bytes(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn entries(&self) -> EntryWalker<'_> {
-        EntryWalker { bytes: &self.entries, at: 0, previous: None }
-    }
-}
-
-fn encode_entries(entries: &[(i64, Vec<u8>)]) -> Box<[u8]> {
-    let mut out = Vec::new();
-    let mut previous: Option<i64> = None;
-    for (minute, chunks) in entries {
-        match previous {
-            None => put_varint(&mut out, zigzag(*minute)),
-            Some(previous) => put_varint(&mut out, previous.abs_diff(*minute)),
-        }
-        put_varint(&mut out, chunks.len() as u64);
-        out.extend_from_slice(chunks);
-        previous = Some(*minute);
-    }
-    out.into_boxed_slice()
-}
-
-/// Walks the entries newest first; stops at the first byte that does not decode (the
-/// index is built here only, so that is never).
-struct EntryWalker<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    previous: Option<i64>,
-}
-
-impl<'a> Iterator for EntryWalker<'a> {
-    type Item = Entry<'a>;
-
-    fn next(&mut self) -> Option<Entry<'a>> {
-        let (gap, at) = get_varint(self.bytes, self.at)?;
-        let minute = match self.previous {
-            None => unzigzag(gap),
-            Some(previous) => previous.checked_sub_unsigned(gap)?,
-        };
-        let (len, start) = get_varint(self.bytes, at)?;
-        let end = start.checked_add(usize::try_from(len).ok()?)?;
-        let chunks = self.bytes.get(start..end)?;
-        self.at = end;
-        self.previous = Some(minute);
-        Some(Entry { minute, chunks })
-    }
-}
-
 /// `offsets` in the unit [`UNITS`]`[code]`, which divides them all.
 fn slots_in(offsets: &[u32], code: usize) -> Vec<u32> {
     fn divided<const UNIT: u32>(offsets: &[u32]) -> Vec<u32> {
@@ -515,15 +318,15 @@ fn per_unit(offset: u32, code: usize) -> (u32, u32) {
     }
 }
 
-fn zigzag(value: i64) -> u64 {
+pub(crate) fn zigzag(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
-fn unzigzag(value: u64) -> i64 {
+pub(crate) fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -532,7 +335,7 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// The varint at `at` and the position after it; `None` when cut or longer than 10 bytes.
-fn get_varint(bytes: &[u8], mut at: usize) -> Option<(u64, usize)> {
+pub(crate) fn get_varint(bytes: &[u8], mut at: usize) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *bytes.get(at)?;
@@ -609,48 +412,6 @@ mod tests {
         }
     }
 
-    proptest::proptest! {
-        #[test]
-        fn written_minutes_hold_what_was_remembered_in_any_order(
-            parts in proptest::collection::vec((0i64..12, proptest::collection::btree_set(0i64..60, 1..5)), 1..40),
-            forget in 0i64..14,
-            probes in proptest::collection::vec((0i64..12, 0i64..60), 30),
-        ) {
-            let base = 29_539_320;
-            let mut written = WrittenMinutes::default();
-            let mut model = std::collections::BTreeSet::new();
-            for (minute, seconds) in &parts {
-                let minute = Minute::from_index(base + minute);
-                let timestamps: Vec<i64> = seconds.iter().map(|second| ts(minute.index(), *second).micros()).collect();
-                written.remember(minute, &chunk_of(minute, &timestamps));
-                model.extend(timestamps);
-            }
-            let held = |written: &WrittenMinutes, model: &std::collections::BTreeSet<i64>| {
-                probes.iter().all(|(minute, second)| {
-                    let at = ts(base + minute, *second);
-                    written.contains(at) == model.contains(&at.micros())
-                })
-            };
-            let decoded = |written: &WrittenMinutes, model: &std::collections::BTreeSet<i64>| {
-                (0..12).all(|minute| {
-                    let minute = Minute::from_index(base + minute);
-                    let expected: Vec<u32> = model
-                        .iter()
-                        .filter(|&&micros| Timestamp::from_micros(micros).minute() == minute)
-                        .map(|&micros| minute.offset_of(Timestamp::from_micros(micros)))
-                        .collect();
-                    *written.offsets_of(minute) == *expected
-                })
-            };
-            proptest::prop_assert!(held(&written, &model));
-            proptest::prop_assert!(decoded(&written, &model));
-            written.forget_before(Minute::from_index(base + forget));
-            model.retain(|&micros| Timestamp::from_micros(micros).minute().index() >= base + forget);
-            proptest::prop_assert!(held(&written, &model));
-            proptest::prop_assert!(decoded(&written, &model));
-        }
-    }
-
     #[test]
     fn chunks_concatenate_into_their_union() {
         let mut value = encoded(&[0, 2_000_000]);
@@ -677,44 +438,5 @@ mod tests {
         assert!(check_chunks(&[0x30, 0x01, 0x01]).is_err());
         assert!(!chunks_contain(&[0x07, 0x01, 0x01], 0));
         assert_eq!(check_chunks(&[]), Ok(()));
-    }
-
-    fn ts(minute: i64, second: i64) -> Timestamp {
-        Timestamp::from_micros(minute * 60_000_000 + second * 1_000_000)
-    }
-
-    #[test]
-    fn written_minutes_remember_merge_and_forget() {
-        let mut written = WrittenMinutes::default();
-        assert!(!written.contains(ts(5, 1)) && written.newest().is_none());
-        for minute in [5, 7, 6] {
-            written.remember(
-                Minute::from_index(minute),
-                &chunk_of(Minute::from_index(minute), &[ts(minute, 1).micros()]),
-            );
-        }
-        assert_eq!(written.newest(), Some(Minute::from_index(7)));
-        assert!(written.contains(ts(5, 1)) && written.contains(ts(6, 1)) && written.contains(ts(7, 1)));
-        assert!(!written.contains(ts(6, 2)) && !written.contains(ts(8, 1)) && !written.contains(ts(4, 1)));
-        // A late part of minute 6.
-        written.remember(Minute::from_index(6), &chunk_of(Minute::from_index(6), &[ts(6, 2).micros()]));
-        assert!(written.contains(ts(6, 2)) && written.contains(ts(6, 1)));
-        written.forget_before(Minute::from_index(6));
-        assert!(!written.contains(ts(5, 1)) && written.contains(ts(6, 1)) && written.contains(ts(7, 1)));
-        written.forget_before(Minute::from_index(8));
-        assert!(written.is_empty());
-    }
-
-    #[test]
-    fn minutes_before_1970_and_far_apart_are_kept_apart() {
-        let mut written = WrittenMinutes::default();
-        let (old, new) = (Minute::from_index(-1_000_000), Minute::from_index(30_000_000));
-        let old_ts = old.start().micros() + 7_000_000;
-        let new_ts = new.start().micros() + 7_000_000;
-        written.remember(old, &chunk_of(old, &[old_ts]));
-        written.remember(new, &chunk_of(new, &[new_ts]));
-        assert!(written.contains(Timestamp::from_micros(old_ts)));
-        assert!(written.contains(Timestamp::from_micros(new_ts)));
-        assert!(!written.contains(Timestamp::from_micros(new_ts + 1)));
     }
 }

@@ -17,6 +17,7 @@
 //! 50 ms made the second nearly a row update per message, a fixed 500 ms added half a
 //! second to the end of the first (docs/benchmarks.md).
 
+use super::cold_index::ColdIndex;
 use super::timers::CloseTimers;
 use crate::clock::Clock;
 use crate::journal::Journal;
@@ -107,6 +108,9 @@ pub struct AggregatorShared {
     pub stats: Arc<PipelineStats>,
     /// Finishes the journal record of a resend dropped as already written (no row will).
     pub journal: Option<Arc<Journal>>,
+    /// Where older written minutes wait; without it (no journal directory to put it
+    /// in) the whole index stays in memory.
+    pub cold: Option<ColdIndex>,
     /// While the journal is replayed, the arrival time (µs) of its oldest message: its
     /// samples were validated as of then, so written minutes are kept from then on, not
     /// from now. `i64::MAX` otherwise.
@@ -196,9 +200,45 @@ impl Aggregator {
         );
         self.track_open_minutes(before);
         if !closed.is_empty() {
+            self.cool_written();
             ctx.wait(self.hand_over(closed).into_actor(self));
         }
         self.schedule_check(now);
+    }
+
+    /// Moves older written minutes to the cold index ([`ColdIndex::cool`]). When it
+    /// cannot store them (a full disk), they stay in memory.
+    fn cool_written(&mut self) {
+        let Some(cold) = &self.shared.cold else { return };
+        match cold.cool(&mut self.open, self.shared.remember_since()) {
+            Ok(()) => self.shared.stats.cold_index_bytes.store(cold.bytes(), Ordering::Relaxed),
+            Err(err) => {
+                let failures = self.shared.stats.cold_index_errors.fetch_add(1, Ordering::Relaxed);
+                // Once per power of two: a full disk fails for every machine at once.
+                if failures.is_power_of_two() || failures == 0 {
+                    tracing::warn!(machine = %self.machine, error = %err, failures = failures + 1, "cannot move written minutes to the cold index; they stay in memory");
+                }
+            }
+        }
+    }
+
+    /// Loads this machine's cold runs back into memory. A run that cannot be read is
+    /// dropped, loudly: a resend of its minutes would be counted again.
+    fn warm_written(&mut self) {
+        let shared = &self.shared;
+        let machine = &self.machine;
+        let lost = self.open.warm(shared.remember_since(), |at| {
+            bump(&shared.stats.cold_index_loads, 1);
+            match shared.cold.as_ref().map(|cold| cold.load(at)) {
+                Some(Ok(bytes)) => Some(bytes),
+                Some(Err(err)) => {
+                    tracing::error!(machine = %machine, error = %err, "cold part of the duplicate index lost: resends of its minutes would count again");
+                    None
+                }
+                None => None,
+            }
+        });
+        bump(&shared.stats.cold_index_errors, lost as u64);
     }
 
     /// Keeps the fleet-wide open-minutes gauge in step with this machine's minutes.
@@ -244,14 +284,25 @@ impl Handler<AcceptSamples> for Aggregator {
     type Result = ();
 
     fn handle(&mut self, AcceptSamples(samples): AcceptSamples, _: &mut Self::Context) {
-        let mut duplicates = 0;
+        let (mut duplicates, mut refused) = (0, 0);
         let mut late = false;
         let before = self.open.len();
         let now = self.shared.clock.now();
         let grace = duration_micros(self.shared.settings.grace);
         for sample in &samples {
-            match self.open.accept(sample) {
+            let mut accepted = self.open.accept(sample);
+            if accepted == Accepted::NeedsCold {
+                self.warm_written();
+                accepted = self.open.accept(sample);
+            }
+            match accepted {
                 Accepted::Added => {}
+                // Not after a warm-up, which leaves no cold run; counted, should it ever.
+                Accepted::NeedsCold => {
+                    refused += 1;
+                    bump(&self.shared.stats.samples_lost, 1);
+                    tracing::error!(machine = %self.machine, "a sample still needed the cold index after it was loaded");
+                }
                 Accepted::Duplicate => duplicates += 1,
                 Accepted::AlreadyWritten => {
                     duplicates += 1;
@@ -267,7 +318,7 @@ impl Handler<AcceptSamples> for Aggregator {
             self.late = Some(LateArrivals::arrived(self.late, arrived));
         }
         self.track_open_minutes(before);
-        bump(&self.shared.stats.accepted, samples.len() as u64 - duplicates);
+        bump(&self.shared.stats.accepted, samples.len() as u64 - duplicates - refused);
         bump(&self.shared.stats.duplicates, duplicates);
         self.schedule_check(arrived);
     }
@@ -280,6 +331,7 @@ impl Handler<RememberWritten> for Aggregator {
         for written in minutes {
             self.open.remember_written(written.minute, &written.seen);
         }
+        self.cool_written();
     }
 }
 

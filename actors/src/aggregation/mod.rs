@@ -3,11 +3,15 @@
 //! machines assigned to that core, delivers the broker's batches to them and keeps their
 //! close timers ([`timers`]). Closed minutes go on to the writer.
 //!
-//! Imports point one way: `shard` → `aggregator` → `timers`.
+//! Older written minutes of each machine's duplicate index wait on disk ([`cold_index`]).
+//!
+//! Imports point one way: `shard` → `aggregator` → `timers`, `cold_index`.
 
 mod aggregator;
+mod cold_index;
 mod shard;
 mod timers;
 
 pub use aggregator::{Aggregator, AggregatorSettings, AggregatorShared};
+pub use cold_index::{ColdIndex, ColdReadError};
 pub use shard::Shard;

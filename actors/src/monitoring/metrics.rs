@@ -44,7 +44,7 @@ fn get(counter: &AtomicU64) -> u64 {
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let counters: [(&str, &str, u64); 25] = [
+        let counters: [(&str, &str, u64); 27] = [
             ("messages_received", "Messages received from the broker", get(&s.received)),
             ("samples_accepted", "Samples accepted into a minute", get(&s.accepted)),
             (
@@ -96,6 +96,16 @@ impl Collector for StatsCollector {
             ("journal_appended", "Messages appended to the journal", get(&s.journal_appended)),
             ("journal_replayed", "Messages replayed from the journal at start-up", get(&s.journal_replayed)),
             (
+                "cold_index_loads",
+                "Runs of older written minutes read back from disk for a late sample",
+                get(&s.cold_index_loads),
+            ),
+            (
+                "cold_index_errors",
+                "Runs of older written minutes that could not be stored on disk (kept in memory) or read back (dropped)",
+                get(&s.cold_index_errors),
+            ),
+            (
                 "journal_replay_already_committed",
                 "Replayed samples already in a committed row (not counted again)",
                 get(&s.journal_replay_skipped),
@@ -139,7 +149,7 @@ impl Collector for StatsCollector {
 
         let flag = |value: &AtomicBool| i64::from(value.load(Ordering::Relaxed));
         let seconds = |value: &AtomicI64| value.load(Ordering::Relaxed) as f64 / 1e6;
-        let gauges: [(&str, &str, i64); 9] = [
+        let gauges: [(&str, &str, i64); 10] = [
             ("open_minutes", "Minutes held by aggregators", s.open_minutes.load(Ordering::Relaxed)),
             ("rows_buffered", "Minutes held by the writer, not yet written", get(&s.rows_buffered) as i64),
             (
@@ -157,6 +167,11 @@ impl Collector for StatsCollector {
             ("database_healthy", "1 while the last PostgreSQL operation succeeded", flag(&s.db_healthy)),
             ("journal_bytes", "Bytes the journal holds", get(&s.journal_bytes) as i64),
             ("journal_segments", "Segment files the journal holds", get(&s.journal_segments) as i64),
+            (
+                "cold_index_bytes",
+                "Bytes of older written minutes' duplicate index held on disk",
+                get(&s.cold_index_bytes) as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);

@@ -2,9 +2,10 @@
 //! started in the right places and stopped in the right order.
 
 use super::journal_start::{replay, JournalReplay};
-use crate::aggregation::{AggregatorSettings, AggregatorShared, Shard};
+use crate::aggregation::{AggregatorSettings, AggregatorShared, ColdIndex, Shard};
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
+use crate::journal::Journal;
 use crate::logic::{EpochUnit, TimestampRules, ValidationRules, WrittenMinute};
 use crate::messages::{StopIntake, StoreRejections, WriteMinutes};
 use crate::source::{InboundSink, MessageSource, SourceError};
@@ -130,6 +131,7 @@ impl Pipeline {
             writer: outputs.minutes,
             stats: stats.clone(),
             journal: journal.as_ref().map(|replay| replay.journal.clone()),
+            cold: journal.as_ref().and_then(|replay| open_cold_index(&replay.journal)),
             replaying_since: AtomicI64::new(i64::MAX),
         });
         let shard_addresses = handles
@@ -206,5 +208,18 @@ pub(super) fn stop_arbiters(arbiters: Vec<Arbiter>) {
     for arbiter in arbiters {
         arbiter.stop();
         let _ = arbiter.join();
+    }
+}
+
+/// The cold part of the duplicate index, beside the journal (whose lock keeps a second
+/// instance out of both). Without it the index stays in memory: correct, only larger.
+fn open_cold_index(journal: &Journal) -> Option<ColdIndex> {
+    let dir = journal.dir().join("written-index");
+    match ColdIndex::open(&dir) {
+        Ok(cold) => Some(cold),
+        Err(err) => {
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot open the cold index; the duplicate index stays in memory");
+            None
+        }
     }
 }
