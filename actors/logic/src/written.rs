@@ -14,8 +14,8 @@
 //!
 //! Why cold runs: one sample a second stamped in milliseconds costs about 65 bytes a
 //! minute, in microseconds about 130, and ten minutes of that per machine took the
-//! service past its memory bound (docs/benchmarks.md). A resend older than the last
-//! couple of minutes is rare, so the aggregator moves older minutes to a file
+//! service past its memory bound (docs/benchmarks.md). A resend older than a machine's
+//! newest written minute is rare, so the aggregator moves older minutes to a file
 //! ([`WrittenMinutes::take_cold_tail`]) and reads them back only when a sample reaches
 //! them ([`NeedsCold`], [`WrittenMinutes::warm`]). This crate does no I/O: it hands out
 //! and takes back bytes.

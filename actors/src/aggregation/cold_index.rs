@@ -12,7 +12,8 @@
 //! Records are appended to segment files under `<journal.dir>/written-index/`, each
 //! `crc32c (LE u32) · bytes`; a segment is removed once the newest minute of every record
 //! in it is older than what any machine still remembers. Shared by the aggregators of
-//! every core behind one mutex: a machine stores a record every few minutes at most.
+//! every core behind one mutex: a machine stores a record at most once a minute as a rule
+//! (once per close, and only when its older minutes reach 128 bytes).
 
 use crate::logic::{ColdRef, Minute, OpenMinutes};
 use std::collections::BTreeMap;
