@@ -164,7 +164,7 @@ impl ColdStream {
 
 /// Resent, every sample of the cold minutes is still a duplicate (the runs are read
 /// back), also after a SIGKILL (the index is read back from the database and moved out
-/// again).
+/// again); a clean stop removes the files.
 #[actix_rt::test]
 async fn resends_of_minutes_moved_to_the_cold_index_are_still_duplicates() {
     let db = TestDatabase::create().await;
@@ -192,7 +192,11 @@ async fn resends_of_minutes_moved_to_the_cold_index_are_still_duplicates() {
     .await;
     resend_all(port, || stream.send(), COLD_SAMPLES, "every sample a duplicate after a SIGKILL").await;
     assert_eq!(loading_rate(&client).await, written, "a resend after a SIGKILL changed rows");
+    // A clean stop leaves no cold index file behind.
+    let index = fleetagg_integration_tests::journal_dir(&service).join("written-index");
     service.stop_ok().await;
+    let left: Vec<_> = std::fs::read_dir(&index).expect("the cold index directory").collect();
+    assert!(left.is_empty(), "files left in {}: {left:?}", index.display());
 }
 
 /// The cold index's files damaged under the running service (a failing disk): the runs

@@ -8,7 +8,8 @@
 //! when a sample reaches them.
 //!
 //! A cache, not a record: the index is rebuilt from the rows' `seen` column at every
-//! start, so the files are removed at start-up and nothing here is ever `fsync`ed.
+//! start, so the files are removed at a stop and at start-up (after a kill), and nothing
+//! here is ever `fsync`ed.
 //! Records are appended to segment files under `<journal.dir>/written-index/`, each
 //! `crc32c (LE u32) · bytes`; a segment is removed once the newest minute of every record
 //! in it is older than what any machine still remembers. Shared by the aggregators of
@@ -186,6 +187,17 @@ impl ColdIndex {
     }
 }
 
+/// A stop leaves nothing behind: the next start would remove it anyway, and until then
+/// it is disk taken for nothing (a kill leaves the files to that next start).
+impl Drop for ColdIndex {
+    fn drop(&mut self) {
+        let ids: Vec<u32> = self.lock().segments.keys().copied().collect();
+        for id in ids {
+            let _ = std::fs::remove_file(self.segment_path(id));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,8 +225,10 @@ mod tests {
         std::fs::write(&path, bytes).expect("write");
         assert!(matches!(cold.load(a), Err(ColdReadError::Checksum { .. })));
         assert_eq!(cold.load(b).expect("the other record"), second);
-        // What an earlier run left is removed at the next start.
+        // A stop removes its files; what a killed run left is removed at the next start.
         drop(cold);
+        assert!(!path.exists());
+        std::fs::write(&path, b"left by a killed run").expect("write");
         let again = ColdIndex::open(&dir).expect("reopen");
         assert!(!path.exists());
         assert!(matches!(again.load(a), Err(ColdReadError::SegmentGone(0))));
