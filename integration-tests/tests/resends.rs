@@ -16,6 +16,8 @@ use std::time::Duration;
 
 const MACHINES: usize = 20;
 const SAMPLES: usize = 600;
+const COLD_MACHINES: usize = 2;
+const COLD_SAMPLES: usize = 1_434;
 
 async fn duplicates(port: u16) -> f64 {
     let (_, body) = http_get(port, "/metrics").await;
@@ -50,24 +52,57 @@ fn config_with_metrics(database_url: &str, prefix: &str) -> (String, PortLease) 
     (config, metrics)
 }
 
-/// A field gateway that sends, and resends, the same buffer: 600 samples of 20 machines
-/// over two minutes that ended a minute before the test began. Each minute is written
-/// within about a second (grace 1 s), well within max_lateness (10 min).
+/// A field gateway that sends, and resends, the same buffer.
 struct Gateway {
     publisher: Publisher,
     prefix: String,
     start: chrono::DateTime<Utc>,
+    machines: usize,
+    samples: usize,
+    step: TimeDelta,
 }
 
 impl Gateway {
+    /// 600 samples of 20 machines over two minutes that ended a minute before the test
+    /// began. Each minute is written within about a second (grace 1 s), well within
+    /// max_lateness (10 min).
     async fn connect(prefix: &str) -> Gateway {
+        Gateway::with(prefix, MACHINES, SAMPLES, TimeDelta::milliseconds(200), TimeDelta::minutes(3)).await
+    }
+
+    /// Six minutes of two machines, a sample every ~0.5 s stamped in microseconds,
+    /// ending two minutes before the test began: once written, each machine's minutes
+    /// older than its newest hold well over 128 bytes, so they go to the cold index on
+    /// disk.
+    async fn cold(prefix: &str) -> Gateway {
+        let step = TimeDelta::milliseconds(251);
+        Gateway::with(prefix, COLD_MACHINES, COLD_SAMPLES, step, TimeDelta::minutes(8)).await
+    }
+
+    async fn with(prefix: &str, machines: usize, samples: usize, step: TimeDelta, ago: TimeDelta) -> Gateway {
         let publisher = Publisher::connect(&broker_url()).await;
-        Gateway { publisher, prefix: prefix.to_owned(), start: Utc::now() - TimeDelta::minutes(3) }
+        Gateway { publisher, prefix: prefix.to_owned(), start: Utc::now() - ago, machines, samples, step }
     }
 
     async fn send(&self) -> Vec<fleetagg_integration_tests::SentSample> {
-        let step = TimeDelta::milliseconds(200);
-        publish_samples(&self.publisher, &self.prefix, MACHINES, self.start, step, SAMPLES).await
+        publish_samples(&self.publisher, &self.prefix, self.machines, self.start, self.step, self.samples)
+            .await
+    }
+
+    /// Sends the buffer, waits for its rows and for the older minutes to reach the cold
+    /// index; returns what was sent.
+    async fn send_until_cold(
+        &self,
+        client: &tokio_postgres::Client,
+        port: u16,
+    ) -> Vec<fleetagg_integration_tests::SentSample> {
+        let sent = self.send().await;
+        wait_for_exact_rows(client, &sent, "the buffer written").await;
+        eventually(Duration::from_secs(30), "older minutes moved to the cold index", || async move {
+            counter(port, "fleetagg_cold_index_bytes").await > 0.0
+        })
+        .await;
+        sent
     }
 }
 
@@ -122,46 +157,6 @@ async fn resends_after_the_write_and_after_restarts_are_duplicates_and_rows_stay
     service.stop_ok().await;
 }
 
-const COLD_MACHINES: usize = 2;
-const COLD_SAMPLES: usize = 1_434;
-
-/// Six minutes of two machines, a sample every ~0.5 s stamped in microseconds, ending two
-/// minutes before the test began: once written, each machine's minutes older than its
-/// newest hold well over 128 bytes, so they go to the cold index on disk.
-struct ColdStream {
-    publisher: Publisher,
-    prefix: String,
-    start: chrono::DateTime<Utc>,
-}
-
-impl ColdStream {
-    async fn connect(prefix: &str) -> ColdStream {
-        let publisher = Publisher::connect(&broker_url()).await;
-        ColdStream { publisher, prefix: prefix.to_owned(), start: Utc::now() - TimeDelta::minutes(8) }
-    }
-
-    async fn send(&self) -> Vec<fleetagg_integration_tests::SentSample> {
-        let step = TimeDelta::milliseconds(251);
-        publish_samples(&self.publisher, &self.prefix, COLD_MACHINES, self.start, step, COLD_SAMPLES).await
-    }
-
-    /// Sends the stream, waits for its rows and for the older minutes to reach the cold
-    /// index; returns what was sent.
-    async fn send_until_cold(
-        &self,
-        client: &tokio_postgres::Client,
-        port: u16,
-    ) -> Vec<fleetagg_integration_tests::SentSample> {
-        let sent = self.send().await;
-        wait_for_exact_rows(client, &sent, "six minutes written").await;
-        eventually(Duration::from_secs(30), "older minutes moved to the cold index", || async move {
-            counter(port, "fleetagg_cold_index_bytes").await > 0.0
-        })
-        .await;
-        sent
-    }
-}
-
 /// Resent, every sample of the cold minutes is still a duplicate (the runs are read
 /// back), also after a SIGKILL (the index is read back from the database and moved out
 /// again); a clean stop removes the files.
@@ -172,13 +167,13 @@ async fn resends_of_minutes_moved_to_the_cold_index_are_still_duplicates() {
     let (config, metrics) = config_with_metrics(&db.url, &prefix);
     let port = metrics.port();
     let service = ServiceProcess::start(&config).await;
-    let stream = ColdStream::connect(&prefix).await;
+    let gateway = Gateway::cold(&prefix).await;
     let client = connect(&db.url).await;
-    stream.send_until_cold(&client, port).await;
+    gateway.send_until_cold(&client, port).await;
     let written = loading_rate(&client).await;
     assert_eq!(counter(port, "fleetagg_cold_index_loads_total").await, 0.0);
 
-    resend_all(port, || stream.send(), COLD_SAMPLES, "every sample of the cold minutes a duplicate").await;
+    resend_all(port, || gateway.send(), COLD_SAMPLES, "every sample of the cold minutes a duplicate").await;
     assert_eq!(loading_rate(&client).await, written, "a resend of cold minutes changed rows");
     assert!(counter(port, "fleetagg_cold_index_loads_total").await >= COLD_MACHINES as f64);
     assert_eq!(counter(port, "fleetagg_cold_index_errors_total").await, 0.0);
@@ -190,7 +185,7 @@ async fn resends_of_minutes_moved_to_the_cold_index_are_still_duplicates() {
         counter(port, "fleetagg_cold_index_bytes").await > 0.0
     })
     .await;
-    resend_all(port, || stream.send(), COLD_SAMPLES, "every sample a duplicate after a SIGKILL").await;
+    resend_all(port, || gateway.send(), COLD_SAMPLES, "every sample a duplicate after a SIGKILL").await;
     assert_eq!(loading_rate(&client).await, written, "a resend after a SIGKILL changed rows");
     // A clean stop leaves no cold index file behind.
     let index = fleetagg_integration_tests::journal_dir(&service).join("written-index");
@@ -213,9 +208,9 @@ async fn a_damaged_cold_index_costs_only_the_duplicate_check_of_its_minutes() {
     let (config, metrics) = config_with_metrics(&db.url, &prefix);
     let port = metrics.port();
     let service = ServiceProcess::start(&config).await;
-    let stream = ColdStream::connect(&prefix).await;
+    let gateway = Gateway::cold(&prefix).await;
     let client = connect(&db.url).await;
-    let sent = stream.send_until_cold(&client, port).await;
+    let sent = gateway.send_until_cold(&client, port).await;
     let written = loading_rate(&client).await;
 
     let index = fleetagg_integration_tests::journal_dir(&service).join("written-index");
@@ -230,7 +225,7 @@ async fn a_damaged_cold_index_costs_only_the_duplicate_check_of_its_minutes() {
     assert!(damaged > 0, "no cold index file in {}", index.display());
 
     let before = duplicates(port).await;
-    stream.send().await;
+    gateway.send().await;
     // Every resent sample accounted for: dropped as a duplicate, or in a row again.
     let total = sent.len() as f64;
     eventually(Duration::from_secs(60), "every resent sample a duplicate or counted", || {
