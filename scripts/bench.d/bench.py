@@ -107,6 +107,10 @@ class Bench:
         self.writer_repeat = env_int("BENCH_WRITER_REPEAT", 1 if tiny else 2)
         self.rss_machines = env_int("BENCH_RSS_MACHINES", 2_000 if tiny else 100_000)
         self.rss_messages = env_int("BENCH_RSS_MESSAGES", 2 * self.rss_machines)
+        # "START,SPAN" of the memory phase's timestamps (e.g. "now-13m,11m": ten closed
+        # minutes and more per machine, so the duplicate index is full); None: the drain's.
+        window = os.environ.get("BENCH_RSS_WINDOW")
+        self.rss_window = tuple(window.split(",", 1)) if window else None
         self.latency_seconds = env_int("BENCH_LATENCY_SECONDS", 0 if tiny else 150)
         self.latency_rate = env_int("BENCH_LATENCY_RATE", 10_000)
         self.latency_machines = env_int("BENCH_LATENCY_MACHINES", 10_000)
@@ -672,8 +676,9 @@ class Bench:
 
     def phase_memory(self):
         machines, messages = self.rss_machines, self.rss_messages
-        log(f"memory: {messages} messages from {machines} machines")
-        service = self.drain_service(messages, machines, idle_seconds=3.0)
+        log(f"memory: {messages} messages from {machines} machines"
+            + (f", timestamps from {self.rss_window[0]} over {self.rss_window[1]}" if self.rss_window else ""))
+        service = self.drain_service(messages, machines, idle_seconds=3.0, window=self.rss_window)
         idle = self.idle["VmHWM"]
         peak = service["vm_hwm_kib"]
         marginal = (peak - idle) / machines
