@@ -34,7 +34,7 @@ fn bench_append(c: &mut Criterion) {
         }
         group.bench_function(BenchmarkId::from_parameter(format!("{sync:?}")), |b| {
             b.iter(|| {
-                let mark = journal.append_message(TOPIC, PAYLOAD, PAYLOAD.len()).expect("append");
+                let mark = journal.append_message(TOPIC, PAYLOAD, PAYLOAD.len()).expect("append").mark;
                 // Finished at once: segments are removed as they fill.
                 journal.release_mark(mark);
             });

@@ -25,7 +25,7 @@ mod replay_filter;
 pub use recovery::{Recovered, RecoveredMessages};
 pub use replay_filter::ReplayFilter;
 
-use crate::logic::{ClosedMinute, JournalMark, JournalTally, RejectedMessage};
+use crate::logic::{ClosedMinute, JournalMark, JournalTally, RejectedMessage, Timestamp};
 use crate::stats::{bump, PipelineStats};
 use active_file::ActiveFile;
 use fleetagg_config::{JournalConfig, JournalSync};
@@ -55,6 +55,17 @@ impl JournalError {
     pub fn is_retriable(&self) -> bool {
         matches!(self, JournalError::Append { .. } | JournalError::Locked { .. })
     }
+}
+
+/// A message's record, as [`Journal::append_message`] wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub mark: JournalMark,
+    /// The arrival time in the record. The first pass checks the message as of this
+    /// time too, not as of when the broker gets to it: a replay checks it as of the
+    /// record's time, and both must decide alike (`too_late`, `future_ts`) however long
+    /// the message waited in the inbound channel.
+    pub received: Timestamp,
 }
 
 /// The open journal, shared by the source (appends), the broker and the writer
@@ -113,24 +124,24 @@ impl Journal {
         recovery::open(config, identity, stats)
     }
 
-    /// Appends one received message and returns its place. In the page cache (copied
-    /// into the mapped segment, see [`active_file`]) before it returns, so a crash of
-    /// the process after this cannot lose it. A failed append leaves no partial record
-    /// behind.
+    /// Appends one received message and returns its place and the arrival time its
+    /// record keeps. In the page cache (copied into the mapped segment, see
+    /// [`active_file`]) before it returns, so a crash of the process after this cannot
+    /// lose it. A failed append leaves no partial record behind.
     pub fn append_message(
         &self,
         topic: &str,
         payload: &[u8],
         payload_len: usize,
-    ) -> Result<JournalMark, JournalError> {
+    ) -> Result<Appended, JournalError> {
         let mut inner = self.lock();
         let seq = inner.next_seq;
         let mut buffer = std::mem::take(&mut inner.buffer);
         buffer.clear();
-        let received = self.stats.clock.now().micros();
+        let received = self.stats.clock.now();
         record::encode_message(
             &mut buffer,
-            &record::MessageFields { seq, received, topic, payload, payload_len },
+            &record::MessageFields { seq, received: received.micros(), topic, payload, payload_len },
         );
         let written = self.write(&mut inner, &buffer);
         inner.buffer = buffer;
@@ -141,10 +152,11 @@ impl Journal {
             held.pending += 1;
         }
         bump(&self.stats.journal_appended, 1);
+        let mark = JournalMark { seq, segment };
         if inner.active.file.len >= self.segment_bytes {
             self.rotate(&mut inner)?;
         }
-        Ok(JournalMark { seq, segment })
+        Ok(Appended { mark, received })
     }
 
     /// Records, before a batch of minutes is sent, its id and each row's highest

@@ -33,9 +33,11 @@ pub struct InboundMessage {
     /// Its record in the journal: set by the sink when it appends the message, or by the
     /// replay; `NONE` without a journal.
     pub mark: JournalMark,
-    /// For a replayed message, when it first arrived: it is checked as of then (a
-    /// sample accepted before a crash is not `too_late` because the replay came later).
-    /// `None`: now.
+    /// When it arrived, as its journal record keeps it: set by the sink's append, or by
+    /// the replay. It is checked as of then, on the first pass and on a replay alike (a
+    /// sample accepted before a crash is not `too_late` because the replay came later,
+    /// nor the other way round because it waited in the channel). `None` (no journal):
+    /// when the broker takes it.
     pub received_at: Option<Timestamp>,
 }
 
@@ -105,8 +107,9 @@ impl InboundSink {
         let mut failed = false;
         loop {
             match journal.append_message(&message.topic, &message.payload, message.payload_len) {
-                Ok(mark) => {
-                    message.mark = mark;
+                Ok(appended) => {
+                    message.mark = appended.mark;
+                    message.received_at = Some(appended.received);
                     if failed && self.stats.set_journal_problem(None) {
                         tracing::info!(dir = %journal.dir().display(), "journal appends work again");
                     }

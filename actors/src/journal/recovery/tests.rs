@@ -59,8 +59,8 @@ fn a_restart_replays_what_was_not_finished_and_continues_the_sequence() {
     let dir = temp_dir("restart");
     let (journal, recovered, _) = open(&dir);
     assert_eq!(recovered.messages, 0);
-    let first = journal.append_message("t", b"one", 3).expect("append");
-    let second = journal.append_message("t", b"two", 3).expect("append");
+    let first = journal.append_message("t", b"one", 3).expect("append").mark;
+    let second = journal.append_message("t", b"two", 3).expect("append").mark;
     assert_eq!((first.seq, second.seq), (1, 2));
     journal.release_mark(first);
     drop(journal);
@@ -78,7 +78,7 @@ fn a_restart_replays_what_was_not_finished_and_continues_the_sequence() {
     let records = std::fs::metadata(&segment).expect("metadata").len();
     assert!(records < reserved && records > 0, "cut from {reserved} to {records} bytes");
     assert_eq!(recovered.last_seq, 2);
-    let third = journal.append_message("t", b"three", 5).expect("append");
+    let third = journal.append_message("t", b"three", 5).expect("append").mark;
     assert_eq!(third.seq, 3, "sequences continue across restarts");
     assert_ne!(third.segment, first.segment, "a restart writes to a new segment");
     let _ = std::fs::remove_dir_all(&dir);
@@ -88,7 +88,7 @@ fn a_restart_replays_what_was_not_finished_and_continues_the_sequence() {
 fn intents_are_read_back_with_their_batch_ids() {
     let dir = temp_dir("intents");
     let (journal, _, _) = open(&dir);
-    let mark = journal.append_message("t", b"{}", 2).expect("append");
+    let mark = journal.append_message("t", b"{}", 2).expect("append").mark;
     let sample = Sample { ts: Timestamp::from_micros(0), load_rate: 1.0, mileage: 1.0, mark };
     let row = ClosedMinute {
         machine: "m1".into(),
@@ -228,7 +228,8 @@ fn finished_segments_are_removed_oldest_first() {
     let small = JournalConfig { segment_bytes: 200, ..config(&dir) };
     let (journal, _) = Journal::open(&small, IDENTITY, stats.clone()).expect("open");
     let payload = [b'x'; 250];
-    let marks: Vec<_> = (0..4).map(|_| journal.append_message("t", &payload, 250).expect("append")).collect();
+    let marks: Vec<_> =
+        (0..4).map(|_| journal.append_message("t", &payload, 250).expect("append").mark).collect();
     assert!(segment_files(&dir).len() >= 4, "one record per segment at this size");
     // Each segment the next one took over is cut back to its records: no reserved space.
     let files = segment_files(&dir);
@@ -250,5 +251,29 @@ fn finished_segments_are_removed_oldest_first() {
     journal.release_mark(marks[3]);
     assert_eq!(segment_files(&dir).len(), 1, "only the active segment stays");
     assert_eq!(stats.journal_oldest_pending_micros.load(Ordering::Relaxed), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_message_carries_its_records_arrival_time_on_the_first_pass_as_on_a_replay() {
+    let dir = temp_dir("arrival");
+    let arrived = Timestamp::from_micros(1_700_000_000_123_456);
+    let clock = Arc::new(crate::clock::ManualClock::new(arrived));
+    let stats = Arc::new(PipelineStats::with_clock(clock.clone()));
+    let (journal, _) = Journal::open(&config(&dir), IDENTITY, stats.clone()).expect("journal opens");
+    let (sink, mut inbound) = crate::source::InboundSink::channel(4, Some(journal.clone()), stats);
+    let message = crate::source::InboundMessage::received("t", b"{}", 1_024);
+    assert!(sink.blocking_deliver(message));
+    // The broker gets to it an hour later (a long back-pressure): it must still check it
+    // as of its arrival, as a replay will.
+    clock.advance(std::time::Duration::from_secs(3_600));
+    let first_pass = inbound.try_recv().expect("delivered");
+    assert_eq!(first_pass.received_at, Some(arrived));
+    drop((sink, inbound, journal));
+
+    let (_journal, recovered, _) = open(&dir);
+    let mut segments = recovered.messages();
+    let replay = segments.next_segment().expect("a segment").pop().expect("the message");
+    assert_eq!((replay.mark, replay.received_at), (first_pass.mark, first_pass.received_at));
     let _ = std::fs::remove_dir_all(&dir);
 }
