@@ -275,7 +275,9 @@ class Bench:
 
     def attach_profiler(self, pid):
         """With BENCH_PERF=<perf record options> (e.g. "-F 499 --call-graph dwarf,16384"),
-        records each drain of fleetagg into the work directory (keep it with BENCH_KEEP=1)."""
+        records each drain of fleetagg into the work directory (keep it with BENCH_KEEP=1).
+        Called once the service has connected: `perf record -p` samples the threads that
+        exist when it attaches, and paho's receive thread, the busiest, starts at connect."""
         options = os.environ.get("BENCH_PERF")
         if not options:
             return None
@@ -431,7 +433,7 @@ class Bench:
             machine_before = machine_cpu_seconds()
             started = time.monotonic()
             service = self.start_service(config)
-            profiler = self.attach_profiler(service.pid)
+            profiler = None
             first_row = None
             # When the first message reached the service (its received counter), so the
             # drain can also be timed without the start-up.
@@ -461,7 +463,11 @@ class Bench:
                     break
                 if service.poll() is not None:
                     raise SystemExit(f"fleetagg exited {service.returncode}:\n{tail(self.service_log)}")
-                running = running or "fleetagg running" in self.service_log.read_text(errors="replace")
+                if not running or profiler is None:
+                    log_text = self.service_log.read_text(errors="replace")
+                    running = running or "fleetagg running" in log_text
+                    if profiler is None and "MQTT connected" in log_text:
+                        profiler = self.attach_profiler(service.pid) or False
                 if not running and now - started > STARTUP_LIMIT_SECONDS:
                     raise StartupHang(f"not running after {STARTUP_LIMIT_SECONDS}s, {samples} samples written")
                 if now > deadline:
