@@ -35,31 +35,64 @@ const ROWS: &[&str] = &[
     "fleetagg start-up hangs",
 ];
 
-#[test]
-fn the_benchmark_command_runs_on_a_tiny_size_and_prints_its_table() {
+/// Rows a tiny drain with `BENCH_JOURNAL=compare` adds, by the start of their label.
+const COMPARE_ROWS: &[&str] = &[
+    "fleetagg drain, journal off, N=",
+    "journal on / off, N=",
+    "fleetagg CPU per message, journal on, N=",
+    "fleetagg CPU per message, journal off, N=",
+    "paho receive thread CPU per message, journal on, N=",
+    "paho receive thread CPU per message, journal off, N=",
+    "paho receive thread minor faults per 1,000 messages, journal on, N=",
+    "paho receive thread voluntary switches per 1,000 messages, journal off, N=",
+];
+
+/// Runs `scripts/bench --tiny` with `env` and returns its standard output, after checking
+/// that it succeeded and printed a number in each of `rows`.
+fn run_tiny_bench(env: &[(&str, &str)], rows: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
     let output = Command::new(root.join("scripts/bench"))
         .arg("--tiny")
         .env("FLEETAGG_BIN", fleetagg_bin())
         .env_remove("BENCH_SIZE")
+        .env_remove("BENCH_JOURNAL")
+        .env_remove("BENCH_PHASES")
+        .envs(env.iter().copied())
         .current_dir(root)
         .output()
         .expect("scripts/bench could not be started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "scripts/bench --tiny failed ({}):\n{stdout}\n{stderr}", output.status);
     assert!(
         stdout.contains("| measurement | value | unit | target | verdict |"),
         "no results table header:\n{stdout}"
     );
-    for label in ROWS {
-        let row = stdout
-            .lines()
-            .find(|line| line.starts_with(&format!("| {label}")))
-            .unwrap_or_else(|| panic!("no row {label:?} in the table:\n{stdout}"));
-        let value = row.split('|').nth(2).map(|cell| cell.trim().replace(',', "")).unwrap_or_default();
-        assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "row {label:?} has no number: {row:?}");
+    for label in rows {
+        let value = row_value(&stdout, label);
+        assert!(value.is_some_and(f64::is_finite), "row {label:?} has no number:\n{stdout}");
     }
+    stdout
+}
+
+fn row_value(stdout: &str, label: &str) -> Option<f64> {
+    let row = stdout.lines().find(|line| line.starts_with(&format!("| {label}")))?;
+    row.split('|').nth(2).map(|cell| cell.trim().replace(',', ""))?.parse().ok()
+}
+
+#[test]
+fn a_paired_journal_comparison_prints_its_ratio_and_both_arms() {
+    let stdout = run_tiny_bench(&[("BENCH_JOURNAL", "compare"), ("BENCH_PHASES", "drain")], COMPARE_ROWS);
+    let ratio = row_value(&stdout, "journal on / off, N=").unwrap_or_default();
+    assert!(ratio > 0.0, "the paired ratio is not a ratio of two drains: {ratio}\n{stdout}");
+    let off = row_value(&stdout, "fleetagg drain, journal off, N=").unwrap_or_default();
+    assert!(off > 0.0, "the journal-off arm did not drain:\n{stdout}");
+    assert!(stdout.contains("median of 1 paired round |"), "not one pair per round:\n{stdout}");
+}
+
+#[test]
+fn the_benchmark_command_runs_on_a_tiny_size_and_prints_its_table() {
+    let stdout = run_tiny_bench(&[], ROWS);
     // The drain's timing from the first message received, and the service's CPU per thread
     // (paho's receive thread among them).
     let timed = stdout.lines().find(|line| line.contains("from it to the last row")).unwrap_or_default();

@@ -126,12 +126,13 @@ class Bench:
         # An experiment, not the default: the service's --log-level (RUST_LOG still wins).
         self.service_log_level = os.environ.get("BENCH_SERVICE_LOG_LEVEL")
         # BENCH_JOURNAL=off | fsync: the journal disabled, or synced to disk (default: on,
-        # `sync = "os"`, as the service ships).
+        # `sync = "os"`, as the service ships). BENCH_JOURNAL=compare: the service drains
+        # each backlog twice a round, journal on (as shipped) and off, in alternating
+        # order, so the journal's cost is read from pairs of drains minutes apart rather
+        # than from two invocations whose machine may have drifted in between.
         journal = os.environ.get("BENCH_JOURNAL", "os")
-        self.journal_lines = {
-            "off": ["enabled = false"],
-            "fsync": ['sync = "fsync"'],
-        }.get(journal, [])
+        self.compare_journal = journal == "compare"
+        self.journal_lines = JOURNAL_LINES.get(journal, [])
         default_chart = self.workdir / "drain.svg" if tiny else ROOT / "docs/benchmarks-drain.svg"
         self.chart = Path(os.environ.get("BENCH_CHART") or default_chart)
         default_json = self.workdir / "results.json" if tiny else ROOT / "target/bench/results.json"
@@ -235,9 +236,11 @@ class Bench:
 
     # --- fleetagg ------------------------------------------------------------------------
 
-    def write_service_config(self, name="fleetagg.toml", database=None, db_url=None, max_lateness="30m"):
+    def write_service_config(self, name="fleetagg.toml", database=None, db_url=None, max_lateness="30m",
+                             journal_lines=None):
         """Writes a configuration for `fleetagg run` and returns its path; `database` adds
-        lines to its [database] table, `db_url` replaces the benchmark database's URL."""
+        lines to its [database] table, `db_url` replaces the benchmark database's URL,
+        `journal_lines` replaces BENCH_JOURNAL's lines of its [journal] table."""
         config = self.workdir / name
         # The service's defaults, except where the benchmark must point (broker, topics,
         # database, a free port for /metrics) and max_lateness, which leaves room for a
@@ -258,7 +261,7 @@ class Bench:
             # (each drain starts from an empty one; a clean stop leaves it empty).
             "[journal]\n"
             f'dir = "{self.workdir / (name + ".journal")}"\n'
-            + "".join(f"{line}\n" for line in self.journal_lines)
+            + "".join(f"{line}\n" for line in (self.journal_lines if journal_lines is None else journal_lines))
         )
         return config
 
@@ -480,6 +483,7 @@ class Bench:
                 self.stop(profiler, signal.SIGINT)
             status = proc_status(service.pid)
             threads = proc_thread_cpu_seconds(service.pid)
+            receive_thread = proc_thread_counters(service.pid, RECEIVE_THREAD)
             cpu = proc_cpu_seconds(service.pid)
             broker_cpu = proc_cpu_seconds(self.mosquitto.pid) - cpu_broker
             # What the service costs once the backlog is written and nothing arrives.
@@ -509,6 +513,7 @@ class Bench:
             "first_message_seconds": first_message,
             "first_message_to_last_row_seconds": elapsed - first_message if first_message is not None else None,
             "thread_cpu_seconds": threads,
+            "receive_thread_counters": receive_thread,
             "machine_busy_seconds": machine_busy,
             "publish_rate": publish_rate,
             "cpu_seconds": cpu,
@@ -579,12 +584,20 @@ class Bench:
         for count in self.sizes:
             machines = self.machines_for(count)
             runs = {"floor": [], "service": [], "ceiling": []}
+            if self.compare_journal:
+                runs["service_journal_off"] = []
             for round_number in range(1, self.drain_rounds + 1):
                 log(f"drain N={count} from {machines} machines, round {round_number} of {self.drain_rounds}")
                 runs["floor"].append(self.drain_floor(count))
                 log(f"  paho floor   {runs['floor'][-1]['rate']:>12,.0f} messages/s")
-                runs["service"].append(self.drain_service(count, machines))
-                log(f"  fleetagg     {runs['service'][-1]['rate']:>12,.0f} messages/s")
+                arms = [("service", None, "fleetagg")]
+                if self.compare_journal:
+                    off = ("service_journal_off", self.config_journal_off, "journal off")
+                    # Alternating which goes first, so neither always drains right after the floor.
+                    arms = [arms[0], off] if round_number % 2 else [off, arms[0]]
+                for key, config, label in arms:
+                    runs[key].append(self.drain_service(count, machines, config=config))
+                    log(f"  {label:<13}{runs[key][-1]['rate']:>12,.0f} messages/s")
                 runs["ceiling"].append(self.drain_ceiling(count))
                 log(f"  mosquitto_sub{runs['ceiling'][-1]['rate']:>12,.0f} messages/s")
             entry = {key: median_run(values) for key, values in runs.items()}
@@ -601,6 +614,45 @@ class Bench:
                               verdict(entry["ratio_floor"] >= 0.9)))
             self.rows.append((f"drain / mosquitto_sub, N={count}", entry["ratio"], "x ceiling", ">= 0.75",
                               verdict(entry["ratio"] >= 0.75)))
+            if self.compare_journal:
+                self.compare_journal_rows(count, runs, entry)
+
+    def compare_journal_rows(self, count, runs, entry):
+        """BENCH_JOURNAL=compare: the journal's cost from each round's pair of drains
+        (on / off), the median of those ratios against issue 12's bound (at most 10 %
+        lost), and each arm's CPU per message, which a busy neighbour disturbs less than
+        the rate."""
+        on, off = runs["service"], runs["service_journal_off"]
+        ratios = [a["rate"] / b["rate"] for a, b in zip(on, off)]
+        cpu = {key: [1e6 * run["cpu_seconds"] / run["messages"] for run in arm]
+               for key, arm in (("on", on), ("off", off))}
+        paho = {key: [1e6 * (run["thread_cpu_seconds"] or {}).get(RECEIVE_THREAD, 0) / run["messages"]
+                      for run in arm] for key, arm in (("on", on), ("off", off))}
+        # Per 1,000 messages on paho's receive thread: page faults (the journal's mapped
+        # pages) and context switches (waits for the journal's mutex or the full channel).
+        counters = {key: {name: [1000 * run["receive_thread_counters"].get(name, 0) / run["messages"] for run in arm]
+                          for name in RECEIVE_THREAD_COUNTERS}
+                    for key, arm in (("on", on), ("off", off))}
+        entry["journal"] = {"ratios": ratios, "median_ratio": statistics.median(ratios),
+                            "cpu_us_per_message": cpu, "receive_thread_us_per_message": paho,
+                            "receive_thread_per_1000_messages": counters}
+        span = lambda values: "[{:.2f}, {:.2f}]".format(min(values), max(values))  # noqa: E731
+        self.rows.append((f"fleetagg drain, journal off, N={count}, median", entry["service_journal_off"]["rate"],
+                          "msg/s, range [{:,.0f}, {:,.0f}]".format(*(f(run["rate"] for run in off) for f in (min, max))),
+                          "", ""))
+        median_ratio = entry["journal"]["median_ratio"]
+        rounds = f"{len(ratios)} paired round{'s' if len(ratios) != 1 else ''}"
+        self.rows.append((f"journal on / off, N={count}, median of {rounds}", median_ratio,
+                          f"x, range {span(ratios)}", ">= 0.90", verdict(median_ratio >= 0.9)))
+        for key in ("on", "off"):
+            self.rows.append((f"fleetagg CPU per message, journal {key}, N={count}, median",
+                              statistics.median(cpu[key]), f"us, range {span(cpu[key])}", "", ""))
+            self.rows.append((f"paho receive thread CPU per message, journal {key}, N={count}, median",
+                              statistics.median(paho[key]), f"us, range {span(paho[key])}", "", ""))
+            for name in RECEIVE_THREAD_COUNTERS:
+                values = counters[key][name]
+                self.rows.append((f"paho receive thread {name.replace('_', ' ')} per 1,000 messages, journal {key}, "
+                                  f"N={count}, median", statistics.median(values), f"range {span(values)}", "", ""))
 
     def phase_backfill(self):
         """Issue 14, item 5: months of ten-minute readings replayed at once, every message
@@ -908,6 +960,9 @@ class Bench:
         self.start_mosquitto()
         self.create_database()
         self.config = self.write_service_config()
+        if self.compare_journal:
+            self.config_journal_off = self.write_service_config("fleetagg-journal-off.toml",
+                                                                journal_lines=JOURNAL_LINES["off"])
         self.create_sessions()
         log(f"phases: {', '.join(self.phases)}")
         for phase in ("drain", "writer", "memory", "backfill", "statements"):
@@ -918,6 +973,13 @@ class Bench:
             self.phase_latency()
         self.report()
 
+
+# BENCH_JOURNAL's values, as lines of the service's [journal] table ("os", the default,
+# needs none).
+JOURNAL_LINES = {
+    "off": ["enabled = false"],
+    "fsync": ['sync = "fsync"'],
+}
 
 # `fleetagg run` logs "fleetagg running" well within a second. When its persistent
 # session holds more than mqtt.inbound_capacity messages it can hang before that: paho's
@@ -1232,6 +1294,30 @@ def proc_thread_cpu_seconds(pid):
         seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         per_name[name] = per_name.get(name, 0.0) + seconds
     return dict(sorted(per_name.items(), key=lambda item: -item[1]))
+
+
+# paho's receive thread, by the name /proc gives it, and what the journal comparison
+# counts of it.
+RECEIVE_THREAD = "MQTTAsync_rcv"
+RECEIVE_THREAD_COUNTERS = ("minor_faults", "voluntary_switches", "involuntary_switches")
+
+
+def proc_thread_counters(pid, name):
+    """Minor page faults and context switches of the threads called `name`, summed."""
+    totals = dict.fromkeys(RECEIVE_THREAD_COUNTERS, 0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1:stat.rindex(")")] != name:
+            continue
+        totals["minor_faults"] += int(stat.rsplit(")", 1)[1].split()[7])
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        totals["voluntary_switches"] += int(fields["voluntary_ctxt_switches"])
+        totals["involuntary_switches"] += int(fields["nonvoluntary_ctxt_switches"])
+    return totals
 
 
 def tail(path, lines=30):
