@@ -131,6 +131,9 @@ class Bench:
         # order, so the journal's cost is read from pairs of drains minutes apart rather
         # than from two invocations whose machine may have drifted in between.
         journal = os.environ.get("BENCH_JOURNAL", "os")
+        if journal not in ("os", "compare", *JOURNAL_LINES):
+            # A typo must not quietly measure the default instead.
+            raise SystemExit(f"BENCH_JOURNAL={journal!r}: expected os, off, fsync or compare")
         self.compare_journal = journal == "compare"
         self.journal_lines = JOURNAL_LINES.get(journal, [])
         default_chart = self.workdir / "drain.svg" if tiny else ROOT / "docs/benchmarks-drain.svg"
@@ -1279,18 +1282,22 @@ def machine_cpu_seconds():
     return busy / ticks, idle / ticks
 
 
+def proc_threads(pid):
+    """(name, fields of /proc/PID/task/TID/stat after the name, task directory) of each
+    thread still there."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        yield text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split(), task
+
+
 def proc_thread_cpu_seconds(pid):
     """CPU seconds per thread name (threads of one name summed: the aggregator arbiters,
     say), busiest first."""
     per_name = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            with open(task / "stat") as stat:
-                text = stat.read()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
+    for name, fields, _ in proc_threads(pid):
         seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         per_name[name] = per_name.get(name, 0.0) + seconds
     return dict(sorted(per_name.items(), key=lambda item: -item[1]))
@@ -1305,18 +1312,17 @@ RECEIVE_THREAD_COUNTERS = ("minor_faults", "voluntary_switches", "involuntary_sw
 def proc_thread_counters(pid, name):
     """Minor page faults and context switches of the threads called `name`, summed."""
     totals = dict.fromkeys(RECEIVE_THREAD_COUNTERS, 0)
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for thread, fields, task in proc_threads(pid):
+        if thread != name:
+            continue
         try:
-            stat = (task / "stat").read_text()
             status = (task / "status").read_text()
         except OSError:
             continue
-        if stat[stat.index("(") + 1:stat.rindex(")")] != name:
-            continue
-        totals["minor_faults"] += int(stat.rsplit(")", 1)[1].split()[7])
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        totals["voluntary_switches"] += int(fields["voluntary_ctxt_switches"])
-        totals["involuntary_switches"] += int(fields["nonvoluntary_ctxt_switches"])
+        totals["minor_faults"] += int(fields[7])
+        values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        totals["voluntary_switches"] += int(values["voluntary_ctxt_switches"])
+        totals["involuntary_switches"] += int(values["nonvoluntary_ctxt_switches"])
     return totals
 
 
