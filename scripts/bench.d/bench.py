@@ -751,6 +751,11 @@ class Bench:
         self.rows.append((f"fleetagg drain, {machines} machines", service["rate"], "msg/s", "info", ""))
         self.rows.append((f"peak RSS, {machines} machines", peak / 1024, "MiB", "", ""))
         self.rows.append(("RSS per machine (peak - idle)", marginal, "KiB", "<= 1.5", verdict(marginal <= 1.5)))
+        if self.rss_window:
+            # Samples spread over a window of closed minutes fill the duplicate index over
+            # max_lateness: issue 12's bound for it is 2 KiB a machine (1.5 is issue 14's).
+            self.rows.append(("RSS per machine with the duplicate index (peak - idle)", marginal, "KiB",
+                              "<= 2.0", verdict(marginal <= 2.0)))
         self.rows.append(("RSS per machine (peak / machines)", total, "KiB", "info", ""))
         self.rows.append((f"RSS once written, {machines} machines", service["vm_rss_kib"] / 1024, "MiB", "info", ""))
         self.rows.append((f"CPU when idle, {machines} machines", service["idle_cpu_cores"], "cores", "info", ""))
