@@ -444,7 +444,7 @@ async fn stream_late_samples(h: &Harness, machine: &str, count: i64, gap: Durati
 
 #[actix_rt::test]
 async fn a_stream_of_late_samples_becomes_one_part_not_one_per_message() {
-    // A tick of 2 s leaves the late-sample quiet period (50 to 500 ms) and the hold (2 s).
+    // A tick of 2 s caps the late-sample quiet period (50 ms to 5 s) and the hold at 2 s.
     let h = start(
         "2026-03-01T10:05:00Z",
         |config| config.aggregation.tick = Duration::from_secs(2),
@@ -483,6 +483,30 @@ async fn late_samples_far_apart_still_gather_into_few_parts() {
     h.pipeline.stop().await;
     let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
     assert_eq!(samples, 8);
+}
+
+#[actix_rt::test]
+async fn late_samples_a_second_apart_gather_into_few_parts() {
+    // A machine of a backlog from 100,000 machines drained at 64,000 msg/s: its late
+    // samples come about 1.5 s apart. A quiet period capped at 500 ms made each of them a
+    // row update of its own, and the writer's buffer of them the drain's memory peak
+    // (docs/benchmarks.md, session 13). A tick of 10 s leaves the cap (5 s) and the hold.
+    let h = start(
+        "2026-03-01T10:05:00Z",
+        |config| config.aggregation.tick = Duration::from_secs(10),
+        Recorder::default(),
+    )
+    .await;
+    stream_late_samples(&h, "m1", 7, Duration::from_secs(1)).await;
+    h.wait_for_parts(1).await;
+    actix_rt::time::sleep(Duration::from_secs(3)).await;
+    // The first sample alone (its pace unknown yet), then the rest within the 5 s hold
+    // (two parts), or three on a loaded machine; 7 with the old 500 ms cap.
+    let parts = h.recorder.part_count();
+    assert!((1..=4).contains(&parts), "7 late samples 1 s apart became {parts} parts");
+    h.pipeline.stop().await;
+    let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
+    assert_eq!(samples, 7);
 }
 
 #[actix_rt::test]

@@ -182,8 +182,8 @@ pub struct AggregationConfig {
     /// The longest an aggregator sleeps between looks at its open minutes. Each minute
     /// closes at its end + grace (a timer set for that moment); this only bounds how late
     /// a close can be when the wall clock is stepped forward. It also caps how long a
-    /// minute reopened by late messages waits for more of them (50 to 500 ms of quiet,
-    /// after the machine's pace, at most 2 s).
+    /// minute reopened by late messages waits for more of them (50 ms to 5 s of quiet,
+    /// after the machine's pace, at most 5 s).
     #[serde(with = "human")]
     pub tick: Duration,
     /// Older messages are rejected as `too_late`; newer ones for an already written minute

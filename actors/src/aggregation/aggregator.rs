@@ -13,9 +13,10 @@
 //! period, or [`LATE_HOLD`] after the first one, whichever comes first. The quiet period
 //! follows the machine's own pace: three times the last gap between its late arrivals,
 //! within [`LATE_QUIET_MIN`] and [`LATE_QUIET_MAX`]. A backlog of 1,000 machines brings a
-//! machine's messages about 20 ms apart, one of 10,000 machines 0.2 s apart: a fixed
-//! 50 ms made the second nearly a row update per message, a fixed 500 ms added half a
-//! second to the end of the first (docs/benchmarks.md).
+//! machine's messages about 20 ms apart, one of 10,000 machines 0.2 s apart, one of
+//! 100,000 machines about 1.5 s apart: a fixed 50 ms made the second nearly a row update
+//! per message, a fixed 500 ms added half a second to the end of the first, and a cap of
+//! 500 ms made the third a row update per message (docs/benchmarks.md, session 13).
 
 use super::cold_index::ColdIndex;
 use super::timers::CloseTimers;
@@ -35,9 +36,9 @@ use std::time::{Duration, Instant};
 /// The shortest wait of a reopened (late) minute for more late samples before it closes.
 pub(super) const LATE_QUIET_MIN: Duration = Duration::from_millis(50);
 /// The longest such wait (a machine whose late samples come far apart).
-pub(super) const LATE_QUIET_MAX: Duration = Duration::from_millis(500);
+pub(super) const LATE_QUIET_MAX: Duration = Duration::from_secs(5);
 /// The longest a reopened minute is held while late samples keep coming.
-pub(super) const LATE_HOLD: Duration = Duration::from_secs(2);
+pub(super) const LATE_HOLD: Duration = Duration::from_secs(5);
 
 /// The timing of minute closing.
 #[derive(Debug, Clone, Copy)]
