@@ -442,47 +442,51 @@ async fn stream_late_samples(h: &Harness, machine: &str, count: i64, gap: Durati
     }
 }
 
+/// Streams `count` late samples `gap` apart under an `aggregation.tick` of `tick` (which
+/// caps the late-sample quiet period and the hold), waits `settle` after the first part,
+/// and returns how many parts the aggregator had handed over by then. Checks that the
+/// stop delivers every sample, however they were split.
+async fn parts_of_a_late_stream(tick: Duration, count: i64, gap: Duration, settle: Duration) -> usize {
+    let h = start("2026-03-01T10:05:00Z", |config| config.aggregation.tick = tick, Recorder::default()).await;
+    stream_late_samples(&h, "m1", count, gap).await;
+    h.wait_for_parts(1).await;
+    actix_rt::time::sleep(settle).await;
+    let parts = h.recorder.part_count();
+    h.pipeline.stop().await;
+    let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
+    assert_eq!(i64::from(samples), count, "every late sample is written");
+    parts
+}
+
 #[actix_rt::test]
 async fn a_stream_of_late_samples_becomes_one_part_not_one_per_message() {
     // A tick of 2 s caps the late-sample quiet period (50 ms to 5 s) and the hold at 2 s.
-    let h = start(
-        "2026-03-01T10:05:00Z",
-        |config| config.aggregation.tick = Duration::from_secs(2),
-        Recorder::default(),
+    let parts = parts_of_a_late_stream(
+        Duration::from_secs(2),
+        20,
+        Duration::from_millis(5),
+        Duration::from_millis(400),
     )
     .await;
-    stream_late_samples(&h, "m1", 20, Duration::from_millis(5)).await;
-    h.wait_for_parts(1).await;
-    actix_rt::time::sleep(Duration::from_millis(400)).await;
     // One part when the machine is not starved of CPU for 50 ms between two messages;
     // a loaded test machine may split the stream a few times, never per message.
-    let parts = h.recorder.part_count();
     assert!((1..=5).contains(&parts), "20 late samples became {parts} parts");
-    h.pipeline.stop().await;
-    let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
-    assert_eq!(samples, 20);
 }
 
 #[actix_rt::test]
 async fn late_samples_far_apart_still_gather_into_few_parts() {
     // A machine of a large drained backlog: its late samples come 150 ms apart, three
     // times a fixed 50 ms quiet period. The quiet period follows the pace (450 ms here).
-    let h = start(
-        "2026-03-01T10:05:00Z",
-        |config| config.aggregation.tick = Duration::from_secs(2),
-        Recorder::default(),
+    let parts = parts_of_a_late_stream(
+        Duration::from_secs(2),
+        8,
+        Duration::from_millis(150),
+        Duration::from_millis(700),
     )
     .await;
-    stream_late_samples(&h, "m1", 8, Duration::from_millis(150)).await;
-    h.wait_for_parts(1).await;
-    actix_rt::time::sleep(Duration::from_millis(700)).await;
     // The first sample alone (its pace unknown yet), then the rest together; a loaded
     // machine may split once more. A fixed 50 ms made 8 parts.
-    let parts = h.recorder.part_count();
     assert!((1..=3).contains(&parts), "8 late samples 150 ms apart became {parts} parts");
-    h.pipeline.stop().await;
-    let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
-    assert_eq!(samples, 8);
 }
 
 #[actix_rt::test]
@@ -491,22 +495,12 @@ async fn late_samples_a_second_apart_gather_into_few_parts() {
     // samples come about 1.5 s apart. A quiet period capped at 500 ms made each of them a
     // row update of its own, and the writer's buffer of them the drain's memory peak
     // (docs/benchmarks.md, session 13). A tick of 10 s leaves the cap (5 s) and the hold.
-    let h = start(
-        "2026-03-01T10:05:00Z",
-        |config| config.aggregation.tick = Duration::from_secs(10),
-        Recorder::default(),
-    )
-    .await;
-    stream_late_samples(&h, "m1", 7, Duration::from_secs(1)).await;
-    h.wait_for_parts(1).await;
-    actix_rt::time::sleep(Duration::from_secs(3)).await;
+    let parts =
+        parts_of_a_late_stream(Duration::from_secs(10), 7, Duration::from_secs(1), Duration::from_secs(3))
+            .await;
     // The first sample alone (its pace unknown yet), then the rest within the 5 s hold
     // (two parts), or three on a loaded machine; 7 with the old 500 ms cap.
-    let parts = h.recorder.part_count();
     assert!((1..=4).contains(&parts), "7 late samples 1 s apart became {parts} parts");
-    h.pipeline.stop().await;
-    let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
-    assert_eq!(samples, 7);
 }
 
 #[actix_rt::test]
