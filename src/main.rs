@@ -1,6 +1,7 @@
 //! The `fleetagg` binary: command line, logging, signals, and the hand-off to the actors.
 //! Everything that is not wiring lives in the `fleetagg-actors` crate.
 
+mod allocator;
 mod cli;
 mod logging;
 mod run;
@@ -10,13 +11,8 @@ mod status;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: the data path allocates a payload, a topic and a
-/// few small vectors per message across threads, which glibc served with a quarter of
-/// the pipeline's CPU time (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
+    allocator::return_freed_memory_at_once();
     let cli = cli::Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
     exit_on_panic();

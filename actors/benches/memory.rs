@@ -6,6 +6,8 @@
 //!
 //! - `open_minutes`: one `OpenMinutes` per machine holding one sample (the aggregator's
 //!   state while a minute is open);
+//! - `open_minutes_full`: the same holding a whole minute at 1/s, 60 samples stamped in
+//!   µs (every machine's state at the moment its minute closes, live at 1/s);
 //! - `pipeline`: the broker and one aggregator actor per machine on one arbiter per core,
 //!   fed one message per machine by the fake broker, every minute still open;
 //! - `written_*`: one `OpenMinutes` per machine after ten minutes of samples, all of them
@@ -68,22 +70,28 @@ fn report(scenario: &str, machines: usize, before: u64, after: u64) {
     );
 }
 
-fn open_minutes(machines: usize) {
+/// One open minute per machine with `per_minute` samples a second apart (µs stamps a
+/// little off the whole second, as a real clock's are).
+fn open_minutes(scenario: &str, machines: usize, per_minute: i64) {
     let before = rss_kib();
-    let sample = Sample {
-        ts: Timestamp::from_micros(SAMPLE_MICROS),
-        load_rate: 42.0,
-        mileage: 1.0,
-        mark: JournalMark::NONE,
-    };
+    let minute_start = Timestamp::from_micros(SAMPLE_MICROS).minute().start().micros();
     let held: Vec<OpenMinutes> = (0..machines)
-        .map(|_| {
+        .map(|machine| {
             let mut open = OpenMinutes::default();
-            open.accept(&sample);
+            for second in 0..per_minute {
+                let jitter = (machine as i64 * 7_919 + second * 104_729) % 5_000;
+                let sample = Sample {
+                    ts: Timestamp::from_micros(minute_start + second * 1_000_000 + jitter),
+                    load_rate: 42.0,
+                    mileage: 1.0,
+                    mark: JournalMark::NONE,
+                };
+                open.accept(&sample);
+            }
             open
         })
         .collect();
-    report("open_minutes", machines, before, rss_kib());
+    report(scenario, machines, before, rss_kib());
     drop(held);
 }
 
@@ -207,13 +215,15 @@ fn pipeline(machines: usize) {
 fn main() {
     let machines = machines();
     match std::env::var(SCENARIO).as_deref() {
-        Ok("open_minutes") => open_minutes(machines),
+        Ok("open_minutes") => open_minutes("open_minutes", machines, 1),
+        Ok("open_minutes_full") => open_minutes("open_minutes_full", machines, 60),
         Ok("pipeline") => pipeline(machines),
         Ok(scenario) if scenario.starts_with("written_") => written(scenario, machines),
         _ => {
             let exe = std::env::current_exe().expect("the path of this benchmark");
             let scenarios = [
                 "open_minutes",
+                "open_minutes_full",
                 "written_1s",
                 "written_1s_ms",
                 "written_1s_us",

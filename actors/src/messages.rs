@@ -42,10 +42,14 @@ pub struct RememberWrittenRows(pub Vec<(String, WrittenMinute)>);
 pub struct RememberWritten(pub Vec<WrittenMinute>);
 
 /// Shard → aggregator: a look at the open minutes it asked for is due (see
-/// `shard::CloseTimers`).
+/// `aggregation::timers`).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct CheckOpenMinutes;
+pub struct CheckOpenMinutes {
+    /// When the look was due: a look put off for want of room in the writer's backlog
+    /// keeps it, so that its wait is bounded from then.
+    pub due: std::time::Instant,
+}
 
 /// Broker → shard → aggregator at shutdown: hand every open minute, partial or not, to
 /// the writer. Answers once the writer has taken them.

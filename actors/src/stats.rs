@@ -49,6 +49,11 @@ pub struct PipelineStats {
     pub rejections_dropped: AtomicU64,
     /// Minutes held by the writer, not yet written (a gauge).
     pub rows_buffered: AtomicU64,
+    /// Of those, the ones no write attempt has taken yet (a gauge): what closing is paced
+    /// by (`AggregatorSettings::writer_backlog_limit`).
+    pub rows_waiting: AtomicU64,
+    /// Closed minutes on their way to the writer: handed over, the send not yet answered.
+    pub rows_to_writer: AtomicU64,
     /// Rejected messages held by the writer, not yet stored (a gauge).
     pub rejections_buffered: AtomicU64,
     /// The writer's buffer is full and aggregators wait for room (back-pressure).

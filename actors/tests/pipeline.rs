@@ -122,12 +122,24 @@ async fn start_after(
     recorder: Recorder,
     written: Vec<(String, WrittenMinute)>,
 ) -> Harness {
+    start_tuned(now, configure, |_| {}, recorder, written).await
+}
+
+/// [`start_after`], with `tune` given the settings made of the configuration.
+async fn start_tuned(
+    now: &str,
+    configure: impl FnOnce(&mut Config),
+    tune: impl FnOnce(&mut PipelineSettings),
+    recorder: Recorder,
+    written: Vec<(String, WrittenMinute)>,
+) -> Harness {
     let mut config = Config::default();
     config.aggregation.tick = Duration::from_millis(5);
     config.mqtt.inbound_capacity = 4;
     configure(&mut config);
     let mut settings = PipelineSettings::from_config(&config);
     settings.shards = 2;
+    tune(&mut settings);
     let clock = Arc::new(ManualClock::new(at(now)));
     let stats = Arc::new(PipelineStats::default());
     let (publisher, source) = FakeBroker::new();
@@ -523,4 +535,65 @@ async fn a_reopened_minute_is_not_held_longer_than_the_hold_while_late_samples_k
     h.pipeline.stop().await;
     let samples: u32 = h.recorder.rows().values().map(|row| row.samples).sum();
     assert_eq!(samples, 50);
+}
+
+/// 40 machines with one sample each in minute 10:00, routed; the writer's backlog limit
+/// is 10 rows (`batch_max_rows` 5) and a due close waits for room at most `wait`.
+async fn forty_open_minutes(recorder: Recorder, wait: Duration) -> Harness {
+    let h = start_tuned(
+        "2026-03-01T10:00:30Z",
+        |config| config.database.batch_max_rows = 5,
+        |settings| settings.aggregator.writer_backlog_wait = wait,
+        recorder,
+        Vec::new(),
+    )
+    .await;
+    for n in 0..40 {
+        h.publish(message(&format!("m{n}"), "2026-03-01T10:00:10Z", 10.0, 1.0)).await;
+    }
+    h.wait_until_routed(40).await;
+    h
+}
+
+#[actix_rt::test]
+async fn due_minutes_close_only_as_fast_as_the_writer_makes_room() {
+    let gate = Arc::new(Semaphore::new(0));
+    let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+    let h = forty_open_minutes(recorder, Duration::from_secs(60)).await;
+    // The writer's backlog is full: nothing closes, however long the minutes are due.
+    h.stats.rows_waiting.store(10, Ordering::SeqCst);
+    h.clock.set(at("2026-03-01T10:02:00Z"));
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.stats.rows_to_writer.load(Ordering::SeqCst), 0, "a minute closed into a full backlog");
+    assert_eq!(h.stats.open_minutes.load(Ordering::SeqCst), 40);
+    // Room for 4: each of the two shards closes at most that many, and the (stalled)
+    // writer's unanswered sends count against the room until answered.
+    h.stats.rows_waiting.store(6, Ordering::SeqCst);
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let on_their_way = h.stats.rows_to_writer.load(Ordering::SeqCst);
+    assert!((4..=8).contains(&on_their_way), "{on_their_way} minutes closed into a room of 4");
+    assert_eq!(h.stats.open_minutes.load(Ordering::SeqCst), 40 - on_their_way as i64);
+    // The writer catches up: the rest close, and every sample is written once.
+    h.stats.rows_waiting.store(0, Ordering::SeqCst);
+    gate.add_permits(1_000);
+    h.wait_for_parts(40).await;
+    assert_eq!(h.stats.rows_to_writer.load(Ordering::SeqCst), 0);
+    h.pipeline.stop().await;
+    assert_eq!(h.recorder.rows().len(), 40);
+    assert!(h.recorder.rows().values().all(|row| row.samples == 1));
+}
+
+#[actix_rt::test]
+async fn a_due_minute_waits_for_the_writer_only_so_long() {
+    let wait = Duration::from_millis(1_000);
+    let h = forty_open_minutes(Recorder::default(), wait).await;
+    // A backlog that never clears (PostgreSQL down): the minutes close all the same once
+    // due for `wait`, into the writer's own buffer and its own limit.
+    h.stats.rows_waiting.store(1_000, Ordering::SeqCst);
+    h.clock.set(at("2026-03-01T10:02:00Z"));
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.recorder.part_count(), 0, "closed before the wait was over");
+    h.wait_for_parts(40).await;
+    h.pipeline.stop().await;
+    assert_eq!(h.recorder.rows().len(), 40);
 }

@@ -218,7 +218,11 @@ pub struct DatabaseConfig {
     /// libpq-style URL or key/value string, without a password: passwords come from a
     /// secret source so that they never sit in a file that is copied around.
     pub url: String,
-    /// Most minute rows per statement.
+    /// Most minute rows per statement. Twice this many rows waiting for the writer is
+    /// also where due minutes stop closing until it takes them (at most `tick` later):
+    /// when every machine's minute is due at once, the rows reach the writer as fast as
+    /// it writes them instead of all at once (docs/architecture.md, "Where back-pressure
+    /// acts").
     pub batch_max_rows: usize,
     /// Closed minutes are written 10 ms after they reach an idle writer, or at once when
     /// `batch_max_rows` are waiting; this is how often the writer looks again besides

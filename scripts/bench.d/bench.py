@@ -402,15 +402,18 @@ class Bench:
             "broker_cpu_seconds": proc_cpu_seconds(self.mosquitto.pid) - cpu_broker,
         }
 
-    def drain_service(self, count, machines, idle_seconds=0.0, config=None, writer_metrics=False, window=None):
+    def drain_service(self, count, machines, idle_seconds=0.0, config=None, writer_metrics=False, window=None,
+                      memory_trace=False):
         """Queues `count` messages from `machines` machines, then times `fleetagg run` (with
         `config`, or the default one) from start until PostgreSQL holds every sample;
         `writer_metrics` also reads the writer's counters from the service's /metrics
-        then. A start-up that hangs (see `StartupHang`) is counted, cleared up and tried
-        again, at most three times."""
+        then, and `memory_trace` records the service's resident memory and what it holds
+        every half second (`MemoryTrace`). A start-up that hangs (see `StartupHang`) is
+        counted, cleared up and tried again, at most three times."""
         for attempt in range(1, 4):
             try:
-                return self.try_drain_service(count, machines, idle_seconds, config, writer_metrics, window)
+                return self.try_drain_service(count, machines, idle_seconds, config, writer_metrics, window,
+                                              memory_trace)
             except StartupHang as hang:
                 self.startup_hangs += 1
                 log(f"  fleetagg hung at start-up ({hang}); attempt {attempt} of 3 abandoned")
@@ -429,7 +432,8 @@ class Bench:
             drained = sub.stdout.count("\n")
             log(f"  cleared {drained} messages left in the service's session")
 
-    def try_drain_service(self, count, machines, idle_seconds, config, writer_metrics, window=None):
+    def try_drain_service(self, count, machines, idle_seconds, config, writer_metrics, window=None,
+                          memory_trace=False):
         self.psql("TRUNCATE loading_rate, rejected_message")
         publish_rate = self.queue_backlog(SERVICE_PREFIX, count, machines, *([window] if window else []))
         poller = Poller(self.db_url)
@@ -448,6 +452,7 @@ class Bench:
             running = False
             # (seconds, samples in PostgreSQL, fleetagg CPU s, mosquitto CPU s), every poll.
             timeline = []
+            trace = MemoryTrace() if memory_trace else None
             deadline = started + max(120, count / 2_000)
             while True:
                 # From the service's own counter, not `sum(samples)` over the table: that
@@ -460,6 +465,8 @@ class Bench:
                 now = time.monotonic()
                 timeline.append((now - started, samples, proc_cpu_seconds(service.pid),
                                  proc_cpu_seconds(self.mosquitto.pid) - cpu_broker))
+                if trace and address:
+                    trace.poll(now - started, service.pid, address)
                 if samples and first_row is None:
                     first_row = now - started
                 if first_message is None:
@@ -497,6 +504,8 @@ class Bench:
                 time.sleep(idle_seconds)
                 idle_cpu = (proc_cpu_seconds(service.pid) - before) / idle_seconds
                 status = proc_status(service.pid)
+                if trace and address:
+                    trace.poll(time.monotonic() - started, service.pid, address, force=True)
             self.stop_service(service)
             final, rejected = poller.samples(), poller.value("SELECT count(*) FROM rejected_message")
         except StartupHang:
@@ -527,6 +536,7 @@ class Bench:
             "idle_cpu_cores": idle_cpu,
             "writer": writer,
             "timeline": timeline,
+            "memory_trace": trace.samples if trace else None,
         }
 
     def metrics_address(self):
@@ -739,7 +749,8 @@ class Bench:
         machines, messages = self.rss_machines, self.rss_messages
         log(f"memory: {messages} messages from {machines} machines"
             + (f", timestamps from {self.rss_window[0]} over {self.rss_window[1]}" if self.rss_window else ""))
-        service = self.drain_service(messages, machines, idle_seconds=3.0, window=self.rss_window)
+        service = self.drain_service(messages, machines, idle_seconds=3.0, window=self.rss_window,
+                                     memory_trace=True)
         idle = self.idle["VmHWM"]
         peak = service["vm_hwm_kib"]
         marginal = (peak - idle) / machines
@@ -748,6 +759,16 @@ class Bench:
                                       kib_per_machine_total=total)
         log(f"  peak {peak / 1024:.1f} MiB (idle {idle / 1024:.1f} MiB): {marginal:.2f} KiB per machine; "
             f"{service['vm_rss_kib'] / 1024:.1f} MiB and {service['idle_cpu_cores']:.2f} cores once idle")
+        trace = service["memory_trace"] or []
+        for label, entry in (("at the sampled peak", max(trace, key=lambda e: e.get("VmRSS", 0), default=None)),
+                             ("halfway", trace[len(trace) // 2] if trace else None),
+                             ("once idle", trace[-1] if trace else None)):
+            if entry:
+                log(f"  {label} ({entry['seconds']:.1f} s): RSS {entry.get('VmRSS', 0) / 1024:.1f} MiB "
+                    f"(anonymous {entry.get('RssAnon', 0) / 1024:.1f}, file {entry.get('RssFile', 0) / 1024:.1f}), "
+                    f"{entry['open_minutes']:.0f} minutes open, {entry['rows_buffered']:.0f} rows in the writer, "
+                    f"{entry['messages_received_total']:.0f} messages received, "
+                    f"{entry['rows_written_total']:.0f} rows written")
         self.rows.append((f"fleetagg drain, {machines} machines", service["rate"], "msg/s", "info", ""))
         self.rows.append((f"peak RSS, {machines} machines", peak / 1024, "MiB", "", ""))
         self.rows.append(("RSS per machine (peak - idle)", marginal, "KiB", "<= 1.5", verdict(marginal <= 1.5)))
@@ -1232,6 +1253,43 @@ def timed_psql(url, script):
     if not times:
         raise SystemExit(f"no timings from psql -f {script}: {result.stdout[-500:]}")
     return sum(times) / 1000
+
+
+class MemoryTrace:
+    """The service's resident memory (anonymous and file-backed: the journal's mapped
+    window is the latter) beside what it holds, every half second: minutes open in the
+    aggregators, rows in the writer's buffer, messages received. What the peak is made
+    of, where peak - idle alone cannot say."""
+
+    SERIES = ("fleetagg_open_minutes", "fleetagg_rows_buffered", "fleetagg_messages_received_total",
+              "fleetagg_rows_written_total")
+
+    def __init__(self):
+        self.samples = []
+        self.last = -1.0
+
+    def poll(self, seconds, pid, address, force=False):
+        if not force and seconds - self.last < 0.5:
+            return
+        self.last = seconds
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            return
+        entry = {"seconds": round(seconds, 2)}
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile"):
+                    entry[key] = int(rest.split()[0])
+        for series in self.SERIES:
+            found = re.search(rf"^{series} ([0-9.e+-]+)$", text, re.M)
+            entry[series.removeprefix("fleetagg_")] = float(found.group(1)) if found else None
+        self.samples.append(entry)
+
+    def peak(self):
+        return max(self.samples, key=lambda entry: entry.get("VmRSS", 0), default=None)
 
 
 def broker_done(timeline):

@@ -6,7 +6,7 @@
 //! into the same row one pass over all samples would give.
 
 use crate::provenance::JournalTally;
-use crate::seen::{chunk_of, chunk_offsets, chunks_contain, encode_chunk};
+use crate::seen::{chunk_offsets, chunks_contain, encode_chunk};
 use crate::time::{duration_micros, Minute, Timestamp};
 use crate::validate::Sample;
 use crate::written::{ColdRef, ColdTail, NeedsCold, WrittenMinutes};
@@ -74,11 +74,13 @@ pub enum Accepted {
 #[derive(Debug)]
 struct OpenMinute {
     aggregate: MinuteAggregate,
-    /// Timestamps (µs) accepted into this minute, sorted, for duplicate detection. A
-    /// sorted `Vec` rather than a hash set: a minute holds tens of samples that arrive
-    /// mostly in order (so an insert is an append after one comparison), and one sample
-    /// costs 8 bytes instead of a 4-bucket table.
-    seen: Vec<i64>,
+    /// The offsets (µs from the minute's start) of the samples accepted into this
+    /// minute, sorted, for duplicate detection. A sorted `Vec` rather than a hash set: a
+    /// minute holds tens of samples that arrive mostly in order (so an insert is an
+    /// append after one comparison). Offsets rather than timestamps: a minute is 60
+    /// million µs, so 4 bytes a sample instead of 8; a full minute at 1/s holds 256
+    /// bytes, not 512, and every machine holds one at each minute's close.
+    seen: Vec<u32>,
     /// The journal records this minute answers for, duplicates included.
     tally: JournalTally,
     /// When the minute was reopened (parts of it were written already): those parts'
@@ -104,12 +106,12 @@ impl WrittenOffsets {
         self.0.binary_search(&offset).is_ok()
     }
 
-    /// The chunk of these offsets and those of `timestamps` (sorted, in `minute`, none
-    /// of them written: [`OpenMinute::add`] refused those).
-    fn chunk_with(&self, minute: Minute, timestamps: &[i64]) -> Vec<u8> {
+    /// The chunk of these offsets and `offsets` (sorted, none of them written:
+    /// [`OpenMinute::add`] refused those).
+    fn chunk_with(&self, offsets: &[u32]) -> Vec<u8> {
         let mut written = self.0.iter().copied().peekable();
-        let mut whole = Vec::with_capacity(self.0.len() + timestamps.len());
-        for offset in timestamps.iter().map(|&ts| minute.offset_of(Timestamp::from_micros(ts))) {
+        let mut whole = Vec::with_capacity(self.0.len() + offsets.len());
+        for &offset in offsets {
             while let Some(before) = written.next_if(|&held| held < offset) {
                 whole.push(before);
             }
@@ -123,10 +125,10 @@ impl WrittenOffsets {
 }
 
 impl OpenMinute {
-    fn of(sample: &Sample, written: Option<WrittenOffsets>) -> Self {
+    fn of(sample: &Sample, offset: u32, written: Option<WrittenOffsets>) -> Self {
         OpenMinute {
             aggregate: MinuteAggregate::of(sample),
-            seen: vec![sample.ts.micros()],
+            seen: vec![offset],
             tally: JournalTally::of(sample.mark),
             written,
         }
@@ -139,15 +141,14 @@ impl OpenMinute {
         }
         // A duplicate's record is finished when this minute is committed, like a sample's.
         self.tally.note(sample.mark);
-        let ts = sample.ts.micros();
         let position = match self.seen.last() {
-            Some(&last) if last < ts => self.seen.len(),
-            _ => match self.seen.binary_search(&ts) {
+            Some(&last) if last < offset => self.seen.len(),
+            _ => match self.seen.binary_search(&offset) {
                 Ok(_) => return Accepted::Duplicate,
                 Err(position) => position,
             },
         };
-        self.seen.insert(position, ts);
+        self.seen.insert(position, offset);
         self.aggregate.add(sample);
         Accepted::Added
     }
@@ -168,13 +169,9 @@ pub struct MinutePart {
 
 impl MinutePart {
     fn of(minute: Minute, open: OpenMinute) -> Self {
-        MinutePart {
-            minute,
-            aggregate: open.aggregate,
-            tally: open.tally,
-            seen: chunk_of(minute, &open.seen),
-            known_new: false,
-        }
+        let mut seen = Vec::new();
+        encode_chunk(&open.seen, &mut seen);
+        MinutePart { minute, aggregate: open.aggregate, tally: open.tally, seen, known_new: false }
     }
 }
 
@@ -197,9 +194,10 @@ impl OpenMinutes {
     pub fn accept(&mut self, sample: &Sample) -> Accepted {
         let minute = sample.ts.minute();
         // Newest first: samples arrive mostly in time order.
+        let offset = minute.offset_of(sample.ts);
         let index = match self.minutes.iter().rposition(|(held, _)| *held <= minute) {
             Some(index) if self.minutes[index].0 == minute => {
-                return self.minutes[index].1.add(sample, minute.offset_of(sample.ts));
+                return self.minutes[index].1.add(sample, offset);
             }
             Some(index) => index + 1,
             None => 0,
@@ -209,7 +207,7 @@ impl OpenMinutes {
         let written = match self.written.find(minute) {
             Err(NeedsCold) => return Accepted::NeedsCold,
             Ok(None) => None,
-            Ok(Some(chunks)) if chunks_contain(chunks, minute.offset_of(sample.ts)) => {
+            Ok(Some(chunks)) if chunks_contain(chunks, offset) => {
                 return Accepted::AlreadyWritten;
             }
             Ok(Some(chunks)) => {
@@ -219,7 +217,7 @@ impl OpenMinutes {
         // Grow one entry at a time: `Vec`'s doubling would start at four entries for what
         // is one minute most of the time.
         self.minutes.reserve_exact(1);
-        self.minutes.insert(index, (minute, OpenMinute::of(sample, written)));
+        self.minutes.insert(index, (minute, OpenMinute::of(sample, offset, written)));
         Accepted::Added
     }
 
@@ -244,7 +242,7 @@ impl OpenMinutes {
             // Reopened: the index gets the union of its decoded written offsets and this
             // part's, so the held chunk is not decoded again (a machine bursting late
             // samples into one minute closes such a part again and again).
-            let whole = open.written.take().map(|written| written.chunk_with(minute, &open.seen));
+            let whole = open.written.take().map(|written| written.chunk_with(&open.seen));
             let mut part = MinutePart::of(minute, open);
             match whole {
                 Some(whole) => {

@@ -5,13 +5,17 @@
 //!
 //! Older written minutes of each machine's duplicate index wait on disk ([`cold_index`]).
 //!
-//! Imports point one way: `shard` → `aggregator` → `timers`, `cold_index`.
+//! Imports point one way: `shard` → `aggregator` → `local` → `late`, `timers`; `aggregator` →
+//! `cold_index`.
 
 mod aggregator;
 mod cold_index;
+mod late;
+mod local;
 mod shard;
 mod timers;
 
-pub use aggregator::{Aggregator, AggregatorSettings, AggregatorShared};
+pub use aggregator::Aggregator;
 pub use cold_index::{ColdIndex, ColdReadError};
+pub use local::{AggregatorSettings, AggregatorShared};
 pub use shard::Shard;

@@ -8,7 +8,7 @@
 //! broker sends one [`RouteSamples`] per core per batch and this actor, on the
 //! aggregators' own thread, does the per-machine delivery.
 //!
-//! It also keeps the close timers of its aggregators ([`CloseTimers`]): one heap per
+//! It also keeps the close timers of its aggregators ([`CloseTimers`](super::timers::CloseTimers)): one heap per
 //! shard, swept every [`TIMER_RESOLUTION`], instead of a timer per aggregator (an actix
 //! timer future with a tokio `Sleep` is about 210 bytes; 100,000 active machines had
 //! 21 MB of them).
@@ -17,8 +17,9 @@
 //! that aggregator's mailbox is full is awaited inside `ctx.wait`, so this shard takes no
 //! further batch until it is taken and the broker's send to it waits in turn.
 
-use super::aggregator::{Aggregator, AggregatorShared};
-use super::timers::{CloseTimers, TIMER_RESOLUTION};
+use super::aggregator::Aggregator;
+use super::local::{AggregatorShared, ShardLocal};
+use super::timers::TIMER_RESOLUTION;
 use crate::delivery::{count_lost, Deliveries};
 use crate::messages::{AcceptSamples, CheckOpenMinutes, FlushOpenMinutes, RememberWritten, RouteSamples};
 use actix::dev::SendError;
@@ -31,23 +32,29 @@ use std::sync::Arc;
 pub struct Shard {
     /// Indexed by the number the broker gave each machine of this shard.
     aggregators: Vec<Addr<Aggregator>>,
-    shared: Arc<AggregatorShared>,
-    timers: Rc<CloseTimers>,
+    /// What this shard's aggregators share on its thread, their timers among it.
+    local: Rc<ShardLocal>,
 }
 
 impl Shard {
     pub fn new(shared: Arc<AggregatorShared>) -> Self {
-        Shard { aggregators: Vec::new(), shared, timers: Rc::default() }
+        Shard { aggregators: Vec::new(), local: Rc::new(ShardLocal::new(shared)) }
     }
 
-    /// Tells each aggregator whose timer is due to look at its minutes. One whose mailbox
-    /// is full is busy anyway; its look is put off by one sweep, never dropped.
+    /// Tells each aggregator whose timer is due to look at its minutes, as many as the
+    /// writer's backlog has room for (`AggregatorSettings::writer_backlog_limit`; the
+    /// others stay due, earliest first, at most `writer_backlog_wait`). The aggregators
+    /// check the room again, exactly, as they close (`Aggregator::close_due`): this only
+    /// spares waking those that could not. One whose mailbox is full is busy anyway; its
+    /// look is put off by one sweep, never dropped.
     fn fire_due_timers(&mut self, _: &mut Context<Self>) {
-        let now = self.shared.clock.instant();
-        for index in self.timers.take_due(now) {
+        let shared = &self.local.shared;
+        let now = shared.clock.instant();
+        let overdue = now.checked_sub(shared.settings.writer_backlog_wait).unwrap_or(now);
+        for (due, index) in self.local.timers.take_due(now, shared.writer_room(), overdue) {
             let Some(aggregator) = self.aggregators.get(index as usize) else { continue };
-            if let Err(SendError::Full(_)) = aggregator.try_send(CheckOpenMinutes) {
-                self.timers.schedule(now + TIMER_RESOLUTION, index);
+            if let Err(SendError::Full(_)) = aggregator.try_send(CheckOpenMinutes { due }) {
+                self.local.timers.schedule(now + TIMER_RESOLUTION, index);
             }
         }
     }
@@ -70,30 +77,30 @@ impl Handler<RouteSamples> for Shard {
         ctx: &mut Self::Context,
     ) {
         for machine in new_machines {
-            let index = self.aggregators.len() as u32;
-            let aggregator = Aggregator::new(machine, index, self.shared.clone(), self.timers.clone());
-            self.aggregators.push(aggregator.start());
+            // Numbered in the order of `aggregators`, which is the broker's numbering.
+            self.aggregators.push(Aggregator::new(machine, self.local.clone()).start());
         }
+        let shared = &self.local.shared;
         let mut waiting = Deliveries::default();
         // Before the samples: a mailbox is first in, first out.
         for (index, minutes) in written {
             if let Some(aggregator) = self.aggregators.get(index as usize) {
-                waiting.deliver(aggregator, RememberWritten(minutes), 0, &self.shared.stats);
+                waiting.deliver(aggregator, RememberWritten(minutes), 0, &shared.stats);
             }
         }
         for (index, samples) in deliveries {
             let count = samples.len() as u64;
             match self.aggregators.get(index as usize) {
                 Some(aggregator) => {
-                    waiting.deliver(aggregator, AcceptSamples(samples), count, &self.shared.stats);
+                    waiting.deliver(aggregator, AcceptSamples(samples), count, &shared.stats);
                 }
                 // The broker numbers machines in the order it announces them: a gap is a
                 // bug, and the samples must not vanish without a trace.
-                None => count_lost(&self.shared.stats, count),
+                None => count_lost(&shared.stats, count),
             }
         }
         if !waiting.is_empty() {
-            ctx.wait(waiting.finish(self.shared.stats.clone()).into_actor(self));
+            ctx.wait(waiting.finish(shared.stats.clone()).into_actor(self));
         }
     }
 }

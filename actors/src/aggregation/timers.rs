@@ -16,31 +16,34 @@ pub(super) const TIMER_RESOLUTION: Duration = Duration::from_millis(5);
 /// aggregators, which all run on the shard's thread (hence `Rc`, not `Arc`); a borrow
 /// never outlives one push or one sweep, so they never overlap.
 #[derive(Debug, Default)]
-pub struct CloseTimers {
+pub(super) struct CloseTimers {
     due: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
 }
 
 impl CloseTimers {
     /// Asks for aggregator `index` to be sent [`CheckOpenMinutes`] at `at`.
-    pub fn schedule(&self, at: Instant, index: u32) {
+    pub(super) fn schedule(&self, at: Instant, index: u32) {
         self.due.borrow_mut().push(Reverse((at, index)));
     }
 
-    /// Removes the timers due at `now` and returns their aggregators.
-    pub(super) fn take_due(&self, now: Instant) -> Vec<u32> {
+    /// Removes the timers due at `now` and returns them (when due, which aggregator), the
+    /// earliest first:
+    /// at most `limit` of them, except that every timer due at or before `overdue` is
+    /// taken whatever the limit (a look is put off until then at the latest).
+    pub(super) fn take_due(&self, now: Instant, limit: usize, overdue: Instant) -> Vec<(Instant, u32)> {
         let mut due = self.due.borrow_mut();
-        let mut indices = Vec::new();
+        let mut taken = Vec::new();
         while let Some(&Reverse((at, index))) = due.peek() {
-            if at > now {
+            if at > now || (taken.len() >= limit && at > overdue) {
                 break;
             }
             due.pop();
-            indices.push(index);
+            taken.push((at, index));
         }
         if due.is_empty() && due.capacity() > 1024 {
             // A burst (every machine closing the same minute) should not pin its peak.
             *due = BinaryHeap::new();
         }
-        indices
+        taken
     }
 }

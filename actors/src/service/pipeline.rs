@@ -53,6 +53,8 @@ impl PipelineSettings {
                 grace: aggregation.grace,
                 tick: aggregation.tick,
                 remember_written: aggregation.max_lateness,
+                writer_backlog_limit: 2 * config.database.batch_max_rows,
+                writer_backlog_wait: aggregation.tick,
             },
             inbound_capacity: config.mqtt.inbound_capacity,
             shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),

@@ -268,7 +268,12 @@ impl Writer {
 
     /// Minutes held and not yet written, including those an attempt has in flight.
     pub(super) fn buffered_minutes(&self) -> usize {
-        self.pending.len() + self.unwritten.iter().map(Batch::minutes).sum::<usize>() + self.in_flight().0
+        self.waiting_minutes() + self.in_flight().0
+    }
+
+    /// Minutes held that no attempt has taken yet.
+    fn waiting_minutes(&self) -> usize {
+        self.pending.len() + self.unwritten.iter().map(Batch::minutes).sum::<usize>()
     }
 
     /// Rejected messages held and not yet stored, including those in flight.
@@ -293,6 +298,7 @@ impl Writer {
     pub(super) fn publish_state(&self) {
         let stats = &self.stats;
         stats.rows_buffered.store(self.buffered_minutes() as u64, Ordering::Relaxed);
+        stats.rows_waiting.store(self.waiting_minutes() as u64, Ordering::Relaxed);
         stats.rejections_buffered.store(self.buffered_rejections() as u64, Ordering::Relaxed);
         stats.writer_holding.store(!self.held_replies.is_empty(), Ordering::Relaxed);
         let state = WRITER_STATES.iter().position(|name| *name == self.state.name()).unwrap_or(0);

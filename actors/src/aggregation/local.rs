@@ -1,0 +1,141 @@
+//! What the aggregators of one shard share on the shard's thread: the fleet-wide settings
+//! and handles, the shard's close timers, and each aggregator's schedule.
+//!
+//! Why an aggregator's schedule (its pending look and its late arrivals) lives here and
+//! not in the actor: actix runs each actor as a tokio task whose allocation holds the
+//! actor inline, and that allocation is about 250 bytes larger once the actor is more
+//! than 72 bytes (an empty actor with its address costs 818 bytes resident, one of 80 to
+//! 192 bytes 1,070: docs/benchmarks.md, session 14). At 100,000 machines that cliff is
+//! 25 MB. Here the schedule costs its own 56 bytes in one `Vec` per shard.
+
+use super::cold_index::ColdIndex;
+use super::late::LateArrivals;
+use super::timers::CloseTimers;
+use crate::clock::Clock;
+use crate::journal::Journal;
+use crate::logic::time::duration_micros;
+use crate::logic::Minute;
+use crate::messages::WriteMinutes;
+use crate::stats::PipelineStats;
+use actix::Recipient;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Shared by reference count between a shard and its aggregators, which all run on the
+/// shard's thread (hence `Rc` for it, and `RefCell`s inside: a borrow never outlives one
+/// call, so borrows never overlap).
+#[derive(Debug)]
+pub(super) struct ShardLocal {
+    pub(super) shared: Arc<AggregatorShared>,
+    pub(super) timers: CloseTimers,
+    /// Indexed by the aggregator's number in the shard.
+    schedules: RefCell<Vec<Schedule>>,
+}
+
+/// When an aggregator looks at its open minutes next, and why.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Schedule {
+    /// The earliest look asked of the timers; none while nothing is open. Later requests
+    /// may still be pending: a look that finds nothing to do is harmless, and not
+    /// cancelling them keeps the timers a plain heap.
+    pub(super) check: Option<Instant>,
+    /// Set once late samples arrived (see [`LateArrivals`]).
+    pub(super) late: Option<LateArrivals>,
+}
+
+impl ShardLocal {
+    pub(super) fn new(shared: Arc<AggregatorShared>) -> Self {
+        ShardLocal { shared, timers: CloseTimers::default(), schedules: RefCell::default() }
+    }
+
+    /// Makes room for one more aggregator; returns its number.
+    pub(super) fn add_aggregator(&self) -> u32 {
+        let mut schedules = self.schedules.borrow_mut();
+        schedules.push(Schedule::default());
+        u32::try_from(schedules.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    /// Aggregator `index`'s schedule (the default for a number never handed out).
+    pub(super) fn schedule(&self, index: u32) -> Schedule {
+        self.schedules.borrow().get(index as usize).copied().unwrap_or_default()
+    }
+
+    pub(super) fn set_schedule(&self, index: u32, schedule: Schedule) {
+        if let Some(held) = self.schedules.borrow_mut().get_mut(index as usize) {
+            *held = schedule;
+        }
+    }
+}
+
+/// The timing of minute closing.
+#[derive(Debug, Clone, Copy)]
+pub struct AggregatorSettings {
+    pub grace: Duration,
+    /// The longest the aggregator sleeps between looks at its open minutes. Closing is
+    /// timed to end + grace; this only bounds how late a close can be when the wall
+    /// clock is stepped forward (or, in tests, moved by hand). It also caps the
+    /// late-sample quiet period and its hold (`late::LATE_HOLD`), so a test with a tiny
+    /// tick closes late minutes quickly.
+    pub tick: Duration,
+    /// How long a written minute's timestamps are kept for duplicate detection:
+    /// `max_lateness`, beyond which a sample is rejected as too late anyway.
+    pub remember_written: Duration,
+    /// Due minutes are closed only while fewer rows than this wait for the writer (held
+    /// and not yet taken by a write, or on their way to it); a close is put off by at most
+    /// `writer_backlog_wait`. Why: when every machine's minute is due at once (each minute boundary at
+    /// 100,000 machines, the waves of a drained backlog), closing all of them would move
+    /// every open minute into the writer's buffer at once, where a row costs several
+    /// times what it did as an open minute (docs/benchmarks.md, session 14). Paced, the
+    /// writer still always has the next rows ready, and a minute not yet closed keeps
+    /// merging late samples, so there are fewer parts to write.
+    pub writer_backlog_limit: usize,
+    /// The longest a due close waits for room in the writer's backlog; then it closes
+    /// anyway, and the writer's own limit (`max_buffered_rows`, which holds its senders)
+    /// applies: while PostgreSQL is down, minutes go on closing into the writer's buffer.
+    pub writer_backlog_wait: Duration,
+}
+
+/// What every aggregator has in common, held once: at 100,000 machines each byte per
+/// aggregator is 100 kB.
+#[derive(Debug)]
+pub struct AggregatorShared {
+    pub settings: AggregatorSettings,
+    pub clock: Arc<dyn Clock>,
+    /// One sender for every aggregator: each `Recipient` clone allocates its own sender
+    /// state (about 100 bytes). Sharing is safe: a send through a sender parked on a full
+    /// mailbox goes out through a fresh clone of it (actix's `Request`), so no aggregator
+    /// waits for another's wake-up.
+    pub writer: Recipient<WriteMinutes>,
+    pub stats: Arc<PipelineStats>,
+    /// Finishes the journal record of a resend dropped as already written (no row will).
+    pub journal: Option<Arc<Journal>>,
+    /// Where older written minutes wait; without it (no journal directory to put it
+    /// in) the whole index stays in memory.
+    pub cold: Option<ColdIndex>,
+    /// While the journal is replayed, the arrival time (µs) of its oldest message: its
+    /// samples were validated as of then, so written minutes are kept from then on, not
+    /// from now. `i64::MAX` otherwise.
+    pub replaying_since: AtomicI64,
+}
+
+impl AggregatorShared {
+    /// How many more aggregators may close their due minutes now (each closes one or
+    /// two, rarely more): the writer backlog's room.
+    pub(super) fn writer_room(&self) -> usize {
+        let stats = &self.stats;
+        let backlog =
+            stats.rows_waiting.load(Ordering::Relaxed) + stats.rows_to_writer.load(Ordering::Relaxed);
+        self.settings.writer_backlog_limit.saturating_sub(usize::try_from(backlog).unwrap_or(usize::MAX))
+    }
+
+    /// The oldest minute a sample accepted now can fall in.
+    pub(super) fn remember_since(&self) -> Minute {
+        let now = self
+            .clock
+            .now()
+            .min(crate::logic::Timestamp::from_micros(self.replaying_since.load(Ordering::Relaxed)));
+        now.saturating_add_micros(-duration_micros(self.settings.remember_written)).minute()
+    }
+}
