@@ -170,6 +170,19 @@ impl Harness {
         panic!("expected {parts} parts, have {}", self.recorder.part_count());
     }
 
+    /// Waits (bounded) until at least `rows` closed minutes are on their way to the
+    /// writer, then a little longer, so that a close that should not happen would have.
+    async fn rows_on_their_way_after(&self, rows: u64) -> u64 {
+        for _ in 0..400 {
+            if self.stats.rows_to_writer.load(Ordering::SeqCst) >= rows {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        self.stats.rows_to_writer.load(Ordering::SeqCst)
+    }
+
     async fn wait_until_routed(&self, samples: u64) {
         for _ in 0..400 {
             let seen =
@@ -569,8 +582,7 @@ async fn due_minutes_close_only_as_fast_as_the_writer_makes_room() {
     // Room for 4: each of the two shards closes at most that many, and the (stalled)
     // writer's unanswered sends count against the room until answered.
     h.stats.rows_waiting.store(6, Ordering::SeqCst);
-    actix_rt::time::sleep(Duration::from_millis(200)).await;
-    let on_their_way = h.stats.rows_to_writer.load(Ordering::SeqCst);
+    let on_their_way = h.rows_on_their_way_after(4).await;
     assert!((4..=8).contains(&on_their_way), "{on_their_way} minutes closed into a room of 4");
     assert_eq!(h.stats.open_minutes.load(Ordering::SeqCst), 40 - on_their_way as i64);
     // The writer catches up: the rest close, and every sample is written once.
@@ -596,4 +608,43 @@ async fn a_due_minute_waits_for_the_writer_only_so_long() {
     h.wait_for_parts(40).await;
     h.pipeline.stop().await;
     assert_eq!(h.recorder.rows().len(), 40);
+}
+
+#[actix_rt::test]
+async fn each_aggregator_checks_the_room_again_before_it_closes() {
+    // One shard, ten machines with two due minutes each: the shard's sweep sends looks to
+    // as many aggregators as there is room for rows (4), but each closes two rows, so
+    // without its own check the room would be overrun twice over.
+    let gate = Arc::new(Semaphore::new(0));
+    let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+    let h = start_tuned(
+        "2026-03-01T10:00:30Z",
+        |config| {
+            config.database.batch_max_rows = 5;
+            // The second minute's samples are 40 s ahead of the clock; neither minute is
+            // due until the clock is moved.
+            config.aggregation.future_tolerance = Some(Duration::from_secs(120));
+        },
+        |settings| {
+            settings.shards = 1;
+            settings.aggregator.writer_backlog_wait = Duration::from_secs(60);
+        },
+        recorder,
+        Vec::new(),
+    )
+    .await;
+    for n in 0..10 {
+        h.publish(message(&format!("m{n}"), "2026-03-01T10:00:10Z", 10.0, 1.0)).await;
+        h.publish(message(&format!("m{n}"), "2026-03-01T10:01:10Z", 10.0, 1.0)).await;
+    }
+    h.wait_until_routed(20).await;
+    h.stats.rows_waiting.store(6, Ordering::SeqCst);
+    h.clock.set(at("2026-03-01T10:03:00Z"));
+    let on_their_way = h.rows_on_their_way_after(4).await;
+    assert!((4..=5).contains(&on_their_way), "{on_their_way} rows closed into a room of 4");
+    h.stats.rows_waiting.store(0, Ordering::SeqCst);
+    gate.add_permits(1_000);
+    h.wait_for_parts(20).await;
+    h.pipeline.stop().await;
+    assert_eq!(h.recorder.rows().len(), 20);
 }
