@@ -2,22 +2,23 @@
 //!
 //! It accumulates the samples the broker routes to it, drops redelivered duplicates, and
 //! hands each minute to the writer at its end + grace: it asks its shard's
-//! [`CloseTimers`](super::timers::CloseTimers) to wake it at exactly that moment (give or take the shard's 5 ms
-//! resolution), and only while the machine has open minutes, so an idle machine costs
-//! no wake-ups. Handing over is an awaited send inside `ctx.wait`, so while the writer is
-//! full this actor takes no new samples and the broker, in turn, slows down.
+//! [`CloseTimers`](super::timers::CloseTimers) to wake it at exactly that moment (give or
+//! take the shard's 5 ms resolution, and as the writer's backlog leaves room), and only
+//! while the machine has open minutes, so an idle machine costs no wake-ups. Handing over
+//! is an awaited send inside `ctx.wait`, so while the writer is full this actor takes no
+//! new samples and the broker, in turn, slows down.
 //!
-//! A sample for a minute that is already due (a late message, or a backlog drained after
-//! an outage) reopens that minute. It is not closed at once, which would make every late
-//! message a row of its own: it closes once no late sample has arrived for a quiet
-//! period, or [`LATE_HOLD`](super::late::LATE_HOLD) after the first one, whichever comes first. The quiet period
-//! follows the machine's own pace: three times the last gap between its late arrivals,
-//! within [`LATE_QUIET_MIN`](super::late::LATE_QUIET_MIN) and
+//! A sample for a minute that is already due (a late message, or a backlog drained after an
+//! outage) reopens that minute. It is not closed at once, which would make every late
+//! message a row of its own: it closes once no late sample has arrived for a quiet period,
+//! or [`LATE_HOLD`](super::late::LATE_HOLD) after the first one, whichever comes first. The
+//! quiet period follows the machine's own pace: three times the last gap between its late
+//! arrivals, within [`LATE_QUIET_MIN`](super::late::LATE_QUIET_MIN) and
 //! [`LATE_QUIET_MAX`](super::late::LATE_QUIET_MAX). A backlog of 1,000 machines brings a
-//! machine's messages about 20 ms apart, one of 10,000 machines 0.2 s apart, one of
-//! 100,000 machines about 1.5 s apart: a fixed 50 ms made the second nearly a row update
-//! per message, a fixed 500 ms added half a second to the end of the first, and a cap of
-//! 500 ms made the third a row update per message (docs/benchmarks.md, session 13).
+//! machine's messages about 20 ms apart, one of 10,000 machines 0.2 s apart, one of 100,000
+//! machines about 1.5 s apart: a fixed 50 ms made the second nearly a row update per
+//! message, a fixed 500 ms added half a second to the end of the first, and a cap of 500 ms
+//! made the third a row update per message (docs/benchmarks.md, session 13).
 
 use super::late::LateArrivals;
 use super::local::{AggregatorShared, Schedule, ShardLocal};
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// At most 72 bytes: one byte more costs every machine about 250 (see `local`'s module
-/// comment), so what is not needed on every message lives in the shard ([`Schedule`]).
+/// comment), so what is not needed on every message lives in the shard (`local::Schedule`).
 #[derive(Debug)]
 pub struct Aggregator {
     /// Shared with every row this actor emits, so a closed minute costs no string copy.

@@ -8,10 +8,12 @@
 //! broker sends one [`RouteSamples`] per core per batch and this actor, on the
 //! aggregators' own thread, does the per-machine delivery.
 //!
-//! It also keeps the close timers of its aggregators ([`CloseTimers`](super::timers::CloseTimers)): one heap per
-//! shard, swept every [`TIMER_RESOLUTION`], instead of a timer per aggregator (an actix
-//! timer future with a tokio `Sleep` is about 210 bytes; 100,000 active machines had
-//! 21 MB of them).
+//! It also keeps the close timers of its aggregators
+//! ([`CloseTimers`](super::timers::CloseTimers)): one heap per shard, swept every
+//! [`TIMER_RESOLUTION`], instead of a timer per aggregator (an actix timer future with a
+//! tokio `Sleep` is about 210 bytes; 100,000 active machines had 21 MB of them). A sweep
+//! sends only as many due looks as the writer's backlog has room for
+//! (`AggregatorSettings::writer_backlog_limit`).
 //!
 //! Delivery policy ([`crate::delivery`]), as in the broker: a delivery refused because
 //! that aggregator's mailbox is full is awaited inside `ctx.wait`, so this shard takes no
