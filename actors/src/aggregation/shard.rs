@@ -56,7 +56,9 @@ impl Shard {
         for (due, index) in self.local.timers.take_due(now, shared.writer_room(), overdue) {
             let Some(aggregator) = self.aggregators.get(index as usize) else { continue };
             if let Err(SendError::Full(_)) = aggregator.try_send(CheckOpenMinutes { due }) {
-                self.local.timers.schedule(now + TIMER_RESOLUTION, index);
+                // Still due: taken again at the next sweep, its wait for room still
+                // counted from `due`.
+                self.local.timers.schedule(due, index);
             }
         }
     }

@@ -26,10 +26,9 @@ impl CloseTimers {
         self.due.borrow_mut().push(Reverse((at, index)));
     }
 
-    /// Removes the timers due at `now` and returns them (when due, which aggregator), the
-    /// earliest first:
-    /// at most `limit` of them, except that every timer due at or before `overdue` is
-    /// taken whatever the limit (a look is put off until then at the latest).
+    /// Removes the timers due at `now` and returns them (when due, which aggregator),
+    /// earliest first: at most `limit` of them, except that every timer due at or before
+    /// `overdue` is taken whatever the limit (a look is put off until then at the latest).
     pub(super) fn take_due(&self, now: Instant, limit: usize, overdue: Instant) -> Vec<(Instant, u32)> {
         let mut due = self.due.borrow_mut();
         let mut taken = Vec::new();
