@@ -47,8 +47,9 @@ const COMPARE_ROWS: &[&str] = &[
     "paho receive thread voluntary switches per 1,000 messages, journal off, N=",
 ];
 
-/// Runs `scripts/bench --tiny` with `env` and returns its standard output, after checking
-/// that it succeeded and printed a number in each of `rows`.
+/// Runs `scripts/bench --tiny` with `env` and returns its standard output followed by its
+/// log (standard error), after checking that it succeeded and printed a number in each of
+/// `rows`.
 fn run_tiny_bench(env: &[(&str, &str)], rows: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
     let output = Command::new(root.join("scripts/bench"))
@@ -72,7 +73,7 @@ fn run_tiny_bench(env: &[(&str, &str)], rows: &[&str]) -> String {
         let value = row_value(&stdout, label);
         assert!(value.is_some_and(f64::is_finite), "row {label:?} has no number:\n{stdout}");
     }
-    stdout
+    format!("{stdout}{stderr}")
 }
 
 fn row_value(stdout: &str, label: &str) -> Option<f64> {
@@ -105,4 +106,22 @@ fn the_benchmark_command_runs_on_a_tiny_size_and_prints_its_table() {
         threads.contains("fleetagg-aggr-0") && threads.contains("MQTTAsync_rcv"),
         "no per-thread CPU:\n{stdout}"
     );
+}
+
+#[test]
+fn a_short_live_run_delivers_every_published_message_and_traces_memory() {
+    // Two publishers at QoS 1: each must see every PUBACK, or the bench fails.
+    let stdout = run_tiny_bench(
+        &[
+            ("BENCH_PHASES", "latency"),
+            ("BENCH_LATENCY_SECONDS", "3"),
+            ("BENCH_LATENCY_MACHINES", "100"),
+            ("BENCH_LATENCY_RATE", "200"),
+            ("BENCH_LATENCY_PUBLISHERS", "2"),
+        ],
+        &["RSS per machine live, 100 machines (peak - idle)"],
+    );
+    let live = stdout.lines().find(|line| line.contains("messages received,")).unwrap_or_default();
+    assert!(live.contains("live: 600 of 600 messages received"), "not every message arrived:\n{stdout}");
+    assert!(stdout.contains("at the sampled peak ("), "no memory trace:\n{stdout}");
 }

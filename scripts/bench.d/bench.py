@@ -114,6 +114,8 @@ class Bench:
         self.latency_seconds = env_int("BENCH_LATENCY_SECONDS", 0 if tiny else 150)
         self.latency_rate = env_int("BENCH_LATENCY_RATE", 10_000)
         self.latency_machines = env_int("BENCH_LATENCY_MACHINES", 10_000)
+        self.latency_publishers = max(1, env_int("BENCH_LATENCY_PUBLISHERS", 1))
+        self.latency_qos = env_int("BENCH_LATENCY_QOS", 1)
         self.max_inflight = env_int("BENCH_MAX_INFLIGHT", 100)
         self.phases = env_names("BENCH_PHASES", PHASES)
         self.statements_machines = env_int("BENCH_STATEMENTS_MACHINES", 500 if tiny else 25_000)
@@ -759,16 +761,7 @@ class Bench:
                                       kib_per_machine_total=total)
         log(f"  peak {peak / 1024:.1f} MiB (idle {idle / 1024:.1f} MiB): {marginal:.2f} KiB per machine; "
             f"{service['vm_rss_kib'] / 1024:.1f} MiB and {service['idle_cpu_cores']:.2f} cores once idle")
-        trace = service["memory_trace"] or []
-        for label, entry in (("at the sampled peak", max(trace, key=lambda e: e.get("VmRSS", 0), default=None)),
-                             ("halfway", trace[len(trace) // 2] if trace else None),
-                             ("once idle", trace[-1] if trace else None)):
-            if entry:
-                log(f"  {label} ({entry['seconds']:.1f} s): RSS {entry.get('VmRSS', 0) / 1024:.1f} MiB "
-                    f"(anonymous {entry.get('RssAnon', 0) / 1024:.1f}, file {entry.get('RssFile', 0) / 1024:.1f}), "
-                    f"{entry['open_minutes']:.0f} minutes open, {entry['rows_buffered']:.0f} rows in the writer, "
-                    f"{entry['messages_received_total']:.0f} messages received, "
-                    f"{entry['rows_written_total']:.0f} rows written")
+        log_memory_trace(service["memory_trace"] or [])
         self.rows.append((f"fleetagg drain, {machines} machines", service["rate"], "msg/s", "info", ""))
         self.rows.append((f"peak RSS, {machines} machines", peak / 1024, "MiB", "", ""))
         self.rows.append(("RSS per machine (peak - idle)", marginal, "KiB", "<= 1.5", verdict(marginal <= 1.5)))
@@ -884,26 +877,55 @@ class Bench:
             log("latency: skipped (tiny mode or BENCH_LATENCY_SECONDS=0)")
             return
         rate, machines, seconds = self.latency_rate, self.latency_machines, self.latency_seconds
-        log(f"latency: live traffic, {machines} machines at {rate} messages/s for {seconds}s")
+        publishers = min(self.latency_publishers, machines)
+        log(f"latency: live traffic, {machines} machines at {rate} messages/s for {seconds}s"
+            + (f" from {publishers} publishers" if publishers > 1 else ""))
         self.psql("TRUNCATE loading_rate, rejected_message")
         self.psql(LATENCY_TRIGGER)
         service = self.start_service()
+        trace = MemoryTrace()
         try:
             self.wait_for_log(service, "subscribed")
+            address = self.metrics_address()
             sim_start = time.time()
-            argv = [self.bin, "--log-level", "warn", "simulate", "--url", f"tcp://127.0.0.1:{self.port}", "--topic-prefix",
-                    SERVICE_PREFIX, "--machines", str(machines), "--rate", str(rate), "--duration",
-                    f"{seconds}s", "--quiet"]
-            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+            simulators = [self.live_publisher(index, publishers, machines, rate, seconds)
+                          for index in range(publishers)]
+            # What the live peak is made of: the same trace as the memory phase's, while
+            # traffic flows and until the last minute closed.
+            while any(sim.poll() is None for sim in simulators):
+                trace.poll(time.time() - sim_start, service.pid, address)
+                time.sleep(0.1)
             sim_end = time.time()
-            if result.returncode != 0:
-                raise SystemExit(f"simulate failed:\n{result.stdout}{result.stderr}")
-            achieved = re.search(r"\(([0-9.]+) messages/s\)", result.stdout)
+            achieved, published = 0.0, 0
+            for sim in simulators:
+                out = sim.stdout.read()
+                if sim.returncode != 0:
+                    raise SystemExit(f"live publisher failed:\n{out}")
+                found = re.search(r"published (\d+) messages .*\(([0-9.]+) messages/s\)", out)
+                if found:
+                    published += int(found.group(1))
+                    achieved += float(found.group(2))
             # The last minute that ended while traffic flowed closes at end + grace.
-            time.sleep(GRACE_SECONDS + 4)
+            while time.time() < sim_end + GRACE_SECONDS + 4:
+                trace.poll(time.time() - sim_start, service.pid, address)
+                time.sleep(0.1)
+            received = int(self.counter(address, "fleetagg_messages_received_total"))
             status = proc_status(service.pid)
         finally:
             self.stop_service(service)
+        idle = self.idle["VmHWM"]
+        per_machine = (status["VmHWM"] - idle) / machines
+        self.results["latency"] = {
+            "rate": rate, "achieved_rate": achieved or None, "publishers": publishers, "qos": self.latency_qos,
+            "published": published, "received": received, "machines": machines, "seconds": seconds,
+            "vm_hwm_kib": status["VmHWM"], "idle_vm_hwm_kib": idle, "kib_per_machine": per_machine,
+            "memory_trace": trace.samples,
+        }
+        log(f"  live: {received} of {published} messages received, {achieved:.0f} messages/s reached")
+        log(f"  peak {status['VmHWM'] / 1024:.1f} MiB (idle {idle / 1024:.1f} MiB): {per_machine:.2f} KiB per machine")
+        log_memory_trace(trace.samples)
+        self.rows.append((f"RSS per machine live, {machines} machines (peak - idle)", per_machine, "KiB",
+                          "info", ""))
         stats = self.psql(
             "SELECT count(*), "
             "percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), "
@@ -919,15 +941,23 @@ class Bench:
             return
         p50, p99, worst = (float(x) for x in stats[1:])
         target = GRACE_SECONDS + 1
-        self.results["latency"] = {
-            "rows": count, "p50": p50, "p99": p99, "max": worst, "target": target,
-            "rate": rate, "achieved_rate": float(achieved.group(1)) if achieved else None,
-            "machines": machines, "seconds": seconds, "vm_hwm_kib": status["VmHWM"],
-        }
+        self.results["latency"].update({"rows": count, "p50": p50, "p99": p99, "max": worst, "target": target})
         log(f"  {count} minutes: lag p50 {p50:.2f}s, p99 {p99:.2f}s, max {worst:.2f}s")
         self.rows.append(("minute end to commit, p50", p50, "s", "info", ""))
         self.rows.append(("minute end to commit, p99", p99, "s", f"<= {target:.1f} (grace + 1 s)",
                           verdict(p99 <= target)))
+
+    def live_publisher(self, index, publishers, machines, rate, seconds):
+        """One of the publishers that together send the live fleet: a share of the machines
+        (their own id prefix) at the same share of the rate. `live_publisher.py`, not
+        `fleetagg simulate`, whose paho client costs too much CPU for 100,000 messages/s
+        beside the service and the broker on two cores (see that script)."""
+        share = machines // publishers + (1 if index < machines % publishers else 0)
+        argv = [sys.executable, str(Path(__file__).with_name("live_publisher.py")), "--port", str(self.port),
+                "--topic-prefix", SERVICE_PREFIX, "--machines", str(share), "--rate", str(rate * share / machines),
+                "--seconds", str(seconds), "--machine-prefix", f"machine-{index}-", "--seed", str(7 + index),
+                "--qos", str(self.latency_qos)]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     # --- output --------------------------------------------------------------------------
 
@@ -1290,6 +1320,19 @@ class MemoryTrace:
 
     def peak(self):
         return max(self.samples, key=lambda entry: entry.get("VmRSS", 0), default=None)
+
+
+def log_memory_trace(trace):
+    """The trace's sampled peak, its middle and its last entry, one line each."""
+    for label, entry in (("at the sampled peak", max(trace, key=lambda e: e.get("VmRSS", 0), default=None)),
+                         ("halfway", trace[len(trace) // 2] if trace else None),
+                         ("at the end", trace[-1] if trace else None)):
+        if entry:
+            log(f"  {label} ({entry['seconds']:.1f} s): RSS {entry.get('VmRSS', 0) / 1024:.1f} MiB "
+                f"(anonymous {entry.get('RssAnon', 0) / 1024:.1f}, file {entry.get('RssFile', 0) / 1024:.1f}), "
+                f"{entry['open_minutes'] or 0:.0f} minutes open, {entry['rows_buffered'] or 0:.0f} rows in the writer, "
+                f"{entry['messages_received_total'] or 0:.0f} messages received, "
+                f"{entry['rows_written_total'] or 0:.0f} rows written")
 
 
 def broker_done(timeline):
