@@ -8,6 +8,8 @@
 //!   state while a minute is open);
 //! - `open_minutes_full`: the same holding a whole minute at 1/s, 60 samples stamped in
 //!   µs (every machine's state at the moment its minute closes, live at 1/s);
+//! - `open_minutes_boundary`: 65 such samples, a full minute in its grace period and 5
+//!   s of the next (every machine's state at a minute boundary, live at 1/s);
 //! - `pipeline`: the broker and one aggregator actor per machine on one arbiter per core,
 //!   fed one message per machine by the fake broker, every minute still open;
 //! - `written_*`: one `OpenMinutes` per machine after ten minutes of samples, all of them
@@ -70,8 +72,9 @@ fn report(scenario: &str, machines: usize, before: u64, after: u64) {
     );
 }
 
-/// One open minute per machine with `per_minute` samples a second apart (µs stamps a
-/// little off the whole second, as a real clock's are).
+/// `per_minute` samples a second apart per machine from a minute's start (µs stamps a
+/// little off the whole second, as a real clock's are): one open minute up to 60, two
+/// beyond.
 fn open_minutes(scenario: &str, machines: usize, per_minute: i64) {
     let before = rss_kib();
     let minute_start = Timestamp::from_micros(SAMPLE_MICROS).minute().start().micros();
@@ -217,6 +220,9 @@ fn main() {
     match std::env::var(SCENARIO).as_deref() {
         Ok("open_minutes") => open_minutes("open_minutes", machines, 1),
         Ok("open_minutes_full") => open_minutes("open_minutes_full", machines, 60),
+        // 5 s into the next minute: a full minute in its grace period and the next one,
+        // what every machine holds at a minute boundary.
+        Ok("open_minutes_boundary") => open_minutes("open_minutes_boundary", machines, 65),
         Ok("pipeline") => pipeline(machines),
         Ok(scenario) if scenario.starts_with("written_") => written(scenario, machines),
         _ => {
@@ -224,6 +230,7 @@ fn main() {
             let scenarios = [
                 "open_minutes",
                 "open_minutes_full",
+                "open_minutes_boundary",
                 "written_1s",
                 "written_1s_ms",
                 "written_1s_us",
