@@ -4,10 +4,11 @@ messages/s from one core: MQTT 3.1.1 spoken over a plain socket, QoS 1 (the brok
 PUBACKs are read and counted by a second thread) or 0, one message per machine in turn,
 timestamped to the millisecond when its batch is built.
 
-Why not `fleetagg simulate`: its paho client costs about 12 µs of CPU a message (each
-publish awaited through a token), so on a 2-core machine two of them publishing 100,000
-machines at 1 message/s left the service and Mosquitto too little CPU, and the broker
-queued what the service could not take: a backlog, not live traffic. The payloads are the
+Why not `fleetagg simulate`: its paho client (each publish awaited through a token) is
+far dearer; on a 2-core machine two of them publishing 100,000 machines at 1 message/s
+took 60 % of a core each, left the service and Mosquitto too little CPU, and the broker
+queued what the service could not take: a backlog, not live traffic (docs/benchmarks.md,
+session 15). The payloads are the
 same as `simulate`'s: {"machine", "ts" (ms), "load_rate", "mileage"}.
 
 Prints "published N messages from M machines in S s (R messages/s)" as `simulate` does.
