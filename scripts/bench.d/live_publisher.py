@@ -127,6 +127,8 @@ def main():
             mileage[index] += 250  # in thousandths: it only grows
             payload = b"".join((heads[index], stamp, loads[sent & 4095],
                                 b"%d.%03d}" % divmod(mileage[index], 1000)))
+            # Ids are reused without waiting for their PUBACK: Mosquitto acknowledges an
+            # incoming QoS 1 publish at once and keeps no state by id for it.
             packet_id = packet_id % 65535 + 1
             topic = topics[index]
             if args.qos:
