@@ -121,7 +121,7 @@ fn a_short_live_run_delivers_every_published_message_and_traces_memory() {
         ],
         &["RSS per machine live, 100 machines (peak - idle)"],
     );
-    let live = stdout.lines().find(|line| line.contains("] live: ")).unwrap_or_default();
+    let live = stdout.lines().find(|line| line.contains(" live: ")).unwrap_or_default();
     assert!(live.contains("live: 600 of 600 messages received"), "not every message arrived:\n{stdout}");
     assert!(stdout.contains("at the sampled peak ("), "no memory trace:\n{stdout}");
 }
