@@ -10,8 +10,22 @@
 //!   µs (every machine's state at the moment its minute closes, live at 1/s);
 //! - `open_minutes_boundary`: 65 such samples, a full minute in its grace period and 5
 //!   s of the next (every machine's state at a minute boundary, live at 1/s);
+//! - `close_wave_ms`, `close_wave_us`: what closing a minute boundary costs, live at 1/s.
+//!   Every machine holds a written minute (cooled to a cold index on disk), a full
+//!   minute in its grace period and 5 s of the next (ms or µs stamps); then every
+//!   machine's due minute closes in turn, in the machines' order (`…_shuffled`: in a
+//!   random one), its part waiting in a stand-in for the writer's backlog (the last
+//!   15,000 parts, about what the service keeps there). The report gives the level
+//!   before the wave, the highest `VmRSS` during it (read every 500 closes) and the
+//!   level after: how much of the live peak the wave itself adds;
 //! - `pipeline`: the broker and one aggregator actor per machine on one arbiter per core,
 //!   fed one message per machine by the fake broker, every minute still open;
+//! - `pipeline_wave`: the same pipeline at a minute boundary, live at 1/s: every machine
+//!   sends a full minute and 5 s of the next (ms stamps, the wall clock moving with them),
+//!   then the clock passes the minute's end + grace and every aggregator closes it,
+//!   handing its row to a writer that drops it at once. The level before the wave, its
+//!   highest `VmRSS` (read every 20 ms) and the level after: what the actors add to the
+//!   close wave beside `close_wave_ms`'s open minutes;
 //! - `written_*`: one `OpenMinutes` per machine after ten minutes of samples, all of them
 //!   written (closed) and held in the duplicate index (`max_lateness` of 10 minutes), plus
 //!   the current minute open with one sample: `written_1s` one sample a second on whole
@@ -163,6 +177,84 @@ fn written(scenario: &str, machines: usize) {
     drop(held);
 }
 
+/// The written minute, the full minute in its grace and 5 s of the next, for every machine,
+/// then the close wave (see the module comment).
+fn close_wave(scenario: &str, machines: usize) {
+    let cold_dir = std::env::temp_dir().join(format!("fleetagg-memory-wave-{}", std::process::id()));
+    let cold = ColdIndex::open(&cold_dir).expect("a cold index directory");
+    let jitter_unit: i64 = if scenario.contains("_us") { 1 } else { 1_000 };
+    let first_minute = Timestamp::from_micros(SAMPLE_MICROS).minute();
+    let start = first_minute.start().micros();
+    let grace = Duration::from_secs(5);
+    let sample = |micros: i64| Sample {
+        ts: Timestamp::from_micros(micros),
+        load_rate: 42.0,
+        mileage: 1.0,
+        mark: JournalMark::NONE,
+    };
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut jitter = || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as i64 % 5_000 / jitter_unit * jitter_unit
+    };
+    let before = rss_kib();
+    // Built second by second across the fleet, as live traffic arrives, so that each
+    // machine's allocations interleave with the others' as they do in the service.
+    let mut held: Vec<OpenMinutes> = (0..machines).map(|_| OpenMinutes::default()).collect();
+    for second in 0..125 {
+        for open in &mut held {
+            let ts = start + second * 1_000_000 + jitter();
+            if second == 65 {
+                open.take_closed(Timestamp::from_micros(ts), grace, first_minute);
+                cold.cool(open, first_minute).expect("the cold index stores");
+            }
+            open.accept(&sample(ts));
+        }
+    }
+    let level = rss_kib();
+    let now = Timestamp::from_micros(start + 125 * 1_000_000 + 5_000);
+    let mut backlog = std::collections::VecDeque::new();
+    let mut peak = level;
+    // In the machines' order (the order their memory was allocated in), as the shard's
+    // timers now close a boundary's minutes, or shuffled, as they did before session 16
+    // (their instants differed by microseconds).
+    let mut order: Vec<usize> = (0..machines).collect();
+    if scenario.ends_with("_shuffled") {
+        let mut random = 0x9e37_79b9_7f4a_7c15_u64;
+        for at in (1..order.len()).rev() {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            order.swap(at, (random % (at as u64 + 1)) as usize);
+        }
+    }
+    for (closes, &machine) in order.iter().enumerate() {
+        let open = &mut held[machine];
+        let parts = open.take_closed(now, grace, first_minute);
+        assert_eq!(parts.len(), 1, "one minute due per machine");
+        cold.cool(open, first_minute).expect("the cold index stores");
+        backlog.push_back(parts);
+        if backlog.len() > 15_000 {
+            backlog.pop_front();
+        }
+        if closes % 500 == 0 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    backlog.clear();
+    let after = rss_kib();
+    report(scenario, machines, before, level);
+    let per_machine = |kib: u64| kib as f64 * 1024.0 / machines as f64;
+    println!(
+        "memory/{scenario:<14} the wave: peak {peak} KiB ({:+.0} bytes per machine over the level before), \
+         after it {after} KiB ({:+.0})",
+        per_machine(peak - level),
+        per_machine(after) - per_machine(level)
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&cold_dir);
+}
+
 struct Discard;
 
 impl Actor for Discard {
@@ -215,6 +307,70 @@ fn pipeline(machines: usize) {
     });
 }
 
+/// The pipeline at a minute boundary and its close wave (see the module comment).
+fn pipeline_wave(machines: usize) {
+    let minute_start = Timestamp::from_micros(SAMPLE_MICROS).minute().start().micros();
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_micros(minute_start)));
+        let stats = Arc::new(PipelineStats::default());
+        let discard = Discard.start();
+        let outputs =
+            PipelineOutputs { minutes: discard.clone().recipient(), rejections: discard.recipient() };
+        let (publisher, source) = FakeBroker::new();
+        let settings = PipelineSettings::from_config(&Config::default());
+        let before = rss_kib();
+        let pipeline = Pipeline::start(settings, Box::new(source), outputs, clock.clone(), stats.clone())
+            .await
+            .expect("the fake source starts");
+        let mut sent = 0_u64;
+        for second in 0..65_i64 {
+            // The wall clock half a second past the samples: none of them is early.
+            clock.set(Timestamp::from_micros(minute_start + second * 1_000_000 + 500_000));
+            for n in 0..machines as i64 {
+                // Each machine a phase of its own within the second, to the millisecond.
+                let micros = minute_start + second * 1_000_000 + (n * 7_919 + second * 3) % 500 * 1_000;
+                let ts = Timestamp::from_micros(micros)
+                    .to_chrono()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let payload = format!(
+                    r#"{{"machine":"machine-{n:06}","ts":"{ts}","load_rate":42.17,"mileage":12345.678}}"#
+                );
+                assert!(publisher.publish("machines/memory/telemetry", payload).await);
+                sent += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while stats.accepted.load(Ordering::Relaxed) < sent {
+            assert!(Instant::now() < deadline, "the samples did not reach the aggregators");
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.minutes_closed.load(Ordering::Relaxed), 0, "no minute closed before the wave");
+        let level = rss_kib();
+        clock.set(Timestamp::from_micros(minute_start + 65_000_000 + 5_000));
+        let started = Instant::now();
+        let mut peak = level;
+        while stats.minutes_closed.load(Ordering::Relaxed) < machines as u64 {
+            assert!(Instant::now() < started + Duration::from_secs(300), "the minutes did not close");
+            peak = peak.max(rss_kib());
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        let wave = started.elapsed();
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+        let after = rss_kib();
+        report("pipeline_wave", machines, before, level);
+        let per_machine = |kib: i64| kib as f64 * 1024.0 / machines as f64;
+        println!(
+            "memory/pipeline_wave  the wave ({:.1} s): peak {peak} KiB ({:+.0} bytes per machine over the \
+             level before), after it {after} KiB ({:+.0})",
+            wave.as_secs_f64(),
+            per_machine(peak as i64 - level as i64),
+            per_machine(after as i64 - level as i64)
+        );
+        pipeline.stop().await;
+    });
+}
+
 fn main() {
     let machines = machines();
     match std::env::var(SCENARIO).as_deref() {
@@ -224,6 +380,8 @@ fn main() {
         // what every machine holds at a minute boundary.
         Ok("open_minutes_boundary") => open_minutes("open_minutes_boundary", machines, 65),
         Ok("pipeline") => pipeline(machines),
+        Ok("pipeline_wave") => pipeline_wave(machines),
+        Ok(scenario) if scenario.starts_with("close_wave_") => close_wave(scenario, machines),
         Ok(scenario) if scenario.starts_with("written_") => written(scenario, machines),
         _ => {
             let exe = std::env::current_exe().expect("the path of this benchmark");
@@ -231,6 +389,10 @@ fn main() {
                 "open_minutes",
                 "open_minutes_full",
                 "open_minutes_boundary",
+                "close_wave_ms",
+                "close_wave_ms_shuffled",
+                "close_wave_us",
+                "close_wave_us_shuffled",
                 "written_1s",
                 "written_1s_ms",
                 "written_1s_us",
@@ -240,9 +402,18 @@ fn main() {
                 "written_1s_us_cold",
                 "written_10s_cold",
                 "pipeline",
+                "pipeline_wave",
             ];
             for scenario in scenarios {
-                let status = Command::new(&exe).env(SCENARIO, scenario).status().expect("a child process");
+                // The service returns freed memory at once (src/allocator.rs); mimalloc
+                // reads this at start-up, so each child runs with the service's setting
+                // unless the caller chose another.
+                let purge_delay = std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "0".into());
+                let status = Command::new(&exe)
+                    .env(SCENARIO, scenario)
+                    .env("MIMALLOC_PURGE_DELAY", purge_delay)
+                    .status()
+                    .expect("a child process");
                 assert!(status.success(), "scenario {scenario} failed: {status}");
             }
         }

@@ -6,6 +6,7 @@
 
 pub mod json;
 pub mod minute;
+pub mod offsets;
 pub mod provenance;
 pub mod reject_limit;
 pub mod rfc3339;

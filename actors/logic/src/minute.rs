@@ -5,6 +5,7 @@
 //! instances behind a shared subscription) and the database upsert combines the parts
 //! into the same row one pass over all samples would give.
 
+use crate::offsets::MinuteOffsets;
 use crate::provenance::JournalTally;
 use crate::seen::{chunk_offsets, chunks_contain, encode_chunk};
 use crate::time::{duration_micros, Minute, Timestamp};
@@ -75,12 +76,12 @@ pub enum Accepted {
 struct OpenMinute {
     aggregate: MinuteAggregate,
     /// The offsets (µs from the minute's start) of the samples accepted into this
-    /// minute, sorted, for duplicate detection. A sorted `Vec` rather than a hash set: a
-    /// minute holds tens of samples that arrive mostly in order (so an insert is an
-    /// append after one comparison). Offsets rather than timestamps: a minute is 60
-    /// million µs, so 4 bytes a sample instead of 8; a full minute at 1/s holds 256
-    /// bytes, not 512, and every machine holds one at each minute's close.
-    seen: Vec<u32>,
+    /// minute, for duplicate detection. A sorted array rather than a hash set: a minute
+    /// holds tens of samples that arrive mostly in order (so an insert is an append after
+    /// one comparison). Offsets rather than timestamps, in the coarsest unit the stamps
+    /// allow ([`MinuteOffsets`]): a full minute at 1/s stamped in ms holds 128 bytes (256
+    /// as `u32`s, 512 as timestamps), and every machine holds one at each minute's close.
+    seen: MinuteOffsets,
     /// The journal records this minute answers for, duplicates included.
     tally: JournalTally,
     /// When the minute was reopened (parts of it were written already): those parts'
@@ -128,7 +129,7 @@ impl OpenMinute {
     fn of(sample: &Sample, offset: u32, written: Option<WrittenOffsets>) -> Self {
         OpenMinute {
             aggregate: MinuteAggregate::of(sample),
-            seen: vec![offset],
+            seen: MinuteOffsets::of(offset),
             tally: JournalTally::of(sample.mark),
             written,
         }
@@ -141,14 +142,9 @@ impl OpenMinute {
         }
         // A duplicate's record is finished when this minute is committed, like a sample's.
         self.tally.note(sample.mark);
-        let position = match self.seen.last() {
-            Some(&last) if last < offset => self.seen.len(),
-            _ => match self.seen.binary_search(&offset) {
-                Ok(_) => return Accepted::Duplicate,
-                Err(position) => position,
-            },
-        };
-        self.seen.insert(position, offset);
+        if !self.seen.insert(offset) {
+            return Accepted::Duplicate;
+        }
         self.aggregate.add(sample);
         Accepted::Added
     }
@@ -170,7 +166,7 @@ pub struct MinutePart {
 impl MinutePart {
     fn of(minute: Minute, open: OpenMinute) -> Self {
         let mut seen = Vec::new();
-        encode_chunk(&open.seen, &mut seen);
+        encode_chunk(&open.seen.to_vec(), &mut seen);
         MinutePart { minute, aggregate: open.aggregate, tally: open.tally, seen, known_new: false }
     }
 }
@@ -242,7 +238,7 @@ impl OpenMinutes {
             // Reopened: the index gets the union of its decoded written offsets and this
             // part's, so the held chunk is not decoded again (a machine bursting late
             // samples into one minute closes such a part again and again).
-            let whole = open.written.take().map(|written| written.chunk_with(&open.seen));
+            let whole = open.written.take().map(|written| written.chunk_with(&open.seen.to_vec()));
             let mut part = MinutePart::of(minute, open);
             match whole {
                 Some(whole) => {
@@ -263,8 +259,12 @@ impl OpenMinutes {
             // The minute that opened during the closed one's grace stays: give back the
             // slot the closed one held. Kept, it was 128 bytes a machine from the first
             // minute boundary on (12.5 MB at 100,000 machines), for a second minute each
-            // machine holds only for its grace period (docs/benchmarks.md, session 15).
-            self.minutes.shrink_to_fit();
+            // machine holds only for its grace period. Moved to a new allocation, not
+            // `shrink_to_fit`: mimalloc's `realloc` leaves a block shrunk to half its size
+            // or more where it is, at its old size (docs/benchmarks.md, session 16).
+            let mut kept = Vec::with_capacity(self.minutes.len());
+            kept.append(&mut self.minutes);
+            self.minutes = kept;
         }
         self.written.forget_before(remember_since);
         closed
@@ -389,9 +389,12 @@ mod tests {
             open.accept(&sample(seconds, 1.0, 1.0));
         }
         assert_eq!(open.minutes.capacity(), 2, "both minutes open during the first one's grace");
+        let held_at = open.minutes.as_ptr();
         let closed = open.take_closed(Timestamp::from_micros(65_000_000), grace, Minute::from_index(0));
         assert_eq!(closed.len(), 1);
         assert_eq!((open.len(), open.minutes.capacity()), (1, 1));
+        // A new allocation: shrunk in place, the old one would keep its size class.
+        assert_ne!(open.minutes.as_ptr(), held_at, "the remaining minute moved out of the two-slot block");
     }
 
     #[test]
