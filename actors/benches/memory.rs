@@ -12,7 +12,8 @@
 //!   s of the next (every machine's state at a minute boundary, live at 1/s);
 //! - `close_wave_ms`, `close_wave_us`: what closing a minute boundary costs, live at 1/s.
 //!   Every machine holds a written minute (cooled to a cold index on disk), a full
-//!   minute in its grace period and 5 s of the next (ms or µs stamps); then every
+//!   minute in its grace period and 5 s of the next (ms or µs stamps, and journal marks
+//!   as at 100,000 messages/s: a new segment every 3.5 s); then every
 //!   machine's due minute closes in turn, in the machines' order (`…_shuffled`: in a
 //!   random one), its part waiting in a stand-in for the writer's backlog (the last
 //!   15,000 parts, about what the service keeps there). The report gives the level
@@ -186,11 +187,18 @@ fn close_wave(scenario: &str, machines: usize) {
     let first_minute = Timestamp::from_micros(SAMPLE_MICROS).minute();
     let start = first_minute.start().micros();
     let grace = Duration::from_secs(5);
-    let sample = |micros: i64| Sample {
-        ts: Timestamp::from_micros(micros),
-        load_rate: 42.0,
-        mileage: 1.0,
-        mark: JournalMark::NONE,
+    // Journal marks as at 100,000 messages/s: a 64 MiB segment every 3.5 s, so a
+    // minute's samples span about 18 segments (`JournalTally`).
+    let mut seq = 0_u64;
+    let mut sample = |micros: i64| {
+        seq += 1;
+        let segment = 1 + u32::try_from((micros - start) / 500_000 / 7).unwrap_or(0);
+        Sample {
+            ts: Timestamp::from_micros(micros),
+            load_rate: 42.0,
+            mileage: 1.0,
+            mark: JournalMark { seq, segment },
+        }
     };
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let mut jitter = || {

@@ -18,9 +18,9 @@ pub(super) const LATE_HOLD: Duration = Duration::from_secs(5);
 pub(super) struct LateArrivals {
     /// The first late arrival of the reopened minutes still held; `None` once they closed.
     pub(super) first: Option<Instant>,
-    last: Instant,
+    pub(super) last: Instant,
     /// The quiet period, in µs (a `u32`: this is per machine).
-    quiet_micros: u32,
+    pub(super) quiet_micros: u32,
 }
 
 impl LateArrivals {

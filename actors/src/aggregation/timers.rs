@@ -37,11 +37,16 @@ pub(super) struct CloseTimers {
 
 impl Default for CloseTimers {
     fn default() -> Self {
-        CloseTimers { origin: Instant::now(), due: RefCell::default() }
+        CloseTimers::starting_at(Instant::now())
     }
 }
 
 impl CloseTimers {
+    /// Empty timers whose slots count from `origin`.
+    pub(super) fn starting_at(origin: Instant) -> Self {
+        CloseTimers { origin, due: RefCell::default() }
+    }
+
     /// Asks for aggregator `index` to be sent [`CheckOpenMinutes`] at `at`, or up to
     /// [`TIMER_RESOLUTION`] after it.
     ///
