@@ -281,24 +281,29 @@ impl Handler<StoreRejections> for Discard {
     fn handle(&mut self, _: StoreRejections, _: &mut Self::Context) {}
 }
 
+/// The broker and one shard per core, their rows going to a writer that drops them, fed
+/// by a fake broker; and `VmRSS` just before they started.
+async fn discarding_pipeline(clock: Arc<dyn Clock>) -> (Pipeline, FakeBroker, Arc<PipelineStats>, u64) {
+    let stats = Arc::new(PipelineStats::default());
+    let discard = Discard.start();
+    let outputs = PipelineOutputs { minutes: discard.clone().recipient(), rejections: discard.recipient() };
+    let (publisher, source) = FakeBroker::new();
+    let settings = PipelineSettings::from_config(&Config::default());
+    let before = rss_kib();
+    let pipeline = Pipeline::start(settings, Box::new(source), outputs, clock, stats.clone())
+        .await
+        .expect("the fake source starts");
+    (pipeline, publisher, stats, before)
+}
+
 fn pipeline(machines: usize) {
     let ts = Timestamp::from_micros(SAMPLE_MICROS)
         .to_chrono()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let system = actix_rt::System::new();
     system.block_on(async move {
-        let clock: Arc<dyn Clock> =
-            Arc::new(ManualClock::new(Timestamp::from_micros(SAMPLE_MICROS + 10_000_000)));
-        let stats = Arc::new(PipelineStats::default());
-        let discard = Discard.start();
-        let outputs =
-            PipelineOutputs { minutes: discard.clone().recipient(), rejections: discard.recipient() };
-        let (publisher, source) = FakeBroker::new();
-        let settings = PipelineSettings::from_config(&Config::default());
-        let before = rss_kib();
-        let pipeline = Pipeline::start(settings, Box::new(source), outputs, clock, stats.clone())
-            .await
-            .expect("the fake source starts");
+        let clock = Arc::new(ManualClock::new(Timestamp::from_micros(SAMPLE_MICROS + 10_000_000)));
+        let (pipeline, publisher, stats, before) = discarding_pipeline(clock).await;
         for n in 1..=machines {
             let payload = format!(
                 r#"{{"machine":"machine-{n:06}","ts":"{ts}","load_rate":42.17,"mileage":12345.678}}"#
@@ -321,16 +326,7 @@ fn pipeline_wave(machines: usize) {
     let system = actix_rt::System::new();
     system.block_on(async move {
         let clock = Arc::new(ManualClock::new(Timestamp::from_micros(minute_start)));
-        let stats = Arc::new(PipelineStats::default());
-        let discard = Discard.start();
-        let outputs =
-            PipelineOutputs { minutes: discard.clone().recipient(), rejections: discard.recipient() };
-        let (publisher, source) = FakeBroker::new();
-        let settings = PipelineSettings::from_config(&Config::default());
-        let before = rss_kib();
-        let pipeline = Pipeline::start(settings, Box::new(source), outputs, clock.clone(), stats.clone())
-            .await
-            .expect("the fake source starts");
+        let (pipeline, publisher, stats, before) = discarding_pipeline(clock.clone()).await;
         let mut sent = 0_u64;
         for second in 0..65_i64 {
             // The wall clock half a second past the samples: none of them is early.
