@@ -82,8 +82,12 @@ impl JournalTally {
             self.current = (segment, self.current.1.saturating_add(records));
             return;
         }
-        let mut pairs = EarlierPairs::new(&self.earlier);
-        if pairs.any(|(held, _)| held == segment) {
+        let (mut found, mut last) = (false, 0);
+        for (held, _) in EarlierPairs::new(&self.earlier) {
+            found |= held == segment;
+            last = held;
+        }
+        if found {
             // A part merged out of journal order: rare, so rebuilt whole.
             let mut rebuilt: Vec<(u32, u32)> = EarlierPairs::new(&self.earlier).collect();
             for pair in &mut rebuilt {
@@ -98,9 +102,8 @@ impl JournalTally {
             }
             return;
         }
-        let mut previous = EarlierPairs::new(&self.earlier).last().map_or(0, |(held, _)| held);
         let (left, count) = self.current;
-        push_pair(&mut self.earlier, &mut previous, left, count);
+        push_pair(&mut self.earlier, &mut last, left, count);
         self.current = (segment, records);
     }
 

@@ -76,16 +76,16 @@ impl ShardLocal {
 }
 
 /// A [`Schedule`] as the shard holds it: each instant as µs after the shard's origin,
-/// plus one (0: none). 32 bytes instead of 56, for every machine. An instant comes back
-/// up to 1 µs early, which is harmless: a look that comes early looks again, and a
-/// late sample's quiet period is milliseconds.
+/// plus one (0: none; `late_last` is 0 exactly when there are no late arrivals). 32
+/// bytes instead of 56, for every machine. An instant comes back up to 1 µs early, which
+/// is harmless: a look that comes early looks again, and a late sample's quiet period
+/// is milliseconds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct PackedSchedule {
     check: u64,
     late_first: u64,
     late_last: u64,
     late_quiet_micros: u32,
-    late: bool,
 }
 
 impl PackedSchedule {
@@ -99,7 +99,6 @@ impl PackedSchedule {
             late_first: late.and_then(|late| late.first).map_or(0, micros),
             late_last: late.map_or(0, |late| micros(late.last)),
             late_quiet_micros: late.map_or(0, |late| late.quiet_micros),
-            late: late.is_some(),
         }
     }
 
@@ -108,9 +107,9 @@ impl PackedSchedule {
             |micros: u64| micros.checked_sub(1).map(|micros| origin + Duration::from_micros(micros));
         Schedule {
             check: instant(self.check),
-            late: self.late.then(|| LateArrivals {
+            late: instant(self.late_last).map(|last| LateArrivals {
                 first: instant(self.late_first),
-                last: instant(self.late_last).unwrap_or(origin),
+                last,
                 quiet_micros: self.late_quiet_micros,
             }),
         }

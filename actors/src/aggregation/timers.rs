@@ -35,12 +35,6 @@ pub(super) struct CloseTimers {
     due: RefCell<BinaryHeap<Reverse<(u64, u32)>>>,
 }
 
-impl Default for CloseTimers {
-    fn default() -> Self {
-        CloseTimers::starting_at(Instant::now())
-    }
-}
-
 impl CloseTimers {
     /// Empty timers whose slots count from `origin`.
     pub(super) fn starting_at(origin: Instant) -> Self {
@@ -96,7 +90,7 @@ mod tests {
 
     #[test]
     fn a_timer_never_fires_before_its_instant() {
-        let timers = CloseTimers::default();
+        let timers = CloseTimers::starting_at(Instant::now());
         let at = timers.origin + Duration::from_micros(12_345);
         timers.schedule(at, 7);
         assert!(timers.take_due(at - Duration::from_nanos(1), usize::MAX, timers.origin).is_empty());
@@ -109,7 +103,7 @@ mod tests {
 
     #[test]
     fn timers_due_within_one_slot_fire_in_the_order_of_their_numbers() {
-        let timers = CloseTimers::default();
+        let timers = CloseTimers::starting_at(Instant::now());
         let boundary = timers.origin + Duration::from_secs(65) + Duration::from_millis(1);
         // What a minute boundary schedules: the same moment, read a few µs apart, by
         // aggregators in no particular order.
@@ -123,7 +117,7 @@ mod tests {
 
     #[test]
     fn earlier_slots_come_first_and_the_limit_holds_until_overdue() {
-        let timers = CloseTimers::default();
+        let timers = CloseTimers::starting_at(Instant::now());
         let base = timers.origin + Duration::from_secs(1);
         timers.schedule(base + TIMER_RESOLUTION * 3, 1);
         timers.schedule(base, 9);
