@@ -31,9 +31,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(super) struct ShardLocal {
     pub(super) shared: Arc<AggregatorShared>,
+    /// Also where the instants of `schedules` count from ([`CloseTimers::origin`]).
     pub(super) timers: CloseTimers,
-    /// Where the instants of `schedules` count from: when the shard started.
-    origin: Instant,
     /// Indexed by the aggregator's number in the shard.
     schedules: RefCell<Vec<PackedSchedule>>,
 }
@@ -51,8 +50,7 @@ pub(super) struct Schedule {
 
 impl ShardLocal {
     pub(super) fn new(shared: Arc<AggregatorShared>) -> Self {
-        let origin = Instant::now();
-        ShardLocal { shared, timers: CloseTimers::starting_at(origin), origin, schedules: RefCell::default() }
+        ShardLocal { shared, timers: CloseTimers::starting_at(Instant::now()), schedules: RefCell::default() }
     }
 
     /// Makes room for one more aggregator; returns its number.
@@ -65,12 +63,12 @@ impl ShardLocal {
     /// Aggregator `index`'s schedule (the default for a number never handed out).
     pub(super) fn schedule(&self, index: u32) -> Schedule {
         let packed = self.schedules.borrow().get(index as usize).copied().unwrap_or_default();
-        packed.unpack(self.origin)
+        packed.unpack(self.timers.origin())
     }
 
     pub(super) fn set_schedule(&self, index: u32, schedule: Schedule) {
         if let Some(held) = self.schedules.borrow_mut().get_mut(index as usize) {
-            *held = PackedSchedule::pack(schedule, self.origin);
+            *held = PackedSchedule::pack(schedule, self.timers.origin());
         }
     }
 }

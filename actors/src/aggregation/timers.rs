@@ -41,6 +41,11 @@ impl CloseTimers {
         CloseTimers { origin, due: RefCell::default() }
     }
 
+    /// When slot 0 starts: the shard's start, from which its schedules count too.
+    pub(super) fn origin(&self) -> Instant {
+        self.origin
+    }
+
     /// Asks for aggregator `index` to be sent [`CheckOpenMinutes`] at `at`, or up to
     /// [`TIMER_RESOLUTION`] after it.
     ///
