@@ -19,6 +19,11 @@
 //!   15,000 parts, about what the service keeps there). The report gives the level
 //!   before the wave, the highest `VmRSS` during it (read every 500 closes) and the
 //!   level after: how much of the live peak the wave itself adds;
+//! - `steady_ms`: every machine live at 1/s (ms stamps, journal marks as above) for 35
+//!   minutes (`STEADY_MINUTES`), each minute closed at its end + grace in the machines'
+//!   order and cooled, the index remembering 30 minutes (`max_lateness`): a line a
+//!   minute with the lowest and highest `VmRSS` in it and the index's bytes on the heap
+//!   and on disk. Whether the level climbs once the window is full;
 //! - `pipeline`: the broker and one aggregator actor per machine on one arbiter per core,
 //!   fed one message per machine by the fake broker, every minute still open;
 //! - `pipeline_wave`: the same pipeline at a minute boundary, live at 1/s: every machine
@@ -46,7 +51,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use actix::prelude::*;
 use fleetagg_actors::aggregation::ColdIndex;
 use fleetagg_actors::clock::{Clock, ManualClock};
-use fleetagg_actors::logic::{JournalMark, OpenMinutes, Sample, Timestamp};
+use fleetagg_actors::logic::{JournalMark, Minute, OpenMinutes, Sample, Timestamp};
 use fleetagg_actors::messages::{StoreRejections, WriteMinutes};
 use fleetagg_actors::service::PipelineOutputs;
 use fleetagg_actors::service::PipelineSettings;
@@ -180,6 +185,39 @@ fn written(scenario: &str, machines: usize) {
 
 /// The written minute, the full minute in its grace and 5 s of the next, for every machine,
 /// then the close wave (see the module comment).
+/// One sample a second per machine from `start` as live traffic brings it: stamps a few
+/// ms off the whole second in `jitter_unit` (1 µs or 1,000), journal marks as at 100,000
+/// messages/s (a 64 MiB segment every 3.5 s, so a minute's samples span about 18
+/// segments: `JournalTally`).
+struct LiveSamples {
+    start: i64,
+    jitter_unit: i64,
+    seq: u64,
+    state: u64,
+}
+
+impl LiveSamples {
+    fn new(start: i64, jitter_unit: i64) -> Self {
+        LiveSamples { start, jitter_unit, seq: 0, state: 0x2545_f491_4f6c_dd1d }
+    }
+
+    /// The next sample of a machine in `second`.
+    fn at_second(&mut self, second: i64) -> Sample {
+        self.state =
+            self.state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let jitter = (self.state >> 33) as i64 % 5_000 / self.jitter_unit * self.jitter_unit;
+        let micros = self.start + second * 1_000_000 + jitter;
+        self.seq += 1;
+        let segment = 1 + u32::try_from((micros - self.start) / 500_000 / 7).unwrap_or(0);
+        Sample {
+            ts: Timestamp::from_micros(micros),
+            load_rate: 42.0,
+            mileage: 1.0,
+            mark: JournalMark { seq: self.seq, segment },
+        }
+    }
+}
+
 fn close_wave(scenario: &str, machines: usize) {
     let cold_dir = std::env::temp_dir().join(format!("fleetagg-memory-wave-{}", std::process::id()));
     let cold = ColdIndex::open(&cold_dir).expect("a cold index directory");
@@ -187,36 +225,19 @@ fn close_wave(scenario: &str, machines: usize) {
     let first_minute = Timestamp::from_micros(SAMPLE_MICROS).minute();
     let start = first_minute.start().micros();
     let grace = Duration::from_secs(5);
-    // Journal marks as at 100,000 messages/s: a 64 MiB segment every 3.5 s, so a
-    // minute's samples span about 18 segments (`JournalTally`).
-    let mut seq = 0_u64;
-    let mut sample = |micros: i64| {
-        seq += 1;
-        let segment = 1 + u32::try_from((micros - start) / 500_000 / 7).unwrap_or(0);
-        Sample {
-            ts: Timestamp::from_micros(micros),
-            load_rate: 42.0,
-            mileage: 1.0,
-            mark: JournalMark { seq, segment },
-        }
-    };
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut jitter = || {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (state >> 33) as i64 % 5_000 / jitter_unit * jitter_unit
-    };
+    let mut samples = LiveSamples::new(start, jitter_unit);
     let before = rss_kib();
     // Built second by second across the fleet, as live traffic arrives, so that each
     // machine's allocations interleave with the others' as they do in the service.
     let mut held: Vec<OpenMinutes> = (0..machines).map(|_| OpenMinutes::default()).collect();
     for second in 0..125 {
         for open in &mut held {
-            let ts = start + second * 1_000_000 + jitter();
+            let sample = samples.at_second(second);
             if second == 65 {
-                open.take_closed(Timestamp::from_micros(ts), grace, first_minute);
+                open.take_closed(sample.ts, grace, first_minute);
                 cold.cool(open, first_minute).expect("the cold index stores");
             }
-            open.accept(&sample(ts));
+            open.accept(&sample);
         }
     }
     let level = rss_kib();
@@ -259,6 +280,62 @@ fn close_wave(scenario: &str, machines: usize) {
         per_machine(peak - level),
         per_machine(after) - per_machine(level)
     );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&cold_dir);
+}
+
+/// Every machine live at one sample a second for `STEADY_MINUTES` (35 by default), each
+/// minute closed at its end + grace in the machines' order and its older written minutes
+/// cooled, the index remembering `max_lateness` (30 minutes): whether the level climbs
+/// once the duplicate index spans the whole window, as the 30-minute live runs showed.
+fn steady(scenario: &str, machines: usize) {
+    let minutes: i64 = std::env::var("STEADY_MINUTES").ok().and_then(|text| text.parse().ok()).unwrap_or(35);
+    let cold_dir = std::env::temp_dir().join(format!("fleetagg-memory-steady-{}", std::process::id()));
+    let cold = ColdIndex::open(&cold_dir).expect("a cold index directory");
+    let jitter_unit: i64 = if scenario.contains("_us") { 1 } else { 1_000 };
+    let start = Timestamp::from_micros(SAMPLE_MICROS).minute().start().micros();
+    let grace = Duration::from_secs(5);
+    let max_lateness_minutes = 30;
+    let mut samples = LiveSamples::new(start, jitter_unit);
+    let before = rss_kib();
+    let mut held: Vec<OpenMinutes> = (0..machines).map(|_| OpenMinutes::default()).collect();
+    let mut backlog = std::collections::VecDeque::new();
+    let per_machine = |kib: u64| kib.saturating_sub(before) as f64 * 1024.0 / machines as f64;
+    let (mut low, mut peak) = (u64::MAX, 0);
+    for second in 0..minutes * 60 {
+        let closing = second % 60 == 5 && second > 60;
+        for (machine, open) in held.iter_mut().enumerate() {
+            let sample = samples.at_second(second);
+            if closing {
+                let remember_since = Minute::from_index(sample.ts.minute().index() - max_lateness_minutes);
+                backlog.push_back(open.take_closed(sample.ts, grace, remember_since));
+                if backlog.len() > 15_000 {
+                    backlog.pop_front();
+                }
+                cold.cool(open, remember_since).expect("the cold index stores");
+                if machine % 500 == 0 {
+                    peak = peak.max(rss_kib());
+                }
+            }
+            open.accept(&sample);
+        }
+        let level = rss_kib();
+        (low, peak) = (low.min(level), peak.max(level));
+        if second % 60 == 59 {
+            let index: usize = held.iter().map(|open| open.written().heap_bytes()).sum();
+            println!(
+                "memory/{scenario:<14} minute {:>2}: low {:.0} peak {:.0} bytes per machine; index {} on the \
+                 heap, {} on disk",
+                second / 60 + 1,
+                per_machine(low),
+                per_machine(peak),
+                index / machines,
+                cold.bytes() / machines as u64
+            );
+            (low, peak) = (u64::MAX, 0);
+        }
+    }
+    report(scenario, machines, before, rss_kib());
     drop(held);
     let _ = std::fs::remove_dir_all(&cold_dir);
 }
@@ -386,6 +463,7 @@ fn main() {
         Ok("pipeline") => pipeline(machines),
         Ok("pipeline_wave") => pipeline_wave(machines),
         Ok(scenario) if scenario.starts_with("close_wave_") => close_wave(scenario, machines),
+        Ok(scenario) if scenario.starts_with("steady_") => steady(scenario, machines),
         Ok(scenario) if scenario.starts_with("written_") => written(scenario, machines),
         _ => {
             let exe = std::env::current_exe().expect("the path of this benchmark");
@@ -397,6 +475,7 @@ fn main() {
                 "close_wave_ms_shuffled",
                 "close_wave_us",
                 "close_wave_us_shuffled",
+                "steady_ms",
                 "written_1s",
                 "written_1s_ms",
                 "written_1s_us",

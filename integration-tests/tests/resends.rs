@@ -72,8 +72,8 @@ impl Gateway {
 
     /// Six minutes of two machines, a sample every ~0.5 s stamped in microseconds,
     /// ending two minutes before the test began: once written, each machine's minutes
-    /// older than its newest hold well over 128 bytes, so they go to the cold index on
-    /// disk.
+    /// older than its newest hold well over the 16 bytes worth a record, so they go to
+    /// the cold index on disk.
     async fn cold(prefix: &str) -> Gateway {
         let step = TimeDelta::milliseconds(251);
         Gateway::with(prefix, COLD_MACHINES, COLD_SAMPLES, step, TimeDelta::minutes(8)).await
@@ -197,8 +197,8 @@ async fn resends_of_minutes_moved_to_the_cold_index_are_still_duplicates() {
 /// The cold index's files damaged under the running service (a failing disk): the runs
 /// fail their checksum when a resend reaches them, are dropped, counted and logged, and
 /// the resent samples of their minutes are counted again (the cost docs/operations.md
-/// states). A minute still in memory (the newest; also the one before it when it closed
-/// last, alone under 128 bytes) still catches its duplicates. Nothing resent is lost:
+/// states), and so are those of the older runs each damaged run named. A minute still in
+/// memory (the newest) still catches its duplicates. Nothing resent is lost:
 /// each sample is either a duplicate or counted again, a whole minute at a time, and
 /// the service goes on.
 #[actix_rt::test]

@@ -274,32 +274,28 @@ impl OpenMinutes {
     pub fn remember_written(&mut self, minute: Minute, seen: &[u8]) {
         self.written.remember(minute, seen);
         // Samples may have reopened this minute before the start-up read came back. An
-        // open minute is never in a cold run (see `take_cold_tail`), so this finds it.
+        // open minute is never in a cold run (see `cold_tail`), so this finds it.
         if let Some((_, open)) = self.minutes.iter_mut().find(|(held, _)| *held == minute) {
             open.written = self.written.offsets_of(minute).ok().and_then(WrittenOffsets::of);
         }
     }
 
-    /// Cuts the written minutes before the newest `keep_minutes` out of memory, when they
-    /// hold at least `min_bytes` ([`WrittenMinutes::take_cold_tail`]); never an open
+    /// The written minutes before the newest `keep_minutes`, to be moved out of memory,
+    /// when they hold at least `min_bytes` ([`WrittenMinutes::cold_tail`]); never an open
     /// minute's, so that closing one never writes into a cold run.
-    pub fn take_cold_tail(&mut self, keep_minutes: u32, min_bytes: usize) -> Option<ColdTail> {
+    pub fn cold_tail(&self, keep_minutes: u32, min_bytes: usize) -> Option<ColdTail> {
         let newest = self.written.newest()?;
         let mut keep_since = newest.index().saturating_sub(i64::from(keep_minutes.max(1)) - 1);
         if let Some((oldest_open, _)) = self.minutes.first() {
             keep_since = keep_since.min(oldest_open.index());
         }
-        self.written.take_cold_tail(Minute::from_index(keep_since), min_bytes)
+        self.written.cold_tail(Minute::from_index(keep_since), min_bytes)
     }
 
-    /// Notes where a tail from [`OpenMinutes::take_cold_tail`] was stored.
-    pub fn add_cold(&mut self, newest: Minute, at: ColdRef) {
-        self.written.add_cold(newest, at);
-    }
-
-    /// Takes back a tail that could not be stored.
-    pub fn put_back(&mut self, tail: &ColdTail) {
-        self.written.put_back(tail);
+    /// Notes where a tail from [`OpenMinutes::cold_tail`] was stored: its minutes leave
+    /// memory.
+    pub fn tail_stored(&mut self, tail: &ColdTail, at: ColdRef) {
+        self.written.tail_stored(tail, at);
     }
 
     /// Loads every cold run back ([`WrittenMinutes::warm`]); returns how many were lost.
@@ -521,10 +517,10 @@ mod tests {
                     open.take_closed(Timestamp::from_micros(now + 65_000_000), grace, since);
                 }
                 if then == 2 {
-                    if let Some(tail) = open.take_cold_tail(1, 1) {
+                    if let Some(tail) = open.cold_tail(1, 1) {
                         let at = ColdRef { segment: store.len() as u32, offset: 0, len: tail.bytes.len() as u32 };
-                        store.push(tail.bytes);
-                        open.add_cold(tail.newest, at);
+                        store.push(tail.bytes.clone());
+                        open.tail_stored(&tail, at);
                     }
                 }
             }

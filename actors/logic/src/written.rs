@@ -6,7 +6,9 @@
 //! - a minute held in memory: `varint minute · varint length (≥ 1) · chunks`;
 //! - a **cold** run of older minutes moved out of memory: `varint minute · 0 · varint
 //!   segment · varint offset · varint length`, where the minute is the newest the run
-//!   holds and the rest says where its caller stored it ([`ColdRef`]).
+//!   holds and the rest says where its caller stored it ([`ColdRef`]). A run's bytes are
+//!   an index of this form too, ending with the reference of the run cut before it, so
+//!   memory holds one reference per machine however long the window.
 //!
 //! The first item's minute is absolute (zigzag), every later one a gap back from the one
 //! before, so the usual look (is this sample's minute written at all?) reads one varint,
@@ -16,7 +18,7 @@
 //! minute, in microseconds about 130, and ten minutes of that per machine took the
 //! service past its memory bound (docs/benchmarks.md). A resend older than a machine's
 //! newest written minute is rare, so the aggregator moves older minutes to a file
-//! ([`WrittenMinutes::take_cold_tail`]) and reads them back only when a sample reaches
+//! ([`WrittenMinutes::cold_tail`]) and reads them back only when a sample reaches
 //! them ([`NeedsCold`], [`WrittenMinutes::warm`]). This crate does no I/O: it hands out
 //! and takes back bytes.
 //!
@@ -36,7 +38,7 @@ pub struct WrittenMinute {
     pub seen: Box<[u8]>,
 }
 
-/// Where the caller stored a cold run ([`WrittenMinutes::add_cold`]); opaque here.
+/// Where the caller stored a cold run ([`WrittenMinutes::tail_stored`]); opaque here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ColdRef {
     pub segment: u32,
@@ -45,10 +47,12 @@ pub struct ColdRef {
 }
 
 /// Minutes cut out of an index to be stored elsewhere: `bytes` is a self-contained index
-/// of them (the form [`WrittenMinutes::warm`] takes back), `newest` the newest of them.
+/// of them (the form [`WrittenMinutes::warm`] takes back), `newest` the newest of them,
+/// every minute of the index before `before`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColdTail {
     pub newest: Minute,
+    pub before: Minute,
     pub bytes: Vec<u8>,
 }
 
@@ -187,87 +191,85 @@ impl WrittenMinutes {
         self.entries = encode_items(items);
     }
 
-    /// Cuts out the minutes held in memory before `keep_since`, when they hold at least
-    /// `min_bytes`: the caller stores them and calls [`WrittenMinutes::add_cold`], or,
-    /// when it cannot, [`WrittenMinutes::put_back`].
-    pub fn take_cold_tail(&mut self, keep_since: Minute, min_bytes: usize) -> Option<ColdTail> {
-        let old_bytes: usize = self
-            .items()
-            .filter(|item| item.minute < keep_since.index())
+    /// The minutes before `keep_since`, to be stored elsewhere, when those held in memory
+    /// hold at least `min_bytes`: the caller stores the tail's bytes and calls
+    /// [`WrittenMinutes::tail_stored`]; until then (or when it cannot store them) the
+    /// index is unchanged. Older cold runs go into the tail as their references, so that
+    /// memory holds one reference however many times a machine's minutes were cooled.
+    pub fn cold_tail(&self, keep_since: Minute, min_bytes: usize) -> Option<ColdTail> {
+        let cut = self.first_before(keep_since)?;
+        let in_memory: usize = ItemWalker { bytes: &self.entries, at: cut.at, previous: None }
             .map(|item| if let What::Chunks(chunks) = item.what { chunks.len() } else { 0 })
             .sum();
-        if old_bytes < min_bytes.max(1) {
+        if in_memory < min_bytes.max(1) {
             return None;
         }
-        let (tail, kept): (Vec<_>, Vec<_>) = self
-            .owned()
-            .into_iter()
-            .partition(|(minute, what)| *minute < keep_since.index() && matches!(what, Owned::Chunks(_)));
-        let newest = tail.iter().map(|(minute, _)| *minute).max()?;
-        self.entries = encode_items(kept);
-        Some(ColdTail { newest: Minute::from_index(newest), bytes: encode_items(tail).into_vec() })
+        // The cut item's minute becomes absolute; every later item is a gap already.
+        let mut bytes = Vec::with_capacity(self.entries.len() - cut.at + 8);
+        put_varint(&mut bytes, zigzag(cut.minute));
+        bytes.extend_from_slice(&self.entries[cut.minute_end..]);
+        Some(ColdTail { newest: Minute::from_index(cut.minute), before: keep_since, bytes })
     }
 
-    /// Notes where the caller stored the tail whose newest minute is `newest`.
-    pub fn add_cold(&mut self, newest: Minute, at: ColdRef) {
-        let mut items = self.owned();
-        items.push((newest.index(), Owned::Cold(at)));
-        self.entries = encode_items(items);
-    }
-
-    /// Takes back a tail the caller could not store.
-    pub fn put_back(&mut self, tail: &ColdTail) {
-        self.warm_with(&[tail.bytes.as_slice()], Some);
+    /// Replaces the minutes `tail` held by the reference to where the caller stored them.
+    pub fn tail_stored(&mut self, tail: &ColdTail, at: ColdRef) {
+        let Some(cut) = self.first_before(tail.before) else { return };
+        let mut out = Vec::with_capacity(cut.at + 20);
+        out.extend_from_slice(&self.entries[..cut.at]);
+        match cut.previous {
+            None => put_varint(&mut out, zigzag(tail.newest.index())),
+            Some(previous) => put_varint(&mut out, previous.abs_diff(tail.newest.index())),
+        }
+        put_cold(&mut out, at);
+        self.entries = out.into_boxed_slice();
     }
 
     /// Replaces every cold run by what `load` returns for it: the bytes of its
     /// [`ColdTail`], of which the minutes before `since` are forgotten (as
-    /// [`WrittenMinutes::forget_before`] would have). A run `load` cannot return (`None`)
-    /// is dropped: its minutes no longer count as written (the caller reports that).
-    /// Returns how many runs were dropped, a run whose bytes do not decode included.
+    /// [`WrittenMinutes::forget_before`] would have), and so on down the runs it names. A
+    /// run `load` cannot return (`None`) is dropped: its minutes, and those of the runs
+    /// it named, no longer count as written (the caller reports that). Returns how many
+    /// runs were dropped, a run whose bytes do not decode included.
     pub fn warm(&mut self, since: Minute, mut load: impl FnMut(ColdRef) -> Option<Vec<u8>>) -> usize {
-        // Runs holding nothing as new as `since` are not worth a read (nor an error when
-        // their file was removed already).
-        self.forget_before(since);
         let mut dropped = 0;
-        let mut loaded = Vec::new();
-        for item in self.items() {
-            if let What::Cold(at) = item.what {
-                match load(at) {
-                    Some(bytes) => loaded.push(bytes),
-                    None => dropped += 1,
-                }
-            }
-        }
-        let loaded: Vec<&[u8]> = loaded.iter().map(Vec::as_slice).collect();
-        let malformed = self.warm_with(&loaded, |_| None);
-        self.forget_before(since);
-        dropped + malformed
-    }
-
-    /// Rebuilds the index from its in-memory minutes and those of `tails`, with every
-    /// cold run replaced by what `keep_cold` says (`None`: dropped). Returns how many
-    /// tails did not decode.
-    fn warm_with(&mut self, tails: &[&[u8]], mut keep_cold: impl FnMut(ColdRef) -> Option<ColdRef>) -> usize {
-        let mut items: Vec<(i64, Owned)> = Vec::new();
-        for (minute, what) in self.owned() {
-            match what {
-                Owned::Cold(at) => {
-                    if let Some(at) = keep_cold(at) {
-                        items.push((minute, Owned::Cold(at)));
+        // A run names only runs stored before it (`warm_with` checks), so this ends.
+        loop {
+            // Runs holding nothing as new as `since` are not worth a read (nor an error
+            // when their file was removed already).
+            self.forget_before(since);
+            let mut loaded = Vec::new();
+            for item in self.items() {
+                if let What::Cold(at) = item.what {
+                    match load(at) {
+                        Some(bytes) => loaded.push((at, bytes)),
+                        None => dropped += 1,
                     }
                 }
-                chunks => items.push((minute, chunks)),
             }
+            if loaded.is_empty() && !self.has_cold() {
+                return dropped;
+            }
+            let loaded: Vec<(ColdRef, &[u8])> =
+                loaded.iter().map(|(at, bytes)| (*at, bytes.as_slice())).collect();
+            dropped += self.warm_with(&loaded);
         }
+    }
+
+    /// Rebuilds the index from its in-memory minutes and the `tails` loaded from the
+    /// cold runs they name, every cold run replaced (dropped when none was loaded for
+    /// it). Returns how many tails did not decode.
+    fn warm_with(&mut self, tails: &[(ColdRef, &[u8])]) -> usize {
+        let mut items: Vec<(i64, Owned)> =
+            self.owned().into_iter().filter(|(_, what)| matches!(what, Owned::Chunks(_))).collect();
         let mut malformed = 0;
-        for tail in tails {
-            let tail = WrittenMinutes { entries: (*tail).into() };
+        for &(from, tail) in tails {
+            let tail = WrittenMinutes { entries: tail.into() };
             let decoded = tail.owned();
             let whole = tail.items().last_end() == tail.entries.len();
             let sound = decoded.iter().all(|(_, what)| match what {
                 Owned::Chunks(chunks) => check_chunks(chunks).is_ok(),
-                Owned::Cold(_) => false,
+                // Stored before the run naming it, or a damaged record (or a loop).
+                Owned::Cold(older) => (older.segment, older.offset) < (from.segment, from.offset),
             });
             if !whole || !sound {
                 malformed += 1;
@@ -291,8 +293,7 @@ impl WrittenMinutes {
         malformed
     }
 
-    /// Whether any minute is held cold (what the tests check after a warm-up).
-    #[cfg(test)]
+    /// Whether any minute is held cold.
     fn has_cold(&self) -> bool {
         self.items().any(|item| matches!(item.what, What::Cold(_)))
     }
@@ -300,18 +301,22 @@ impl WrittenMinutes {
     /// Forgets the minutes before `oldest` (a cold run whose newest minute is before it
     /// holds nothing newer).
     pub fn forget_before(&mut self, oldest: Minute) {
-        let mut at = 0;
-        let mut cut = None;
-        let mut walker = self.items();
-        while let Some(item) = walker.next() {
-            if item.minute < oldest.index() {
-                cut = Some(at);
-                break;
-            }
-            at = walker.at;
+        if let Some(cut) = self.first_before(oldest) {
+            self.entries = self.entries[..cut.at].into();
         }
-        if let Some(cut) = cut {
-            self.entries = self.entries[..cut].into();
+    }
+
+    /// The first item whose minute is before `minute` (items are newest first, so it
+    /// and every item after it are).
+    fn first_before(&self, minute: Minute) -> Option<Cut> {
+        let mut walker = self.items();
+        loop {
+            let (at, previous) = (walker.at, walker.previous);
+            let item = walker.next()?;
+            if item.minute < minute.index() {
+                let (_, minute_end) = get_varint(&self.entries, at)?;
+                return Some(Cut { at, minute: item.minute, minute_end, previous });
+            }
         }
     }
 
@@ -365,16 +370,31 @@ fn encode_items(mut items: Vec<(i64, Owned)>) -> Box<[u8]> {
                 put_varint(&mut out, chunks.len() as u64);
                 out.extend_from_slice(chunks);
             }
-            Owned::Cold(at) => {
-                put_varint(&mut out, 0);
-                put_varint(&mut out, u64::from(at.segment));
-                put_varint(&mut out, at.offset);
-                put_varint(&mut out, u64::from(at.len));
-            }
+            Owned::Cold(at) => put_cold(&mut out, *at),
         }
         previous = Some(*minute);
     }
     out.into_boxed_slice()
+}
+
+/// A cold item's body: a zero length, then where the run is.
+fn put_cold(out: &mut Vec<u8>, at: ColdRef) {
+    put_varint(out, 0);
+    put_varint(out, u64::from(at.segment));
+    put_varint(out, at.offset);
+    put_varint(out, u64::from(at.len));
+}
+
+/// Where an index is cut before a minute ([`WrittenMinutes::first_before`]).
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    /// Where the first item before the minute starts.
+    at: usize,
+    /// Its minute, and where its minute's varint ends.
+    minute: i64,
+    minute_end: usize,
+    /// The minute of the item before it, if any.
+    previous: Option<i64>,
 }
 
 /// Walks the items newest first; stops at the first byte that does not decode (an index

@@ -12,9 +12,10 @@
 //! here is ever `fsync`ed.
 //! Records are appended to segment files under `<journal.dir>/written-index/`, each
 //! `crc32c (LE u32) · bytes`; a segment is removed once the newest minute of every record
-//! in it is older than what any machine still remembers. Shared by the aggregators of
-//! every core behind one mutex: a machine stores a record at most once a minute as a rule
-//! (once per close, and only when its older minutes reach 128 bytes).
+//! in it is older than what any machine still remembers (a record naming an older one is
+//! cut before that one is read: [`crate::logic::WrittenMinutes::warm`]). Shared by the
+//! aggregators of every core behind one mutex: a machine stores a record at most once a
+//! minute as a rule (once per close, when its older minutes reach [`COLD_MIN_BYTES`]).
 
 use crate::logic::{ColdRef, Minute, OpenMinutes};
 use std::collections::BTreeMap;
@@ -33,11 +34,12 @@ const CRC_BYTES: usize = 4;
 /// a minute after its minute closed, the usual kind) finds there. An older one is a
 /// resend after a reconnect, rare enough for a read from this file.
 const HOT_MINUTES: u32 = 1;
-/// The least worth a record of its own (whose reference costs about 9 bytes in memory):
-/// whole-second samples at one a second (about 12 bytes a minute) never reach it within
-/// the default `max_lateness` and stay in memory; one a second stamped in ms or µs (65
-/// to 130 bytes a minute) goes out every minute or two.
-const COLD_MIN_BYTES: usize = 128;
+/// The least worth a record of its own. A new run names the one cut before it
+/// ([`crate::logic::written`]), so memory holds one reference (about 9 bytes) however
+/// often a machine's minutes are cooled; below a reference's size a move saves nothing.
+/// One a second stamped in ms or µs (65 to 130 bytes a minute) goes out at every close,
+/// on whole seconds (about 12) every second close.
+const COLD_MIN_BYTES: usize = 16;
 
 /// Why a cold record could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -127,17 +129,10 @@ impl ColdIndex {
     /// they are worth a record ([`COLD_MIN_BYTES`]). When they cannot be stored (a full
     /// disk), they stay in memory and the error is returned.
     pub fn cool(&self, open: &mut OpenMinutes, forget_before: Minute) -> std::io::Result<()> {
-        let Some(tail) = open.take_cold_tail(HOT_MINUTES, COLD_MIN_BYTES) else { return Ok(()) };
-        match self.store(tail.newest, &tail.bytes, forget_before) {
-            Ok(at) => {
-                open.add_cold(tail.newest, at);
-                Ok(())
-            }
-            Err(err) => {
-                open.put_back(&tail);
-                Err(err)
-            }
-        }
+        let Some(tail) = open.cold_tail(HOT_MINUTES, COLD_MIN_BYTES) else { return Ok(()) };
+        let at = self.store(tail.newest, &tail.bytes, forget_before)?;
+        open.tail_stored(&tail, at);
+        Ok(())
     }
 
     /// Reads back the bytes stored at `at`.
@@ -201,6 +196,7 @@ impl Drop for ColdIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("fleetagg-cold-{name}-{}", std::process::id()));
@@ -263,6 +259,73 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("recreate");
         let at = cold.store(Minute::from_index(1), b"tail", Minute::from_index(0)).expect("store");
         assert_eq!(cold.load(at).expect("load"), b"tail");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    /// A machine at 1/s stamped in ms: `minutes` minutes accepted, each closed at its end
+    /// + 5 s and cooled, forgetting what is older than 30 minutes.
+    fn live_machine(cold: &ColdIndex, minutes: i64) -> OpenMinutes {
+        use crate::logic::{JournalMark, Sample, Timestamp};
+        let mut open = OpenMinutes::default();
+        for second in 0..minutes * 60 {
+            let ts = Timestamp::from_micros(second * 1_000_000 + second % 7 * 1_000);
+            if second % 60 == 5 && second > 60 {
+                let forget_before = Minute::from_index(ts.minute().index() - 30);
+                open.take_closed(ts, Duration::from_secs(5), forget_before);
+                cold.cool(&mut open, forget_before).expect("cooled");
+            }
+            open.accept(&Sample { ts, load_rate: 1.0, mileage: 1.0, mark: JournalMark::NONE });
+        }
+        open
+    }
+
+    #[test]
+    fn a_machine_cooled_every_minute_holds_one_run_and_gets_its_window_back() {
+        use crate::logic::{Accepted, JournalMark, Sample, Timestamp};
+        let dir = scratch("chain");
+        let cold = ColdIndex::open(&dir).expect("open");
+        let mut open = live_machine(&cold, 45);
+        // The newest written minute (ms stamps at 1/s: about 65 bytes) and one reference.
+        assert!(open.written().heap_bytes() < 100, "{} bytes", open.written().heap_bytes());
+        // As `live_machine` stamped it (`moved` ms later: a sample never sent).
+        let resend = |second: i64, moved: i64| Sample {
+            ts: Timestamp::from_micros(second * 1_000_000 + (second % 7 + moved) * 1_000),
+            load_rate: 1.0,
+            mileage: 1.0,
+            mark: JournalMark::NONE,
+        };
+        // Minutes from 14 on are remembered.
+        let (held, new) = (resend(20 * 60 + 3, 0), resend(20 * 60 + 3, 1));
+        assert_eq!(open.accept(&held), Accepted::NeedsCold);
+        let since = Minute::from_index(14);
+        assert_eq!(open.warm(since, |at| cold.load(at).ok()), 0);
+        assert_eq!(open.accept(&held), Accepted::AlreadyWritten);
+        assert_eq!(open.accept(&new), Accepted::Added);
+        assert_eq!(open.accept(&resend(13 * 60 + 3, 0)), Accepted::Added, "minute 13 is forgotten");
+        assert_eq!(open.accept(&resend(14 * 60 + 3, 0)), Accepted::AlreadyWritten);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn a_tail_that_cannot_be_stored_stays_in_memory_and_goes_at_the_next_close() {
+        let dir = scratch("unstored");
+        let cold = ColdIndex::open(&dir).expect("open");
+        let mut open = live_machine(&cold, 4);
+        let cooled = open.written().clone();
+        // A fourth minute closes into an index with no segment open and no directory to
+        // start one in (what a full or lost disk looks like here).
+        drop(cold);
+        let cold = ColdIndex::open(&dir).expect("reopen");
+        std::fs::remove_dir_all(&dir).expect("remove");
+        let ts = crate::logic::Timestamp::from_micros(5 * 60_000_000);
+        open.take_closed(ts, Duration::from_secs(5), Minute::from_index(0));
+        let unstored = open.written().clone();
+        assert_ne!(unstored, cooled);
+        assert!(cold.cool(&mut open, Minute::from_index(0)).is_err());
+        assert_eq!(open.written(), &unstored, "the index is unchanged when the store fails");
+        std::fs::create_dir_all(&dir).expect("recreate");
+        cold.cool(&mut open, Minute::from_index(0)).expect("cooled once the disk is back");
+        assert!(open.written().heap_bytes() < unstored.heap_bytes());
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -57,11 +57,12 @@ fn a_cold_minute_is_never_guessed_and_comes_back_whole() {
     }
     let in_memory = written.heap_bytes();
     // Too small to be worth a file: nothing cut.
-    assert_eq!(written.take_cold_tail(Minute::from_index(14), 1_000), None);
-    let tail = written.take_cold_tail(Minute::from_index(14), 1).expect("minutes 10 to 13 cut");
+    assert_eq!(written.cold_tail(Minute::from_index(14), 1_000), None);
+    let tail = written.cold_tail(Minute::from_index(14), 1).expect("minutes 10 to 13 cut");
     assert_eq!(tail.newest, Minute::from_index(13));
+    assert_eq!(written.heap_bytes(), in_memory, "nothing leaves memory before it is stored");
     let at = ColdRef { segment: 3, offset: 1 << 40, len: tail.bytes.len() as u32 };
-    written.add_cold(tail.newest, at);
+    written.tail_stored(&tail, at);
     assert!(written.heap_bytes() < in_memory && written.has_cold());
     // Minutes in memory answer; a minute at or before the run's newest needs it.
     assert_eq!(written.contains(ts(15, 2)), Ok(true));
@@ -88,17 +89,14 @@ fn a_run_that_cannot_be_read_or_stored_is_reported_not_invented() {
     for minute in 10..14 {
         remember_seconds(&mut written, minute, &[1]);
     }
-    let unstored = written.clone();
-    // Not stored: put back, and the index is what it was.
-    let tail = written.take_cold_tail(Minute::from_index(12), 1).expect("a tail");
-    written.put_back(&tail);
-    assert_eq!(written, unstored);
-    // Put back beside a run stored earlier: the run stays.
-    let first = written.take_cold_tail(Minute::from_index(11), 1).expect("minute 10");
+    let first = written.cold_tail(Minute::from_index(11), 1).expect("minute 10");
     let at = ColdRef { segment: 0, offset: 0, len: 1 };
-    written.add_cold(first.newest, at);
-    let second = written.take_cold_tail(Minute::from_index(13), 1).expect("minutes 11, 12");
-    written.put_back(&second);
+    written.tail_stored(&first, at);
+    // A tail that could not be stored: the index keeps its minutes and the earlier run.
+    let unstored = written.clone();
+    let second = written.cold_tail(Minute::from_index(13), 1).expect("minutes 11, 12 and the run");
+    assert_eq!(written, unstored);
+    assert_eq!(second.newest, Minute::from_index(12));
     assert_eq!(written.contains(ts(12, 1)), Ok(true));
     assert_eq!(written.contains(ts(10, 1)), Err(NeedsCold));
     // Lost (the file damaged): dropped and counted; garbage bytes likewise.
@@ -107,6 +105,64 @@ fn a_run_that_cannot_be_read_or_stored_is_reported_not_invented() {
     written.warm(Minute::from_index(0), |_| None);
     assert_eq!(written.contains(ts(10, 1)), Ok(false));
     assert_eq!(written.contains(ts(13, 1)), Ok(true));
+}
+
+#[test]
+fn cooled_every_minute_for_an_hour_memory_holds_one_reference() {
+    let mut written = WrittenMinutes::default();
+    let mut store: HashMap<u64, Vec<u8>> = HashMap::new();
+    for minute in 100..160 {
+        remember_seconds(&mut written, minute, &[1, 7, 30]);
+        if let Some(tail) = written.cold_tail(Minute::from_index(minute), 1) {
+            let at = ColdRef { segment: 0, offset: minute as u64 * 100, len: tail.bytes.len() as u32 };
+            store.insert(at.offset, tail.bytes.clone());
+            written.tail_stored(&tail, at);
+        }
+        let cold = written.items().filter(|item| matches!(item.what, What::Cold(_))).count();
+        assert_eq!(cold, usize::from(minute > 100), "minute {minute}");
+    }
+    // The newest minute's chunk and one reference, not sixty minutes' worth.
+    let one_minute = chunk_of(Minute::from_index(0), &[1_000_000]).len() + 2;
+    assert!(written.heap_bytes() <= one_minute + 16, "{} bytes", written.heap_bytes());
+    assert_eq!(written.contains(ts(130, 7)), Err(NeedsCold));
+    // Loaded back down the chain as far as `since` reaches, and no further.
+    let mut reads = 0;
+    let dropped = written.warm(Minute::from_index(130), |at| {
+        reads += 1;
+        store.get(&at.offset).cloned()
+    });
+    // Minutes 130 to 158, one run each (159 is in memory).
+    assert_eq!((dropped, reads), (0, 29));
+    assert!(!written.has_cold());
+    for minute in 130..160 {
+        assert_eq!(written.contains(ts(minute, 30)), Ok(true), "minute {minute}");
+        assert_eq!(written.contains(ts(minute, 31)), Ok(false), "minute {minute}");
+    }
+    assert_eq!(written.contains(ts(129, 30)), Ok(false));
+}
+
+#[test]
+fn a_run_naming_itself_or_a_later_run_is_dropped_not_followed() {
+    let at = ColdRef { segment: 0, offset: 500, len: 9 };
+    for named in [at, ColdRef { offset: 900, ..at }, ColdRef { segment: 1, offset: 0, ..at }] {
+        // The record at `at`: minute 9 and a reference to `named` for minute 8.
+        let mut record = WrittenMinutes::default();
+        remember_seconds(&mut record, 8, &[1]);
+        remember_seconds(&mut record, 9, &[1]);
+        record.tail_stored(&record.cold_tail(Minute::from_index(9), 1).expect("minute 8"), named);
+        let mut written = WrittenMinutes::default();
+        remember_seconds(&mut written, 9, &[1]);
+        remember_seconds(&mut written, 10, &[1]);
+        written.tail_stored(&written.cold_tail(Minute::from_index(10), 1).expect("minute 9"), at);
+        let mut reads = 0;
+        let dropped = written.warm(Minute::from_index(0), |_| {
+            reads += 1;
+            Some(record.entries.to_vec())
+        });
+        assert_eq!((dropped, reads), (1, 1), "naming {named:?}");
+        assert_eq!(written.contains(ts(9, 1)), Ok(false));
+        assert_eq!(written.contains(ts(10, 1)), Ok(true));
+    }
 }
 
 proptest::proptest! {
@@ -149,11 +205,11 @@ proptest::proptest! {
                     model.extend(seconds.iter().map(|second| ts(base + minute, *second).micros()));
                 }
                 2 => {
-                    if let Some(tail) = written.take_cold_tail(Minute::from_index(base + minute), 1) {
+                    if let Some(tail) = written.cold_tail(Minute::from_index(base + minute), 1) {
                         let segment = store.len() as u32;
                         let at = ColdRef { segment, offset: 0, len: tail.bytes.len() as u32 };
-                        store.insert(segment, tail.bytes);
-                        written.add_cold(tail.newest, at);
+                        store.insert(segment, tail.bytes.clone());
+                        written.tail_stored(&tail, at);
                     }
                 }
                 0 | 1 => {}
