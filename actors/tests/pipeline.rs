@@ -648,3 +648,45 @@ async fn each_aggregator_checks_the_room_again_before_it_closes() {
     h.pipeline.stop().await;
     assert_eq!(h.recorder.rows().len(), 20);
 }
+
+#[actix_rt::test]
+async fn a_stop_hands_open_minutes_over_only_as_fast_as_the_writer_makes_room() {
+    let gate = Arc::new(Semaphore::new(0));
+    let recorder = Recorder { gate: Some(gate.clone()), ..Recorder::default() };
+    let Harness { pipeline, stats, recorder, .. } =
+        forty_open_minutes(recorder, Duration::from_secs(60)).await;
+    // Room for 4 rows: each of the two shards hands over at most that many at once,
+    // not its 20 machines' minutes together.
+    stats.rows_waiting.store(6, Ordering::SeqCst);
+    let stopped = actix_rt::spawn(pipeline.stop());
+    for _ in 0..400 {
+        if stats.rows_to_writer.load(Ordering::SeqCst) >= 4 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let on_their_way = stats.rows_to_writer.load(Ordering::SeqCst);
+    assert!((4..=8).contains(&on_their_way), "{on_their_way} minutes handed over into a room of 4");
+    // The writer catches up: the stop ends with every minute written once.
+    stats.rows_waiting.store(0, Ordering::SeqCst);
+    gate.add_permits(1_000);
+    stopped.await.expect("the stop");
+    assert_eq!(recorder.rows().len(), 40);
+    assert!(recorder.rows().values().all(|row| row.samples == 1));
+}
+
+#[actix_rt::test]
+async fn a_stop_with_the_writer_stuck_hands_everything_over_after_one_wait() {
+    let wait = Duration::from_millis(500);
+    let Harness { pipeline, stats, recorder, .. } = forty_open_minutes(Recorder::default(), wait).await;
+    // A backlog that never clears (PostgreSQL down): one wait, then the rest go at once
+    // into the writer's own buffer, not one machine per wait.
+    stats.rows_waiting.store(1_000, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    pipeline.stop().await;
+    let took = started.elapsed();
+    assert_eq!(recorder.rows().len(), 40);
+    assert!(took >= wait, "handed over before the wait was over ({took:?})");
+    assert!(took < 4 * wait, "the stop took {took:?}: paced one machine per wait");
+}

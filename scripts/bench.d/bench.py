@@ -294,10 +294,22 @@ class Bench:
         log(f"  profiling: {' '.join(argv)}")
         return self.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def stop_service(self, process):
+    def stop_service(self, process, watch_peak=False):
+        """Stops the service; with `watch_peak`, returns its `VmHWM` (KiB) as last read
+        while it stopped: a stop hands every open minute to the writer at once."""
+        peak = None
+        if watch_peak and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            while process.poll() is None:
+                try:
+                    peak = proc_status(process.pid)["VmHWM"]
+                except (OSError, KeyError, ValueError):
+                    break
+                time.sleep(0.02)
         code = self.stop(process, signal.SIGTERM, timeout=120)
         if code != 0:
             raise SystemExit(f"fleetagg exited {code}; log: {self.service_log}\n{tail(self.service_log)}")
+        return peak
 
     def wait_for_log(self, process, text, timeout=60):
         deadline = time.monotonic() + timeout
@@ -912,20 +924,27 @@ class Bench:
             received = int(self.counter(address, "fleetagg_messages_received_total"))
             status = proc_status(service.pid)
         finally:
-            self.stop_service(service)
+            with_stop = self.stop_service(service, watch_peak=True)
         idle = self.idle["VmHWM"]
         per_machine = (status["VmHWM"] - idle) / machines
+        with_stop_per_machine = (with_stop - idle) / machines if with_stop else None
         self.results["latency"] = {
             "rate": rate, "achieved_rate": achieved or None, "publishers": publishers, "qos": self.latency_qos,
             "published": published, "received": received, "machines": machines, "seconds": seconds,
             "vm_hwm_kib": status["VmHWM"], "idle_vm_hwm_kib": idle, "kib_per_machine": per_machine,
+            "vm_hwm_with_stop_kib": with_stop, "kib_per_machine_with_stop": with_stop_per_machine,
             "memory_trace": trace.samples,
         }
         log(f"  live: {received} of {published} messages received, {achieved:.0f} messages/s reached")
         log(f"  peak {status['VmHWM'] / 1024:.1f} MiB (idle {idle / 1024:.1f} MiB): {per_machine:.2f} KiB per machine")
+        if with_stop_per_machine is not None:
+            log(f"  with the stop: peak {with_stop / 1024:.1f} MiB, {with_stop_per_machine:.2f} KiB per machine")
         log_memory_trace(trace.samples)
         self.rows.append((f"RSS per machine live, {machines} machines (peak - idle)", per_machine, "KiB",
                           "info", ""))
+        if with_stop_per_machine is not None:
+            self.rows.append((f"RSS per machine live, {machines} machines, the stop included (peak - idle)",
+                              with_stop_per_machine, "KiB", "info", ""))
         stats = self.psql(
             "SELECT count(*), "
             "percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), "
