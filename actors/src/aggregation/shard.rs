@@ -32,6 +32,11 @@ use std::sync::Arc;
 
 /// The most aggregators a stop asks to flush at once (each answer waits in a future).
 const MAX_FLUSHES_AT_ONCE: usize = 1_000;
+/// The longest a stop waits for room in the writer's backlog (or `writer_backlog_wait`,
+/// `aggregation.tick`, if shorter) before it hands the rest over at once: a writer that
+/// takes nothing for this long is not writing (PostgreSQL away), and every second spent
+/// here is one fewer for it to write the rows within `service.shutdown_timeout`.
+const STOP_PACING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Shard {
@@ -119,8 +124,8 @@ impl Handler<FlushOpenMinutes> for Shard {
     /// all of them have. Paced like the closes, as the writer's backlog has room
     /// ([`AggregatorShared::writer_room`]): at a stop every machine's open minutes go at
     /// once, and 100,000 machines' rows and their sends, all waiting together, took the
-    /// service from 1.9 to 2.4 KiB a machine (docs/benchmarks.md, session 17). Once the
-    /// writer has taken nothing for `writer_backlog_wait` (PostgreSQL away), the rest go
+    /// service from 1.7 to 2.5 KiB a machine (docs/benchmarks.md, session 17). Once the
+    /// writer has taken nothing for [`STOP_PACING_WAIT`] (PostgreSQL away), the rest go
     /// without pacing, as before: the journal holds them either way.
     fn handle(&mut self, _: FlushOpenMinutes, _: &mut Self::Context) -> Self::Result {
         // No sample is routed after the flush (the source has closed), and the timers
@@ -134,7 +139,8 @@ impl Handler<FlushOpenMinutes> for Shard {
                 if paced {
                     let waited_since = std::time::Instant::now();
                     let mut room = shared.writer_room();
-                    while room == 0 && waited_since.elapsed() < shared.settings.writer_backlog_wait {
+                    let longest = shared.settings.writer_backlog_wait.min(STOP_PACING_WAIT);
+                    while room == 0 && waited_since.elapsed() < longest {
                         actix_rt::time::sleep(TIMER_RESOLUTION).await;
                         room = shared.writer_room();
                     }
