@@ -296,11 +296,13 @@ class Bench:
 
     def stop_service(self, process, watch_peak=False):
         """Stops the service; with `watch_peak`, returns its `VmHWM` (KiB) as last read
-        while it stopped: a stop hands every open minute to the writer at once."""
+        while it stopped: a stop hands every open minute to the writer."""
         peak = None
         if watch_peak and process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            while process.poll() is None:
+            # As long as `stop` would wait; then `stop` kills it.
+            deadline = time.monotonic() + 120
+            while process.poll() is None and time.monotonic() < deadline:
                 try:
                     peak = proc_status(process.pid)["VmHWM"]
                 except (OSError, KeyError, ValueError):

@@ -144,8 +144,11 @@ impl Handler<FlushOpenMinutes> for Shard {
                         actix_rt::time::sleep(TIMER_RESOLUTION).await;
                         room = shared.writer_room();
                     }
-                    paced = room > 0;
-                    batch = batch.min(room.max(1));
+                    if room > 0 {
+                        batch = batch.min(room);
+                    } else {
+                        paced = false;
+                    }
                 }
                 let end = aggregators.len().min(next + batch);
                 let flushes = join_all(
