@@ -47,12 +47,11 @@ pub struct ColdRef {
 }
 
 /// Minutes cut out of an index to be stored elsewhere: `bytes` is a self-contained index
-/// of them (the form [`WrittenMinutes::warm`] takes back), `newest` the newest of them,
-/// every minute of the index before `before`.
+/// of them (the form [`WrittenMinutes::warm`] takes back), `newest` the newest of them:
+/// the tail holds every minute of the index up to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColdTail {
     pub newest: Minute,
-    pub before: Minute,
     pub bytes: Vec<u8>,
 }
 
@@ -208,12 +207,14 @@ impl WrittenMinutes {
         let mut bytes = Vec::with_capacity(self.entries.len() - cut.at + 8);
         put_varint(&mut bytes, zigzag(cut.minute));
         bytes.extend_from_slice(&self.entries[cut.minute_end..]);
-        Some(ColdTail { newest: Minute::from_index(cut.minute), before: keep_since, bytes })
+        Some(ColdTail { newest: Minute::from_index(cut.minute), bytes })
     }
 
     /// Replaces the minutes `tail` held by the reference to where the caller stored them.
     pub fn tail_stored(&mut self, tail: &ColdTail, at: ColdRef) {
-        let Some(cut) = self.first_before(tail.before) else { return };
+        let Some(cut) = self.first_before(Minute::from_index(tail.newest.index().saturating_add(1))) else {
+            return;
+        };
         let mut out = Vec::with_capacity(cut.at + 20);
         out.extend_from_slice(&self.entries[..cut.at]);
         match cut.previous {
