@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use fleetagg_actors::clock::SystemClock;
+use fleetagg_actors::placement::Split;
 use fleetagg_actors::secrets;
 use fleetagg_actors::source::MqttSource;
 use fleetagg_actors::writer::Connector;
@@ -22,8 +23,15 @@ const EXIT_START_UP_MAY_HEAL: u8 = 75;
 const STATS_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
+    // Before the actor system starts a thread: they all inherit the actors' CPUs.
+    let split = Split::for_this_process(config.service.thread_placement);
+    if let Some(split) = &split {
+        if split.pin_actors_here() {
+            tracing::info!(intake_cpus = ?split.intake, actor_cpus = ?split.actors, "threads placed: the MQTT intake on a CPU of its own");
+        }
+    }
     actix_rt::System::new().block_on(async move {
-        let source = Box::new(MqttSource::new(&config.mqtt));
+        let source = Box::new(MqttSource::new(&config.mqtt).placed(split));
         let starting = Service::start(&config, source, Arc::new(SystemClock));
         tokio::pin!(starting);
         let timeout = config.service.shutdown_timeout;

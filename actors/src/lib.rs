@@ -30,6 +30,7 @@ mod tls_refusal;
 
 // Around the data path: secrets for the writer, what operators see, and the wiring.
 pub mod monitoring;
+pub mod placement;
 pub mod secrets;
 pub mod service;
 

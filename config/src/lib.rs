@@ -18,5 +18,5 @@ pub use load::{load, load_from_str, ENV_PREFIX};
 pub use secret::{PasswordConfig, SecretSourceKind, AWS_CURRENT};
 pub use sections::{
     AggregationConfig, Config, DatabaseConfig, DatabaseTlsConfig, EpochUnit, JournalConfig, JournalSync,
-    MetricsConfig, MqttConfig, RejectsConfig, ServiceConfig, Statements, TlsMode,
+    MetricsConfig, MqttConfig, RejectsConfig, ServiceConfig, Statements, ThreadPlacement, TlsMode,
 };

@@ -379,6 +379,16 @@ mod tests {
     }
 
     #[test]
+    fn threads_are_split_by_default_and_left_to_the_os_on_request() {
+        let default = load_from_str("", "test", env(&[])).unwrap();
+        assert_eq!(default.service.thread_placement, crate::ThreadPlacement::Split);
+        let os = load_from_str("", "test", env(&[("FLEETAGG__SERVICE__THREAD_PLACEMENT", "os")])).unwrap();
+        assert_eq!(os.service.thread_placement, crate::ThreadPlacement::Os);
+        let err = load_from_str("[service]\nthread_placement = \"pinned\"\n", "test", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("thread_placement"), "{err}");
+    }
+
+    #[test]
     fn the_example_file_loads_and_lists_every_key() {
         let text = include_str!("../fleetagg.example.toml");
         let config = load_from_str(text, "example", env(&[])).unwrap();

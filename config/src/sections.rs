@@ -338,12 +338,35 @@ pub struct ServiceConfig {
     /// process exits non-zero and says how many rows were not written.
     #[serde(with = "human")]
     pub shutdown_timeout: Duration,
+    /// Where the threads run: see [`ThreadPlacement`].
+    pub thread_placement: ThreadPlacement,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { shutdown_timeout: Duration::from_secs(30) }
+        ServiceConfig {
+            shutdown_timeout: Duration::from_secs(30),
+            thread_placement: ThreadPlacement::default(),
+        }
     }
+}
+
+/// Where the service's threads run (`service.thread_placement`).
+///
+/// The MQTT client's receive thread takes every message off the socket, acknowledges it
+/// and appends it to the journal: it is the stage a backlog drains through, one message
+/// at a time. Left to the scheduler, the actors' threads, woken by that thread's own
+/// hand-offs, kept landing on its CPU and taking it away (docs/benchmarks.md, session 18).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThreadPlacement {
+    /// The MQTT intake on a CPU of its own (the highest-numbered one the process may
+    /// use), every other thread on the rest, and one aggregator shard per CPU of the
+    /// rest; the same as `os` when the process may use a single CPU.
+    #[default]
+    Split,
+    /// Every thread on any CPU the process may use, placed by the operating system.
+    Os,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -121,6 +121,40 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Every test's service runs with `service.thread_placement = "os"` unless the test's own
+/// environment says otherwise: the suite runs many services at once on one machine, where
+/// the default split would put every instance's MQTT intake on the same CPU (the case
+/// docs/operations.md tells operators to give each instance CPUs of its own, or "os").
+pub const THREAD_PLACEMENT_VAR: &str = "FLEETAGG__SERVICE__THREAD_PLACEMENT";
+
+/// The CPUs each thread of process `pid` may run on, by thread name, from `/proc`.
+pub fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    let mut threads: Vec<(String, Vec<usize>)> = tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?.trim().to_owned();
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let list = status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+            Some((name, cpu_list(list.trim())))
+        })
+        .collect();
+    threads.sort();
+    threads
+}
+
+/// A CPU list as the kernel prints it ("0-3,8,10-11").
+pub fn cpu_list(text: &str) -> Vec<usize> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .flat_map(|part| {
+            let (first, last) = part.split_once('-').unwrap_or((part, part));
+            let number = |text: &str| text.trim().parse::<usize>().expect("a CPU number");
+            number(first)..=number(last)
+        })
+        .collect()
+}
+
 /// A `fleetagg run` process with its own config file and log.
 #[derive(Debug)]
 pub struct ServiceProcess {
@@ -202,6 +236,7 @@ impl ServiceProcess {
             .arg(&config_path)
             .current_dir(working_dir(&config_path))
             .env("RUST_LOG", rust_log)
+            .env(THREAD_PLACEMENT_VAR, "os")
             .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdout(log.try_clone().expect("log file handle"))
             .stderr(log)
@@ -217,6 +252,7 @@ impl ServiceProcess {
             .arg(config_path)
             .current_dir(working_dir(config_path))
             .env_remove("RUST_LOG")
+            .env(THREAD_PLACEMENT_VAR, "os")
             .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,15 +1,16 @@
 //! Faults while a known stream flows: PostgreSQL restarted or away for 20 s, the broker
 //! restarted, the writer's connection killed every second, a row PostgreSQL refuses, a
-//! full writer buffer, a stop during an outage, a stop during start-up, and two instances
-//! sharing a subscription.
+//! full writer buffer, a stop during an outage, a stop during start-up, two instances
+//! sharing a subscription, and the MQTT intake's CPU across a broker restart.
 //! Each test ends by comparing `loading_rate` exactly with what was published.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::mosquitto::MosquittoBroker;
 use fleetagg_integration_tests::{
-    broker_url, connect, eventually, expected_rows, loading_rate, rejection_reasons, service_config, unique,
-    LoadingRateRow, Publisher, ServiceProcess, TestDatabase,
+    broker_url, connect, cpu_list, eventually, expected_rows, loading_rate, rejection_reasons,
+    service_config, thread_cpus, unique, LoadingRateRow, Publisher, ServiceProcess, TestDatabase,
+    THREAD_PLACEMENT_VAR,
 };
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,64 @@ async fn broker_restarted_mid_stream() {
     let log = service.stop_ok().await;
     assert!(log.contains("connection to the MQTT broker lost"), "the loss should be logged");
     assert_eq!(loading_rate(&client).await, stream.expected());
+}
+
+/// `service.thread_placement = "split"` (the default): paho's receive thread on the
+/// highest CPU the process may use, the actors on the others with one aggregator shard
+/// each, and so again after a reconnect (paho starts its threads anew from the connecting
+/// thread). On a one-CPU machine, or under a CPU quota, nothing is split.
+#[actix_rt::test]
+async fn the_mqtt_intake_keeps_a_cpu_of_its_own_across_a_broker_restart() {
+    let broker = MosquittoBroker::start().await;
+    let db = TestDatabase::create().await;
+    let mut stream = Stream::new(60, 2);
+    let text = config(&db.url, &stream, "1s", "").replace(&broker_url(), &broker.url());
+    let split = [(THREAD_PLACEMENT_VAR.to_owned(), "split".to_owned())];
+    let service = ServiceProcess::start_with_env(&text, &split, true).await;
+
+    let allowed = cpu_list(
+        std::fs::read_to_string("/proc/self/status")
+            .expect("own status")
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim(),
+    );
+    let usable = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let (intake, actors) = match allowed.split_last() {
+        Some((last, rest)) if !rest.is_empty() && usable >= allowed.len() => (vec![*last], rest.to_vec()),
+        _ => (allowed.clone(), allowed.clone()),
+    };
+    let check = |when: &str| {
+        let threads = thread_cpus(service.pid());
+        let on = |name: &str| -> Vec<&Vec<usize>> {
+            threads.iter().filter(|(thread, _)| thread.starts_with(name)).map(|(_, cpus)| cpus).collect()
+        };
+        assert_eq!(on("MQTTAsync_rcv"), vec![&intake], "{when}: paho's receive thread; threads {threads:?}");
+        let actor_threads: Vec<&(String, Vec<usize>)> = threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("fleetagg") && name != "fleetagg-mqtt-c")
+            .collect();
+        assert!(actor_threads.len() >= 3, "{when}: the broker, a shard and the writer at least: {threads:?}");
+        for (name, cpus) in actor_threads {
+            assert_eq!(cpus, &actors, "{when}: {name}; threads {threads:?}");
+        }
+        assert_eq!(on("fleetagg-aggr-").len(), actors.len(), "{when}: one shard per actor CPU: {threads:?}");
+    };
+    check("at start");
+    if intake != actors {
+        assert!(service.log().contains("threads placed"), "the split is logged");
+    }
+
+    broker.stop();
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    broker.resume().await;
+    let publisher = Publisher::connect(&broker.url()).await;
+    stream.publish_with(&publisher, 200.0, |_| {}).await;
+    wait_for_rows(&db.url, &stream.expected(), "the stream after the restart").await;
+    assert!(service.log().contains("connection to the MQTT broker lost"), "the restart was seen");
+    check("after the reconnect");
+    service.stop_ok().await;
 }
 
 #[actix_rt::test]

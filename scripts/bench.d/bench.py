@@ -137,6 +137,12 @@ class Bench:
             # A typo must not quietly measure the default instead.
             raise SystemExit(f"BENCH_JOURNAL={journal!r}: expected os, off, fsync or compare")
         self.compare_journal = journal == "compare"
+        # BENCH_COMPARE_BIN=<another fleetagg build>: each round also drains with it, in
+        # alternating order, so a lever is judged on pairs of drains minutes apart.
+        other = os.environ.get("BENCH_COMPARE_BIN")
+        self.compare_bin = str(Path(other).resolve()) if other else None
+        if self.compare_bin and self.compare_journal:
+            raise SystemExit("BENCH_COMPARE_BIN and BENCH_JOURNAL=compare: one comparison at a time")
         self.journal_lines = JOURNAL_LINES.get(journal, [])
         default_chart = self.workdir / "drain.svg" if tiny else ROOT / "docs/benchmarks-drain.svg"
         self.chart = Path(os.environ.get("BENCH_CHART") or default_chart)
@@ -270,11 +276,11 @@ class Bench:
         )
         return config
 
-    def start_service(self, config=None):
+    def start_service(self, config=None, binary=None):
         self.service_runs += 1
         self.service_log = self.workdir / f"fleetagg-{self.service_runs}.log"
         stderr = open(self.service_log, "wb")
-        argv = [self.bin, "run", "--config", str(config or self.config)]
+        argv = [binary or self.bin, "run", "--config", str(config or self.config)]
         if self.service_log_level:
             argv += ["--log-level", self.service_log_level]
         process = self.spawn(argv, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -393,6 +399,8 @@ class Bench:
             "first_to_last_seconds": reported["seconds_first_to_last"],
             "publish_rate": publish_rate,
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            # The whole process's, to set beside the service's receive thread.
+            "context_switches": {"voluntary": usage.ru_nvcsw, "involuntary": usage.ru_nivcsw},
             "broker_cpu_seconds": proc_cpu_seconds(self.mosquitto.pid) - cpu_broker,
             "machine_busy_seconds": machine_busy,
         }
@@ -419,7 +427,7 @@ class Bench:
         }
 
     def drain_service(self, count, machines, idle_seconds=0.0, config=None, writer_metrics=False, window=None,
-                      memory_trace=False):
+                      memory_trace=False, binary=None):
         """Queues `count` messages from `machines` machines, then times `fleetagg run` (with
         `config`, or the default one) from start until PostgreSQL holds every sample;
         `writer_metrics` also reads the writer's counters from the service's /metrics
@@ -429,7 +437,7 @@ class Bench:
         for attempt in range(1, 4):
             try:
                 return self.try_drain_service(count, machines, idle_seconds, config, writer_metrics, window,
-                                              memory_trace)
+                                              memory_trace, binary)
             except StartupHang as hang:
                 self.startup_hangs += 1
                 log(f"  fleetagg hung at start-up ({hang}); attempt {attempt} of 3 abandoned")
@@ -449,7 +457,7 @@ class Bench:
             log(f"  cleared {drained} messages left in the service's session")
 
     def try_drain_service(self, count, machines, idle_seconds, config, writer_metrics, window=None,
-                          memory_trace=False):
+                          memory_trace=False, binary=None):
         self.psql("TRUNCATE loading_rate, rejected_message")
         publish_rate = self.queue_backlog(SERVICE_PREFIX, count, machines, *([window] if window else []))
         poller = Poller(self.db_url)
@@ -458,7 +466,7 @@ class Bench:
             cpu_broker = proc_cpu_seconds(self.mosquitto.pid)
             machine_before = machine_cpu_seconds()
             started = time.monotonic()
-            service = self.start_service(config)
+            service = self.start_service(config, binary)
             profiler = None
             first_row = None
             # When the first message reached the service (its received counter), so the
@@ -615,17 +623,23 @@ class Bench:
             runs = {"floor": [], "service": [], "ceiling": []}
             if self.compare_journal:
                 runs["service_journal_off"] = []
+            if self.compare_bin:
+                runs["service_compared"] = []
             for round_number in range(1, self.drain_rounds + 1):
                 log(f"drain N={count} from {machines} machines, round {round_number} of {self.drain_rounds}")
                 runs["floor"].append(self.drain_floor(count))
                 log(f"  paho floor   {runs['floor'][-1]['rate']:>12,.0f} messages/s")
-                arms = [("service", None, "fleetagg")]
+                arms = [("service", None, "fleetagg", None)]
+                second = None
                 if self.compare_journal:
-                    off = ("service_journal_off", self.config_journal_off, "journal off")
+                    second = ("service_journal_off", self.config_journal_off, "journal off", None)
+                if self.compare_bin:
+                    second = ("service_compared", None, "compared", self.compare_bin)
+                if second:
                     # Alternating which goes first, so neither always drains right after the floor.
-                    arms = [arms[0], off] if round_number % 2 else [off, arms[0]]
-                for key, config, label in arms:
-                    runs[key].append(self.drain_service(count, machines, config=config))
+                    arms = [arms[0], second] if round_number % 2 else [second, arms[0]]
+                for key, config, label, binary in arms:
+                    runs[key].append(self.drain_service(count, machines, config=config, binary=binary))
                     log(f"  {label:<13}{runs[key][-1]['rate']:>12,.0f} messages/s")
                 runs["ceiling"].append(self.drain_ceiling(count))
                 log(f"  mosquitto_sub{runs['ceiling'][-1]['rate']:>12,.0f} messages/s")
@@ -645,6 +659,28 @@ class Bench:
                               verdict(entry["ratio"] >= 0.75)))
             if self.compare_journal:
                 self.compare_journal_rows(count, runs, entry)
+            if self.compare_bin:
+                self.compare_bin_rows(count, runs, entry)
+
+    def compare_bin_rows(self, count, runs, entry):
+        """BENCH_COMPARE_BIN: the other build against this one, from each round's pair of
+        drains: the median of the ratios, and each build's CPU per message."""
+        this, other = runs["service"], runs["service_compared"]
+        ratios = [b["rate"] / a["rate"] for a, b in zip(this, other)]
+        span = lambda values: "[{:.2f}, {:.2f}]".format(min(values), max(values))  # noqa: E731
+        entry["compared"] = {"binary": self.compare_bin, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+        self.rows.append((f"compared build drain, N={count}, median", entry["service_compared"]["rate"],
+                          "msg/s, range [{:,.0f}, {:,.0f}]".format(*(f(run["rate"] for run in other) for f in (min, max))),
+                          "", ""))
+        self.rows.append((f"compared / this build, N={count}, median of {len(ratios)} pairs",
+                          entry["compared"]["median_ratio"], f"x, range {span(ratios)}", "info", ""))
+        for key, arm in (("this", this), ("compared", other)):
+            cpu = [1e6 * run["cpu_seconds"] / run["messages"] for run in arm]
+            paho = [1e6 * (run["thread_cpu_seconds"] or {}).get(RECEIVE_THREAD, 0) / run["messages"] for run in arm]
+            self.rows.append((f"fleetagg CPU per message, {key} build, N={count}, median", statistics.median(cpu),
+                              f"us, range {span(cpu)}", "", ""))
+            self.rows.append((f"paho receive thread CPU per message, {key} build, N={count}, median",
+                              statistics.median(paho), f"us, range {span(paho)}", "", ""))
 
     def compare_journal_rows(self, count, runs, entry):
         """BENCH_JOURNAL=compare: the journal's cost from each round's pair of drains

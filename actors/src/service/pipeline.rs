@@ -57,6 +57,8 @@ impl PipelineSettings {
                 writer_backlog_wait: aggregation.tick,
             },
             inbound_capacity: config.mqtt.inbound_capacity,
+            // The CPUs this thread may use: with the threads split (`crate::placement`),
+            // the actors' CPUs, the intake's being taken.
             shards: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         }
     }

@@ -13,6 +13,7 @@ use super::options::connect_options;
 use super::password::BrokerPassword;
 use super::SourceError;
 use crate::backoff::{self, Retries};
+use crate::placement::Split;
 use crate::stats::{bump, PipelineStats};
 use fleetagg_config::MqttConfig;
 use paho_mqtt as mqtt;
@@ -61,6 +62,9 @@ pub(super) struct Connection {
     pub(super) stats: Arc<PipelineStats>,
     pub(super) events: Receiver<Event>,
     pub(super) gate: Arc<StopGate>,
+    /// Taken by this thread before it connects: paho starts its receive and send threads
+    /// from the thread that connects, and they inherit its CPUs.
+    pub(super) placement: Option<Split>,
 }
 
 /// What one round over the broker URLs gave.
@@ -85,6 +89,9 @@ impl Connection {
     /// The thread's body: the first connection (its result goes to `first`), then a new
     /// one after every loss, until [`Event::Stop`].
     pub(super) fn run(mut self, first: tokio::sync::oneshot::Sender<Result<(), SourceError>>) {
+        if let Some(split) = &self.placement {
+            split.pin_intake_here();
+        }
         match self.establish(true) {
             Ok(()) => {
                 let _ = first.send(Ok(()));

@@ -16,6 +16,7 @@ mod options;
 mod password;
 
 use super::{InboundMessage, InboundSink, MessageSource, SourceError};
+use crate::placement::Split;
 use crate::stats::PipelineStats;
 use connection::{Connection, Event, StopGate};
 use fleetagg_config::MqttConfig;
@@ -35,6 +36,9 @@ pub struct MqttSource {
     /// Tells the connection thread to stop reconnecting.
     events: Option<mpsc::Sender<Event>>,
     gate: Arc<StopGate>,
+    /// The CPUs the connection thread, and so paho's threads, run on
+    /// ([`crate::placement`]); `None`: wherever the OS puts them.
+    placement: Option<Split>,
 }
 
 impl std::fmt::Debug for MqttSource {
@@ -49,7 +53,20 @@ impl std::fmt::Debug for MqttSource {
 
 impl MqttSource {
     pub fn new(config: &MqttConfig) -> Self {
-        MqttSource { config: config.clone(), client: None, sink: None, events: None, gate: Arc::default() }
+        MqttSource {
+            config: config.clone(),
+            client: None,
+            sink: None,
+            events: None,
+            gate: Arc::default(),
+            placement: None,
+        }
+    }
+
+    /// Runs the MQTT client's threads on the intake's CPU of `split`.
+    pub fn placed(mut self, split: Option<Split>) -> Self {
+        self.placement = split;
+        self
     }
 }
 
@@ -101,6 +118,7 @@ impl MessageSource for MqttSource {
         self.sink = Some(sink);
         self.events = Some(events);
         let gate = self.gate.clone();
+        let placement = self.placement.clone();
         async move {
             let password = match &config.password {
                 Some(password) => {
@@ -114,8 +132,16 @@ impl MessageSource for MqttSource {
                 None => None,
             };
             let (first, first_result) = tokio::sync::oneshot::channel();
-            let connection =
-                Connection { client, config, urls, password, stats, events: received_events, gate };
+            let connection = Connection {
+                client,
+                config,
+                urls,
+                password,
+                stats,
+                events: received_events,
+                gate,
+                placement,
+            };
             std::thread::Builder::new()
                 .name("fleetagg-mqtt-conn".into())
                 .spawn(move || connection.run(first))
