@@ -137,6 +137,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cpu_the_process_may_not_use_is_refused_and_the_thread_keeps_its_cpus() {
+        std::thread::spawn(|| {
+            let before = allowed_cpus().expect("cpus");
+            // The last CPU a set can name: no machine of this project has it.
+            let missing = CpuSet::MAX_CPU - 1;
+            let split = Split { intake: vec![missing], actors: vec![missing] };
+            assert!(!split.pin_intake_here(), "refused, not fatal");
+            assert!(!split.pin_actors_here());
+            assert_eq!(allowed_cpus().expect("cpus"), before);
+            // Beyond what a set can name at all: nothing to set, refused the same way.
+            let beyond = Split { intake: vec![CpuSet::MAX_CPU + 1], actors: vec![] };
+            assert!(!beyond.pin_intake_here());
+            assert_eq!(allowed_cpus().expect("cpus"), before);
+        })
+        .join()
+        .expect("the pinning thread");
+    }
+
+    #[test]
     fn a_thread_pinned_to_the_intake_leaves_the_actors_cpus_alone() {
         // On a thread of its own: affinity is per thread and inherited by what it starts.
         let allowed = allowed_cpus().expect("the test's own CPUs");
