@@ -23,12 +23,11 @@ const EXIT_START_UP_MAY_HEAL: u8 = 75;
 const STATS_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) fn run(config: Config) -> anyhow::Result<ExitCode> {
-    // Before the actor system starts a thread: they all inherit the actors' CPUs.
-    let split = Split::for_this_process(config.service.thread_placement);
+    // Before the actor system starts a thread: they all inherit the actors' CPUs. Refused
+    // (logged), nothing is pinned: the intake alone on a CPU helped nothing.
+    let split = Split::for_this_process(config.service.thread_placement).filter(Split::pin_actors_here);
     if let Some(split) = &split {
-        if split.pin_actors_here() {
-            tracing::info!(intake_cpus = ?split.intake, actor_cpus = ?split.actors, "threads placed: the MQTT intake on a CPU of its own");
-        }
+        tracing::info!(intake_cpus = ?split.intake, actor_cpus = ?split.actors, "threads placed: the MQTT intake on a CPU of its own");
     }
     actix_rt::System::new().block_on(async move {
         let source = Box::new(MqttSource::new(&config.mqtt).placed(split));

@@ -3,8 +3,8 @@
 //!
 //! paho's receive thread reads each message, acknowledges it and appends it to the
 //! journal: a backlog drains through it one message at a time. Left to the scheduler,
-//! the actor threads it wakes (the broker, the shards, the writer) were placed on its CPU
-//! and took it away from it, while the other CPU idled: with the split, the
+//! the actor threads (the broker it wakes, the shards the broker wakes) were placed on
+//! its CPU and took it away from it, while the other CPU idled: with the split, the
 //! million-message drain ran about 1.2 times as fast on a 2-CPU machine, where pinning
 //! the paho floor alone changed nothing (docs/benchmarks.md, session 18).
 //!
@@ -86,11 +86,6 @@ impl Split {
     }
 }
 
-/// The CPUs the calling thread may use now, in ascending order.
-pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
-    Ok(cpus_of(&sched_getaffinity(None)?))
-}
-
 fn cpus_of(set: &CpuSet) -> Vec<usize> {
     (0..CpuSet::MAX_CPU).filter(|&cpu| set.is_set(cpu)).collect()
 }
@@ -113,6 +108,11 @@ fn pin_calling_thread(cpus: &[usize], what: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPUs the calling thread may use now, in ascending order.
+    fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+        Ok(cpus_of(&sched_getaffinity(None)?))
+    }
 
     #[test]
     fn the_intake_takes_the_highest_cpu_and_the_actors_the_rest() {

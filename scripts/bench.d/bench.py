@@ -667,7 +667,6 @@ class Bench:
         drains: the median of the ratios, and each build's CPU per message."""
         this, other = runs["service"], runs["service_compared"]
         ratios = [b["rate"] / a["rate"] for a, b in zip(this, other)]
-        span = lambda values: "[{:.2f}, {:.2f}]".format(min(values), max(values))  # noqa: E731
         entry["compared"] = {"binary": self.compare_bin, "ratios": ratios, "median_ratio": statistics.median(ratios)}
         self.rows.append((f"compared build drain, N={count}, median", entry["service_compared"]["rate"],
                           "msg/s, range [{:,.0f}, {:,.0f}]".format(*(f(run["rate"] for run in other) for f in (min, max))),
@@ -675,8 +674,7 @@ class Bench:
         self.rows.append((f"compared / this build, N={count}, median of {len(ratios)} pairs",
                           entry["compared"]["median_ratio"], f"x, range {span(ratios)}", "info", ""))
         for key, arm in (("this", this), ("compared", other)):
-            cpu = [1e6 * run["cpu_seconds"] / run["messages"] for run in arm]
-            paho = [1e6 * (run["thread_cpu_seconds"] or {}).get(RECEIVE_THREAD, 0) / run["messages"] for run in arm]
+            cpu, paho = cpu_per_message(arm)
             self.rows.append((f"fleetagg CPU per message, {key} build, N={count}, median", statistics.median(cpu),
                               f"us, range {span(cpu)}", "", ""))
             self.rows.append((f"paho receive thread CPU per message, {key} build, N={count}, median",
@@ -689,10 +687,9 @@ class Bench:
         the rate."""
         on, off = runs["service"], runs["service_journal_off"]
         ratios = [a["rate"] / b["rate"] for a, b in zip(on, off)]
-        cpu = {key: [1e6 * run["cpu_seconds"] / run["messages"] for run in arm]
-               for key, arm in (("on", on), ("off", off))}
-        paho = {key: [1e6 * (run["thread_cpu_seconds"] or {}).get(RECEIVE_THREAD, 0) / run["messages"]
-                      for run in arm] for key, arm in (("on", on), ("off", off))}
+        per_message = {key: cpu_per_message(arm) for key, arm in (("on", on), ("off", off))}
+        cpu = {key: values[0] for key, values in per_message.items()}
+        paho = {key: values[1] for key, values in per_message.items()}
         # Per 1,000 messages on paho's receive thread: page faults (the journal's mapped
         # pages) and context switches (waits for the journal's mutex or the full channel).
         counters = {key: {name: [1000 * run["receive_thread_counters"].get(name, 0) / run["messages"] for run in arm]
@@ -701,7 +698,6 @@ class Bench:
         entry["journal"] = {"ratios": ratios, "median_ratio": statistics.median(ratios),
                             "cpu_us_per_message": cpu, "receive_thread_us_per_message": paho,
                             "receive_thread_per_1000_messages": counters}
-        span = lambda values: "[{:.2f}, {:.2f}]".format(min(values), max(values))  # noqa: E731
         self.rows.append((f"fleetagg drain, journal off, N={count}, median", entry["service_journal_off"]["rate"],
                           "msg/s, range [{:,.0f}, {:,.0f}]".format(*(f(run["rate"] for run in off) for f in (min, max))),
                           "", ""))
@@ -1526,6 +1522,19 @@ def machine_description():
     except (OSError, ValueError, IndexError):
         pass
     return {"cpus": os.cpu_count(), "cpu": model, "memory": memory, "kernel": platform.release()}
+
+
+def span(values):
+    """The range of paired ratios or per-message figures, as the results table prints it."""
+    return "[{:.2f}, {:.2f}]".format(min(values), max(values))
+
+
+def cpu_per_message(runs):
+    """µs of CPU a message in each drain of `runs`: the whole process, and paho's receive
+    thread."""
+    cpu = [1e6 * run["cpu_seconds"] / run["messages"] for run in runs]
+    paho = [1e6 * (run["thread_cpu_seconds"] or {}).get(RECEIVE_THREAD, 0) / run["messages"] for run in runs]
+    return cpu, paho
 
 
 def median_run(runs):
