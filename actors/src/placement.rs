@@ -11,7 +11,8 @@
 //! How it is applied: the thread that starts the service takes the actors' CPUs before
 //! any other thread exists, so every thread it starts inherits them; the MQTT
 //! connection thread takes the intake's CPU before it connects, so paho's threads, which
-//! the connect starts (and starts again after a reconnect), inherit that one.
+//! the first connect starts (they live until the client is destroyed, across reconnects;
+//! paho would start them again only from a connect, on that thread), inherit that one.
 
 use fleetagg_config::ThreadPlacement;
 use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};

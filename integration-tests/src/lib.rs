@@ -134,17 +134,22 @@ pub fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
         .filter_map(|task| {
             let path = task.ok()?.path();
             let name = std::fs::read_to_string(path.join("comm")).ok()?.trim().to_owned();
-            let status = std::fs::read_to_string(path.join("status")).ok()?;
-            let list = status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
-            Some((name, cpu_list(list.trim())))
+            Some((name, cpus_allowed(&path.join("status"))?))
         })
         .collect();
     threads.sort();
     threads
 }
 
+/// The CPUs a `/proc/…/status` file says its process or thread may run on.
+pub fn cpus_allowed(status: &Path) -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string(status).ok()?;
+    let list = status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+    Some(cpu_list(list.trim()))
+}
+
 /// A CPU list as the kernel prints it ("0-3,8,10-11").
-pub fn cpu_list(text: &str) -> Vec<usize> {
+fn cpu_list(text: &str) -> Vec<usize> {
     text.split(',')
         .filter(|part| !part.is_empty())
         .flat_map(|part| {

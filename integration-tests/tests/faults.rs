@@ -8,10 +8,11 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use fleetagg_integration_tests::cluster::PgCluster;
 use fleetagg_integration_tests::mosquitto::MosquittoBroker;
 use fleetagg_integration_tests::{
-    broker_url, connect, cpu_list, eventually, expected_rows, loading_rate, rejection_reasons,
+    broker_url, connect, cpus_allowed, eventually, expected_rows, loading_rate, rejection_reasons,
     service_config, thread_cpus, unique, LoadingRateRow, Publisher, ServiceProcess, TestDatabase,
     THREAD_PLACEMENT_VAR,
 };
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 type Sample = (String, DateTime<Utc>, f64, f64);
@@ -177,8 +178,9 @@ async fn broker_restarted_mid_stream() {
 
 /// `service.thread_placement = "split"` (the default): paho's receive thread on the
 /// highest CPU the process may use, the actors on the others with one aggregator shard
-/// each, and so again after a reconnect (paho starts its threads anew from the connecting
-/// thread). On a one-CPU machine, or under a CPU quota, nothing is split.
+/// each, and so still after a reconnect (paho keeps its threads across reconnects; any it
+/// started anew would come from the connecting thread). On a one-CPU machine, or under a
+/// CPU quota, nothing is split.
 #[actix_rt::test]
 async fn the_mqtt_intake_keeps_a_cpu_of_its_own_across_a_broker_restart() {
     let broker = MosquittoBroker::start().await;
@@ -188,14 +190,7 @@ async fn the_mqtt_intake_keeps_a_cpu_of_its_own_across_a_broker_restart() {
     let split = [(THREAD_PLACEMENT_VAR.to_owned(), "split".to_owned())];
     let service = ServiceProcess::start_with_env(&text, &split, true).await;
 
-    let allowed = cpu_list(
-        std::fs::read_to_string("/proc/self/status")
-            .expect("own status")
-            .lines()
-            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-            .expect("Cpus_allowed_list")
-            .trim(),
-    );
+    let allowed = cpus_allowed(Path::new("/proc/self/status")).expect("the test's own CPUs");
     let usable = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let (intake, actors) = match allowed.split_last() {
         Some((last, rest)) if !rest.is_empty() && usable >= allowed.len() => (vec![*last], rest.to_vec()),
