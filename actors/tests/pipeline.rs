@@ -550,6 +550,62 @@ async fn a_reopened_minute_is_not_held_longer_than_the_hold_while_late_samples_k
     assert_eq!(samples, 50);
 }
 
+/// Samples of `machine` written so far.
+fn samples_of(recorder: &Recorder, machine: &str) -> u32 {
+    recorder.rows().iter().filter(|((name, _), _)| name == machine).map(|(_, row)| row.samples).sum()
+}
+
+#[actix_rt::test]
+async fn a_reopened_minute_keeps_its_wait_while_others_send_and_closes_once_the_whole_stream_pauses() {
+    // One shard, so both machines make one stream; a tick of 10 s leaves the quiet
+    // period's cap (5 s) and the hold (5 s).
+    let h = start_tuned(
+        "2026-03-01T10:05:00Z",
+        |config| config.aggregation.tick = Duration::from_secs(10),
+        |settings| settings.shards = 1,
+        Recorder::default(),
+        Vec::new(),
+    )
+    .await;
+    // m2 sends a sample of the open minute every 10 ms until told to stop.
+    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = h.publisher.clone();
+    let keep_going = streaming.clone();
+    let other = actix_rt::spawn(async move {
+        let mut n = 0;
+        while keep_going.load(Ordering::SeqCst) {
+            let ts = at("2026-03-01T10:05:00Z").saturating_add_micros(n * 1_000);
+            assert!(publisher.publish(TOPIC, message("m2", &ts.to_string(), 5.0, 1.0)).await);
+            n += 1;
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        n
+    });
+    // m1 resends three samples of minute 10:00 (long due), 1.5 s apart: the first closes
+    // alone (its pace unknown), the next two wait three of their gaps (4.5 s), or the
+    // hold, 5 s after the second: 3.5 s after the third.
+    stream_late_samples(&h, "m1", 3, Duration::from_millis(1_500)).await;
+    // The stream_late_samples helper slept 1.5 s after the third: while m2 went on
+    // sending, m1's reopened minute was held.
+    assert_eq!(samples_of(&h.recorder, "m1"), 1, "m1's later samples closed while the stream went on");
+    streaming.store(false, Ordering::SeqCst);
+    let paused_at = std::time::Instant::now();
+    let sent_by_m2 = other.await.unwrap();
+    while samples_of(&h.recorder, "m1") < 3 && paused_at.elapsed() < Duration::from_secs(5) {
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let closed_after = paused_at.elapsed();
+    assert_eq!(samples_of(&h.recorder, "m1"), 3);
+    // At the earliest 2 s after the pause without it (the hold); a stream 10 ms a batch
+    // is paused after 50 ms, and the close follows within a sweep.
+    assert!(
+        closed_after < Duration::from_secs(1),
+        "m1's minute closed {closed_after:?} after the stream paused"
+    );
+    h.pipeline.stop().await;
+    assert_eq!(i64::from(samples_of(&h.recorder, "m2")), sent_by_m2, "every sample of m2 is written");
+}
+
 /// 40 machines with one sample each in minute 10:00, routed; the writer's backlog limit
 /// is 10 rows (`batch_max_rows` 5) and a due close waits for room at most `wait`.
 async fn forty_open_minutes(recorder: Recorder, wait: Duration) -> Harness {

@@ -18,7 +18,10 @@
 //! machine's messages about 20 ms apart, one of 10,000 machines 0.2 s apart, one of 100,000
 //! machines about 1.5 s apart: a fixed 50 ms made the second nearly a row update per
 //! message, a fixed 500 ms added half a second to the end of the first, and a cap of 500 ms
-//! made the third a row update per message (docs/benchmarks.md, session 13).
+//! made the third a row update per message (docs/benchmarks.md, session 13). When the
+//! shard's whole stream pauses (a drained backlog's end), a reopened minute closes at
+//! once instead: nothing more is coming for any machine, and at 100,000 machines each
+//! last minute would otherwise wait up to 4.5 s ([`StreamPace`](super::late::StreamPace)).
 
 use super::late::LateArrivals;
 use super::local::{AggregatorShared, Schedule, ShardLocal};
@@ -65,9 +68,11 @@ impl Aggregator {
         self.local.set_schedule(self.index, schedule);
     }
 
-    /// When late samples have settled, if reopened minutes are held.
+    /// When late samples have settled, if reopened minutes are held: at the latest when
+    /// the shard's whole stream paused, if it has.
     fn late_settled(&self, late: Option<LateArrivals>) -> Option<Instant> {
-        late.and_then(|late| late.settled(self.shared().settings.tick))
+        let settled = late.and_then(|late| late.settled(self.shared().settings.tick))?;
+        Some(self.local.stream_paused_since().map_or(settled, |paused| settled.min(paused)))
     }
 
     /// When the open minutes next need a look: when late samples have settled, or when

@@ -11,7 +11,7 @@
 //! three of them in 56).
 
 use super::cold_index::ColdIndex;
-use super::late::LateArrivals;
+use super::late::{LateArrivals, StreamPace};
 use super::timers::CloseTimers;
 use crate::clock::Clock;
 use crate::journal::Journal;
@@ -20,7 +20,7 @@ use crate::logic::Minute;
 use crate::messages::WriteMinutes;
 use crate::stats::PipelineStats;
 use actix::Recipient;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,11 @@ pub(super) struct ShardLocal {
     pub(super) timers: CloseTimers,
     /// Indexed by the aggregator's number in the shard.
     schedules: RefCell<Vec<PackedSchedule>>,
+    /// How many of them hold reopened minutes (late arrivals with a `first`): a pause of
+    /// the stream looks for them only when there are some.
+    late_held: Cell<usize>,
+    /// The pace of the shard's stream of samples (see [`StreamPace`]).
+    pub(super) pace: Cell<StreamPace>,
 }
 
 /// When an aggregator looks at its open minutes next, and why.
@@ -50,7 +55,13 @@ pub(super) struct Schedule {
 
 impl ShardLocal {
     pub(super) fn new(shared: Arc<AggregatorShared>) -> Self {
-        ShardLocal { shared, timers: CloseTimers::starting_at(Instant::now()), schedules: RefCell::default() }
+        ShardLocal {
+            shared,
+            timers: CloseTimers::starting_at(Instant::now()),
+            schedules: RefCell::default(),
+            late_held: Cell::new(0),
+            pace: Cell::new(StreamPace::new()),
+        }
     }
 
     /// Makes room for one more aggregator; returns its number.
@@ -68,8 +79,32 @@ impl ShardLocal {
 
     pub(super) fn set_schedule(&self, index: u32, schedule: Schedule) {
         if let Some(held) = self.schedules.borrow_mut().get_mut(index as usize) {
-            *held = PackedSchedule::pack(schedule, self.timers.origin());
+            let packed = PackedSchedule::pack(schedule, self.timers.origin());
+            match (held.holds_late(), packed.holds_late()) {
+                (false, true) => self.late_held.set(self.late_held.get() + 1),
+                (true, false) => self.late_held.set(self.late_held.get().saturating_sub(1)),
+                _ => {}
+            }
+            *held = packed;
         }
+    }
+
+    /// The numbers of the aggregators holding reopened minutes, in order.
+    pub(super) fn holding_late(&self) -> Vec<u32> {
+        if self.late_held.get() == 0 {
+            return Vec::new();
+        }
+        let schedules = self.schedules.borrow();
+        (0..schedules.len())
+            .filter(|&index| schedules[index].holds_late())
+            .filter_map(|index| u32::try_from(index).ok())
+            .collect()
+    }
+
+    /// Since when the shard's whole stream of samples is paused, if it is (see
+    /// [`StreamPace`]).
+    pub(super) fn stream_paused_since(&self) -> Option<Instant> {
+        self.pace.get().paused_since()
     }
 }
 
@@ -87,6 +122,11 @@ struct PackedSchedule {
 }
 
 impl PackedSchedule {
+    /// Whether reopened minutes are held (late arrivals with a `first`).
+    fn holds_late(&self) -> bool {
+        self.late_first != 0
+    }
+
     fn pack(schedule: Schedule, origin: Instant) -> Self {
         let micros = |at: Instant| {
             u64::try_from(at.saturating_duration_since(origin).as_micros()).unwrap_or(u64::MAX - 1) + 1
