@@ -14,9 +14,9 @@
 //! tokio `Sleep` is about 210 bytes; 100,000 active machines had 21 MB of them). A sweep
 //! sends only as many due looks as the writer's backlog has room for
 //! (`AggregatorSettings::writer_backlog_limit`). The sweep also notices when the shard's
-//! whole stream of samples pauses, and then sends a look to every aggregator holding
-//! reopened minutes, which need not wait for their machines' next late samples any more
-//! ([`StreamPace`](super::late::StreamPace)).
+//! whole stream of samples pauses, and then sets a look, due at once, for every
+//! aggregator holding reopened minutes, which need not wait for their machines' next late
+//! samples any more ([`StreamPace`](super::late::StreamPace)).
 //!
 //! Delivery policy ([`crate::delivery`]), as in the broker: a delivery refused because
 //! that aggregator's mailbox is full is awaited inside `ctx.wait`, so this shard takes no
@@ -64,28 +64,25 @@ impl Shard {
         let shared = &self.local.shared;
         let now = shared.clock.instant();
         let overdue = now.checked_sub(shared.settings.writer_backlog_wait).unwrap_or(now);
-        for (due, index) in self.local.timers.take_due(now, shared.writer_room(), overdue) {
-            self.look(index, due);
-        }
         let mut pace = self.local.pace.get();
         let paused = pace.swept(now);
         self.local.pace.set(pace);
         if paused {
             // Nothing more is coming for now: the reopened minutes need not wait for
-            // their machines' next late samples (`late::StreamPace`).
+            // their machines' next late samples (`late::StreamPace`). Their looks go
+            // through the timers, paced by the writer's room like any other: at a
+            // drained backlog's end that is every machine at once.
             for index in self.local.holding_late() {
-                self.look(index, now);
+                self.local.timers.schedule(now, index);
             }
         }
-    }
-
-    /// Sends aggregator `index` a look at its open minutes, due at `due`.
-    fn look(&self, index: u32, due: std::time::Instant) {
-        let Some(aggregator) = self.aggregators.get(index as usize) else { return };
-        if let Err(SendError::Full(_)) = aggregator.try_send(CheckOpenMinutes { due }) {
-            // Still due: taken again at the next sweep, its wait for room still
-            // counted from `due`.
-            self.local.timers.schedule(due, index);
+        for (due, index) in self.local.timers.take_due(now, shared.writer_room(), overdue) {
+            let Some(aggregator) = self.aggregators.get(index as usize) else { continue };
+            if let Err(SendError::Full(_)) = aggregator.try_send(CheckOpenMinutes { due }) {
+                // Still due: taken again at the next sweep, its wait for room still
+                // counted from `due`.
+                self.local.timers.schedule(due, index);
+            }
         }
     }
 }
