@@ -550,6 +550,28 @@ async fn a_reopened_minute_is_not_held_longer_than_the_hold_while_late_samples_k
     assert_eq!(samples, 50);
 }
 
+/// Sends a sample of `machine` in the open minute (10:05) every 10 ms until the flag is
+/// cleared; the task answers how many it sent.
+fn keep_sending(
+    h: &Harness,
+    machine: &'static str,
+) -> (Arc<std::sync::atomic::AtomicBool>, actix_rt::task::JoinHandle<i64>) {
+    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = h.publisher.clone();
+    let keep_going = streaming.clone();
+    let sending = actix_rt::spawn(async move {
+        let mut n = 0;
+        while keep_going.load(Ordering::SeqCst) {
+            let ts = at("2026-03-01T10:05:00Z").saturating_add_micros(n * 1_000);
+            assert!(publisher.publish(TOPIC, message(machine, &ts.to_string(), 5.0, 1.0)).await);
+            n += 1;
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        n
+    });
+    (streaming, sending)
+}
+
 /// Samples of `machine` written so far.
 fn samples_of(recorder: &Recorder, machine: &str) -> u32 {
     recorder.rows().iter().filter(|((name, _), _)| name == machine).map(|(_, row)| row.samples).sum()
@@ -567,20 +589,7 @@ async fn a_reopened_minute_keeps_its_wait_while_others_send_and_closes_once_the_
         Vec::new(),
     )
     .await;
-    // m2 sends a sample of the open minute every 10 ms until told to stop.
-    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let publisher = h.publisher.clone();
-    let keep_going = streaming.clone();
-    let other = actix_rt::spawn(async move {
-        let mut n = 0;
-        while keep_going.load(Ordering::SeqCst) {
-            let ts = at("2026-03-01T10:05:00Z").saturating_add_micros(n * 1_000);
-            assert!(publisher.publish(TOPIC, message("m2", &ts.to_string(), 5.0, 1.0)).await);
-            n += 1;
-            actix_rt::time::sleep(Duration::from_millis(10)).await;
-        }
-        n
-    });
+    let (streaming, other) = keep_sending(&h, "m2");
     // m1 resends three samples of minute 10:00 (long due), 1.5 s apart: the first closes
     // alone (its pace unknown), the next two wait three of their gaps (4.5 s), or the
     // hold, 5 s after the second: 3.5 s after the third.
@@ -604,6 +613,62 @@ async fn a_reopened_minute_keeps_its_wait_while_others_send_and_closes_once_the_
     );
     h.pipeline.stop().await;
     assert_eq!(i64::from(samples_of(&h.recorder, "m2")), sent_by_m2, "every sample of m2 is written");
+}
+
+#[actix_rt::test]
+async fn reopened_minutes_closed_by_a_pause_wait_for_room_in_the_writers_backlog() {
+    let h = start_tuned(
+        "2026-03-01T10:05:00Z",
+        |config| {
+            config.aggregation.tick = Duration::from_secs(10);
+            config.database.batch_max_rows = 5;
+        },
+        |settings| {
+            settings.shards = 1;
+            settings.aggregator.writer_backlog_wait = Duration::from_secs(60);
+        },
+        Recorder::default(),
+        Vec::new(),
+    )
+    .await;
+    let (streaming, live) = keep_sending(&h, "live");
+    // 40 machines resend a sample of minute 10:00 each, twice 1 s apart: the first
+    // closes alone (the pace unknown), the second waits three of its gaps (3 s).
+    let resend = |second: &'static str| {
+        let h = &h;
+        async move {
+            for n in 0..40 {
+                h.publish(message(&format!("m{n}"), &format!("2026-03-01T10:00:{second}Z"), 10.0, 1.0)).await;
+            }
+        }
+    };
+    resend("10").await;
+    h.wait_for_parts(40).await;
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    resend("20").await;
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.recorder.part_count(), 40, "the second samples closed before their wait");
+    // The writer's backlog is full when the stream pauses: nothing closes into it.
+    h.stats.rows_waiting.store(10, Ordering::SeqCst);
+    streaming.store(false, Ordering::SeqCst);
+    let sent_live = live.await.unwrap();
+    actix_rt::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.recorder.part_count(), 40, "a pause closed minutes into a full backlog");
+    assert_eq!(h.stats.open_minutes.load(Ordering::SeqCst), 41);
+    // Room again: the held minutes close at once, not at the end of their wait (2.5 s on).
+    h.stats.rows_waiting.store(0, Ordering::SeqCst);
+    let room_at = std::time::Instant::now();
+    h.wait_for_parts(80).await;
+    assert!(
+        room_at.elapsed() < Duration::from_millis(1_500),
+        "closed {:?} after the room came",
+        room_at.elapsed()
+    );
+    h.pipeline.stop().await;
+    let rows = h.recorder.rows();
+    assert!((0..40).all(|n| samples_of(&h.recorder, &format!("m{n}")) == 2));
+    assert_eq!(i64::from(samples_of(&h.recorder, "live")), sent_live);
+    assert_eq!(rows.len(), 41);
 }
 
 /// 40 machines with one sample each in minute 10:00, routed; the writer's backlog limit
